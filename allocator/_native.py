@@ -1,0 +1,193 @@
+"""The one module that talks to C: loads the cffi extension, turns codes into exceptions.
+
+Every other module calls the functions here with offsets and Python buffers; raw
+pointers never leave this file (zero-copy views are memoryviews over the mapping).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from allocator import errors
+
+try:
+    from allocator._pmstore_c import ffi, lib
+except ImportError as exc:  # pragma: no cover - the message is the point
+    raise ImportError(
+        "pmstore's C core is not built: run `make install` (or `pip install -e .`)"
+    ) from exc
+
+BACKENDS = {"auto": lib.PM_BACKEND_AUTO, "msync": lib.PM_BACKEND_MSYNC,
+            "flush": lib.PM_BACKEND_FLUSH, "none": lib.PM_BACKEND_NONE}
+BACKEND_NAMES = {v: k for k, v in BACKENDS.items()}
+
+TRACE_WRITE = lib.PM_TRACE_WRITE
+TRACE_FLUSH = lib.PM_TRACE_FLUSH
+TRACE_FENCE = lib.PM_TRACE_FENCE
+TRACE_MARK = lib.PM_TRACE_MARK
+
+
+def check(rc: int, what: str) -> None:
+    """Raise the exception matching a negative PM_E* code."""
+    if rc == lib.PM_OK:
+        return
+    if rc == lib.PM_E_NOSPC:
+        raise errors.HeapFullError(f"{what}: the file system is full (ENOSPC); nothing was changed")
+    if rc in (lib.PM_E_IO, lib.PM_E_NOMEM):
+        e = lib.pm_errno() or errno.ENOMEM
+        raise errors.PmemError(e, f"{what}: {os.strerror(e)}")
+    if rc == lib.PM_E_RANGE:
+        raise ValueError(f"{what}: offset or size outside the heap, or misaligned")
+    if rc == lib.PM_E_TOO_BIG:
+        raise errors.TransactionTooLargeError(f"{what}: more entries than a redo lane holds")
+    if rc == lib.PM_E_BAD_OP:
+        raise ValueError(f"{what}: unknown redo op")
+    if rc == lib.PM_E_ARG:
+        raise ValueError(f"{what}: invalid argument")
+    raise errors.PmstoreError(f"{what}: error code {rc}")
+
+
+class Mapping:
+    """A mapped heap file: the pm_heap handle and the calls on it, by offset."""
+
+    def __init__(self, fd: int, map_size: int, reserve_size: int, backend: str):
+        out = ffi.new("pm_heap **")
+        check(lib.pm_heap_map(fd, map_size, reserve_size, BACKENDS[backend], out), "map heap")
+        self._h = out[0]
+        self._base = None
+
+    def close(self) -> None:
+        if self._h is not None:
+            lib.pm_heap_unmap(self._h)
+            self._h = None
+            self._base = None
+
+    @property
+    def closed(self) -> bool:
+        return self._h is None
+
+    def _handle(self):
+        if self._h is None:
+            raise errors.HeapClosedError("heap is closed")
+        return self._h
+
+    # -- geometry and counters
+    @property
+    def size(self) -> int:
+        return lib.pm_heap_size(self._handle())
+
+    @property
+    def backend(self) -> str:
+        return BACKEND_NAMES[lib.pm_heap_backend(self._handle())]
+
+    @property
+    def is_dax(self) -> bool:
+        return bool(lib.pm_heap_is_dax(self._handle()))
+
+    @property
+    def persist_count(self) -> int:
+        return lib.pm_persist_count(self._handle())
+
+    def grow(self, new_size: int) -> None:
+        check(lib.pm_heap_grow(self._handle(), new_size), f"grow heap to {new_size} bytes")
+
+    # -- bytes
+    def write(self, off: int, data) -> None:
+        buf = ffi.from_buffer(data)
+        check(lib.pm_write(self._handle(), off, buf, len(buf)), f"write {len(buf)} bytes at {off}")
+
+    def write_persist(self, off: int, data) -> None:
+        buf = ffi.from_buffer(data)
+        check(lib.pm_write_persist(self._handle(), off, buf, len(buf)), f"write {len(buf)} bytes at {off}")
+
+    def persist(self, off: int, size: int) -> None:
+        check(lib.pm_persist(self._handle(), off, size), f"persist {size} bytes at {off}")
+
+    def store8(self, off: int, value: int) -> None:
+        check(lib.pm_store8(self._handle(), off, value), f"store8 at {off}")
+
+    def load8(self, off: int) -> int:
+        h = self._handle()
+        if off % 8 or off < 0 or off + 8 > lib.pm_heap_size(h):
+            raise ValueError(f"load8 at {off}: offset outside the heap or misaligned")
+        return lib.pm_load8(h, off)
+
+    def read(self, off: int, size: int) -> bytes:
+        buf = bytearray(size)
+        check(lib.pm_read(self._handle(), off, ffi.from_buffer(buf), size), f"read {size} bytes at {off}")
+        return bytes(buf)
+
+    def view(self, off: int, size: int) -> memoryview:
+        """A read-only zero-copy view of [off, off+size); valid until close."""
+        h = self._handle()
+        if off < 0 or size < 0 or off + size > lib.pm_heap_size(h):
+            raise ValueError(f"view of {size} bytes at {off}: outside the heap")
+        return memoryview(ffi.buffer(lib.pm_heap_base(h) + off, size)).toreadonly()
+
+    # -- redo
+    def redo_init(self, redo_off: int, lane_count: int, lane_size: int) -> None:
+        check(lib.pm_redo_init(self._handle(), redo_off, lane_count, lane_size), "init redo lanes")
+
+    @property
+    def redo_capacity(self) -> int:
+        return lib.pm_redo_capacity(self._handle())
+
+    def redo_commit(self, packed: bytes | bytearray, count: int) -> None:
+        """Commit `count` packed pmd_redo_entry records (16 bytes each), one C call."""
+        entries = ffi.cast("struct pmd_redo_entry *", ffi.from_buffer(packed))
+        check(lib.pm_redo_commit(self._handle(), entries, count), f"redo commit of {count} entries")
+
+    def redo_recover(self) -> dict:
+        rep = ffi.new("struct pm_recover_report *")
+        rc = lib.pm_redo_recover(self._handle(), rep)
+        if rc == lib.PM_E_CORRUPT:
+            raise errors.CorruptHeapError(
+                "", f"lane[{rep.lanes_replayed}]",
+                "a sealed redo lane holds an entry outside the heap or with an unknown op (L2); "
+                "nothing was applied")
+        check(rc, "redo recovery")
+        return {"lanes_replayed": rep.lanes_replayed, "lanes_discarded": rep.lanes_discarded,
+                "entries_applied": rep.entries_applied}
+
+    # -- crash simulator trace
+    def trace_start(self) -> None:
+        check(lib.pm_trace_start(self._handle()), "start trace")
+
+    def trace_mark(self, mark_id: int) -> None:
+        check(lib.pm_trace_mark(self._handle(), mark_id), "trace mark")
+
+    def trace_take(self) -> bytes:
+        h = self._handle()
+        n = lib.pm_trace_len(h)
+        buf = bytearray(n)
+        got = lib.pm_trace_take(h, ffi.from_buffer(buf), n)
+        return bytes(buf[:got])
+
+
+def crc32c(data, crc: int = 0) -> int:
+    buf = ffi.from_buffer(data)
+    return lib.pm_crc32c(crc, buf, len(buf))
+
+
+def crc32c_sw(data, crc: int = 0) -> int:
+    buf = ffi.from_buffer(data)
+    return lib.pm_crc32c_sw(crc, buf, len(buf))
+
+
+def crc32c_is_hw() -> bool:
+    return bool(lib.pm_crc32c_is_hw())
+
+
+def flush_kind() -> str:
+    return ffi.string(lib.pm_flush_kind()).decode()
+
+
+def layout_offsets(struct: str) -> dict[str, int]:
+    """Field offsets of a C on-disk struct, for the FORMAT.md agreement test."""
+    t = ffi.typeof(f"struct {struct}")
+    return {name: ffi.offsetof(t, name) for name, _ in t.fields}
+
+
+def layout_constant(name: str) -> int:
+    return getattr(lib, name)

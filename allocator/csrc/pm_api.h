@@ -1,0 +1,83 @@
+/* pm_api.h -- the functions Python calls (the cffi cdef is read from this file).
+ *
+ * Concurrency contract (the GIL is released during every call):
+ *  - A pm_heap may be used from many threads at once, except pm_heap_unmap, which the
+ *    caller runs alone, and pm_heap_grow, which the caller serialises against itself.
+ *  - Reads (pm_read, pm_load8) take no lock; pm_load8 / pm_store8 are single aligned
+ *    8-byte accesses, so a reader sees the old or the new word, never a mix.
+ *  - pm_redo_commit takes a free lane (one CAS) and no other lock; two commits that
+ *    write the same word must be ordered by the caller (the second starts after the
+ *    first returns). Replay order relies on it (FORMAT.md, "Commit protocol").
+ *  - Trace recording (crash simulator) serialises writers on one mutex; tests only.
+ * Every function that can fail returns 0 or a negative PM_E* code; pm_errno() gives
+ * the errno of the last failing system call in this thread.
+ */
+#ifndef PM_API_H
+#define PM_API_H
+#include <stddef.h>
+#include <stdint.h>
+#include "pmd.h"
+
+#define PM_OK 0
+#define PM_E_IO -1          /* a system call failed; see pm_errno() */
+#define PM_E_NOMEM -2       /* out of DRAM */
+#define PM_E_NOSPC -3       /* the file system is full */
+#define PM_E_RANGE -4       /* offset or size outside the mapped heap, or misaligned */
+#define PM_E_TOO_BIG -5     /* more redo entries than a lane holds */
+#define PM_E_BAD_OP -6      /* unknown redo op */
+#define PM_E_CORRUPT -7     /* a sealed redo lane holds an impossible entry */
+#define PM_E_ARG -8         /* invalid argument */
+
+#define PM_BACKEND_AUTO 0   /* flush on a DAX mapping (MAP_SYNC), else msync */
+#define PM_BACKEND_MSYNC 1
+#define PM_BACKEND_FLUSH 2
+#define PM_BACKEND_NONE 3   /* tests only: barriers are counted, nothing is flushed */
+
+#define PM_TRACE_WRITE 1
+#define PM_TRACE_FLUSH 2
+#define PM_TRACE_FENCE 3
+#define PM_TRACE_MARK 4
+
+typedef struct pm_heap pm_heap;
+
+struct pm_recover_report {
+    uint32_t lanes_replayed;    /* sealed lanes applied */
+    uint32_t lanes_discarded;   /* lanes with a torn or stale seal */
+    uint64_t entries_applied;
+    uint64_t max_seq;           /* highest sequence number seen in a sealed lane */
+};
+
+/* pmem.c */
+int pm_heap_map(int fd, uint64_t map_size, uint64_t reserve_size, int backend, pm_heap **out);
+void pm_heap_unmap(pm_heap *h);
+int pm_heap_grow(pm_heap *h, uint64_t new_size);
+uint64_t pm_heap_size(pm_heap *h);
+int pm_heap_backend(pm_heap *h);
+int pm_heap_is_dax(pm_heap *h);
+uint8_t *pm_heap_base(pm_heap *h);
+uint64_t pm_persist_count(pm_heap *h);
+int pm_write(pm_heap *h, uint64_t off, const void *src, uint64_t size);
+int pm_write_persist(pm_heap *h, uint64_t off, const void *src, uint64_t size);
+int pm_persist(pm_heap *h, uint64_t off, uint64_t size);
+int pm_store8(pm_heap *h, uint64_t off, uint64_t value);
+uint64_t pm_load8(pm_heap *h, uint64_t off);
+int pm_read(pm_heap *h, uint64_t off, void *dst, uint64_t size);
+int pm_errno(void);
+const char *pm_flush_kind(void);
+uint32_t pm_crc32c(uint32_t crc, const void *buf, size_t len);
+uint32_t pm_crc32c_sw(uint32_t crc, const void *buf, size_t len);
+int pm_crc32c_is_hw(void);
+
+/* trace.c -- crash simulator recording */
+int pm_trace_start(pm_heap *h);
+int pm_trace_mark(pm_heap *h, uint64_t id);
+uint64_t pm_trace_len(pm_heap *h);
+uint64_t pm_trace_take(pm_heap *h, void *dst, uint64_t cap);
+
+/* redo.c */
+int pm_redo_init(pm_heap *h, uint64_t redo_off, uint32_t lane_count, uint32_t lane_size);
+uint32_t pm_redo_capacity(pm_heap *h);
+int pm_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t count);
+int pm_redo_recover(pm_heap *h, struct pm_recover_report *out);
+
+#endif

@@ -1,0 +1,62 @@
+/* pmd.h -- on-disk structures of the heap file (FORMAT.md is the source of truth).
+ *
+ * Every struct here is a byte-for-byte transcription of a FORMAT.md table; grepping
+ * `pmd_` finds every touch of persistent bytes. Persistent structs hold offsets
+ * (`_off`, bytes from the start of the file, 0 = null), never pointers.
+ * tests/unit/test_layout.py keeps these, allocator/layout.py and FORMAT.md in agreement.
+ * This file must stay parseable by cffi's cdef: integer #defines and plain structs only.
+ */
+#ifndef PMD_H
+#define PMD_H
+
+#define PMD_FORMAT_VERSION 1
+#define PMD_MAGIC 0x5041454854534D50        /* "PMSTHEAP" read as a little-endian u64 */
+#define PMD_HEADER_SIZE 256                 /* bytes used by one header copy */
+#define PMD_HEADER_A_OFF 0                  /* header copy A, its own OS page */
+#define PMD_HEADER_B_OFF 4096               /* header copy B, its own OS page */
+#define PMD_ROOT_OFF 8192                   /* the root word (u64 offset), written only by redo apply */
+#define PMD_REDO_OFF 12288                  /* first redo lane */
+#define PMD_OS_PAGE_SIZE 4096
+#define PMD_PAGE_SIZE 65536                 /* allocator page */
+#define PMD_LANE_HDR_SIZE 64                /* one cache line: seal + seq */
+#define PMD_REDO_ENTRY_SIZE 16
+#define PMD_REDO_OP_SET 0                   /* word = value */
+#define PMD_REDO_OP_OR 1                    /* word |= value (bit set) */
+#define PMD_REDO_OP_ANDNOT 2                /* word &= ~value (bit clear) */
+#define PMD_REDO_OP_MASK 7                  /* op lives in the low 3 bits of off_op */
+
+struct pmd_header {
+    uint64_t magic;             /* PMD_MAGIC */
+    uint32_t format_version;    /* PMD_FORMAT_VERSION */
+    uint32_t header_size;       /* bytes, PMD_HEADER_SIZE */
+    uint8_t  uuid[16];          /* random at create, never changes */
+    uint64_t generation;        /* count of header writes; the newer valid copy wins */
+    uint64_t file_size;         /* bytes of the file that belong to the heap */
+    uint64_t max_size;          /* bytes the file may grow to */
+    uint32_t page_size;         /* bytes, PMD_PAGE_SIZE */
+    uint32_t lane_count;        /* redo lanes */
+    uint32_t lane_size;         /* bytes per lane, multiple of 4096 */
+    uint32_t class_table_id;    /* size-class table the allocator was built with, 0 = none */
+    uint64_t root_off;          /* offset of the root word, PMD_ROOT_OFF */
+    uint64_t redo_off;          /* offset of lane 0, PMD_REDO_OFF */
+    uint64_t meta_off;          /* offset of the allocator metadata region */
+    uint64_t data_off;          /* offset of the first allocator page, page-aligned */
+    uint64_t created_ns;        /* wall clock at create, ns since the epoch */
+    uint32_t clean_shutdown;    /* 1 = closed cleanly, 0 = open or crashed */
+    uint32_t flags;             /* reserved, 0 */
+    uint8_t  reserved[132];     /* 0 */
+    uint32_t crc32c;            /* CRC32C of bytes [0, 252) */
+};
+
+struct pmd_lane_hdr {
+    uint64_t seal;              /* 0 = empty; else (crc32c << 32) | entry_count */
+    uint64_t seq;               /* commit sequence number, orders replay */
+    uint8_t  reserved[48];      /* 0 */
+};
+
+struct pmd_redo_entry {
+    uint64_t off_op;            /* 8-aligned offset of the target word | op (low 3 bits) */
+    uint64_t value;             /* value for SET, mask for OR / ANDNOT */
+};
+
+#endif

@@ -1,0 +1,225 @@
+/* pmem.c -- the pmem layer: map the heap file, store into it, make ranges durable.
+ *
+ * Owns: the address-space reservation (the base never moves, so growth keeps every
+ * offset and every reader's view valid), the three persist backends and the barrier
+ * counter. Every store to the mapping in the whole C core goes through pmi_write or
+ * pmi_store8 here, so the crash simulator (trace.c) records it.
+ * Must not: interpret any persistent structure (that is redo.c and Python's business).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <cpuid.h>
+#include "pmi.h"
+
+#ifndef MAP_SHARED_VALIDATE
+#define MAP_SHARED_VALIDATE 0x03
+#endif
+#ifndef MAP_SYNC
+#define MAP_SYNC 0x80000
+#endif
+
+__thread int pmi_errno;
+
+enum { FLUSH_CLWB = 1, FLUSH_CLFLUSHOPT = 2, FLUSH_CLFLUSH = 3 };
+static int flush_kind;
+static pthread_once_t flush_once = PTHREAD_ONCE_INIT;
+
+static void flush_detect(void) {
+    unsigned a, b, c, d;
+    flush_kind = FLUSH_CLFLUSH;
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+        if (b & (1u << 24)) flush_kind = FLUSH_CLWB;
+        else if (b & (1u << 23)) flush_kind = FLUSH_CLFLUSHOPT;
+    }
+}
+
+const char *pm_flush_kind(void) {
+    pthread_once(&flush_once, flush_detect);
+    return flush_kind == FLUSH_CLWB ? "clwb" : flush_kind == FLUSH_CLFLUSHOPT ? "clflushopt" : "clflush";
+}
+
+int pm_errno(void) { return pmi_errno; }
+
+static int fail_errno(void) {
+    pmi_errno = errno;
+    return errno == ENOSPC || errno == EDQUOT ? PM_E_NOSPC : errno == ENOMEM ? PM_E_NOMEM : PM_E_IO;
+}
+
+/* map_file -- map [off, off+size) of the file at base+off; tries MAP_SYNC first when
+ * the flush backend may be used, so a DAX file gets CPU-cache persistence. */
+static int map_file(pm_heap *h, uint64_t off, uint64_t size, int try_sync) {
+    void *want = h->base + off, *p = MAP_FAILED;
+    if (try_sync) {
+        p = mmap(want, size, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC | MAP_FIXED, h->fd, (off_t)off);
+        if (p != MAP_FAILED) h->is_dax = 1;
+    }
+    if (p == MAP_FAILED) {
+        if (h->is_dax && off > 0) return fail_errno();  /* a DAX heap must stay DAX */
+        p = mmap(want, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, h->fd, (off_t)off);
+    }
+    if (p == MAP_FAILED) return fail_errno();
+    return PM_OK;
+}
+
+/* pm_heap_map -- reserve reserve_size bytes of address space, map map_size bytes of fd.
+ * pre: the file is at least map_size bytes; the caller holds the heap's lock. */
+int pm_heap_map(int fd, uint64_t map_size, uint64_t reserve_size, int backend, pm_heap **out) {
+    if (map_size == 0 || map_size % PMD_OS_PAGE_SIZE || reserve_size < map_size || backend < 0 || backend > 3)
+        return PM_E_ARG;
+    pm_heap *h = calloc(1, sizeof *h);
+    if (!h) return PM_E_NOMEM;
+    h->fd = fd;
+    h->reserve_size = reserve_size;
+    pthread_mutex_init(&h->trace_lock, NULL);
+    void *r = mmap(NULL, reserve_size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (r == MAP_FAILED) { int e = fail_errno(); free(h); return e; }
+    h->base = r;
+    int rc = map_file(h, 0, map_size, backend == PM_BACKEND_AUTO || backend == PM_BACKEND_FLUSH);
+    if (rc) { munmap(r, reserve_size); free(h); return rc; }
+    atomic_store(&h->map_size, map_size);
+    h->backend = backend != PM_BACKEND_AUTO ? backend : h->is_dax ? PM_BACKEND_FLUSH : PM_BACKEND_MSYNC;
+    pthread_once(&flush_once, flush_detect);
+    *out = h;
+    return PM_OK;
+}
+
+/* pm_heap_unmap -- drop the mapping (durable state is untouched) and free the handle. */
+void pm_heap_unmap(pm_heap *h) {
+    if (!h) return;
+    munmap(h->base, h->reserve_size);
+    pmi_trace_free(h);
+    pmi_redo_free(h);
+    pthread_mutex_destroy(&h->trace_lock);
+    free(h);
+}
+
+/* pm_heap_grow -- extend the file to new_size (blocks allocated, so a full disk fails
+ * here with PM_E_NOSPC instead of a SIGBUS later) and map the new tail in place.
+ * pre: caller serialises growth; post: offsets below the old size are unchanged. */
+int pm_heap_grow(pm_heap *h, uint64_t new_size) {
+    uint64_t old = atomic_load(&h->map_size);
+    if (new_size <= old || new_size > h->reserve_size || new_size % PMD_OS_PAGE_SIZE) return PM_E_ARG;
+    int e = posix_fallocate(h->fd, (off_t)old, (off_t)(new_size - old));
+    if (e) { errno = e; return fail_errno(); }
+    int rc = map_file(h, old, new_size - old, h->is_dax);
+    if (rc) return rc;
+    atomic_store_explicit(&h->map_size, new_size, memory_order_release);
+    return PM_OK;
+}
+
+uint64_t pm_heap_size(pm_heap *h) { return atomic_load(&h->map_size); }
+int pm_heap_backend(pm_heap *h) { return h->backend; }
+int pm_heap_is_dax(pm_heap *h) { return h->is_dax; }
+uint8_t *pm_heap_base(pm_heap *h) { return h->base; }
+uint64_t pm_persist_count(pm_heap *h) { return atomic_load(&h->persist_count); }
+
+/* pmi_write -- store size bytes at off (not yet durable). */
+void pmi_write(pm_heap *h, uint64_t off, const void *src, uint64_t size) {
+    if (h->tracing) pmi_trace_write(h, off, src, size);
+    memcpy(h->base + off, src, size);
+}
+
+/* pmi_store8 -- one aligned 8-byte store: the power-fail atomic unit. */
+void pmi_store8(pm_heap *h, uint64_t off, uint64_t value) {
+    if (h->tracing) pmi_trace_write(h, off, &value, 8);
+    atomic_store_explicit((_Atomic uint64_t *)(h->base + off), value, memory_order_release);
+}
+
+__attribute__((target("clwb"))) static void flush_lines_clwb(uint8_t *p, uint8_t *end) {
+    for (; p < end; p += PMI_LINE) __builtin_ia32_clwb(p);
+}
+__attribute__((target("clflushopt"))) static void flush_lines_clflushopt(uint8_t *p, uint8_t *end) {
+    for (; p < end; p += PMI_LINE) __builtin_ia32_clflushopt(p);
+}
+static void flush_lines_clflush(uint8_t *p, uint8_t *end) {
+    for (; p < end; p += PMI_LINE) __builtin_ia32_clflush(p);
+}
+
+static int cmp_range(const void *a, const void *b) {
+    const struct pmi_range *x = a, *y = b;
+    return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/* pmi_persist_ranges -- one persist barrier covering all n ranges: when it returns,
+ * every byte stored in them before the call is durable (under the backend's model).
+ * msync: MS_SYNC over the OS pages touched, adjacent pages merged into one call.
+ * flush: write back every cache line touched, then one SFENCE. */
+void pmi_persist_ranges(pm_heap *h, const struct pmi_range *r, size_t n) {
+    atomic_fetch_add_explicit(&h->persist_count, 1, memory_order_relaxed);
+    if (h->tracing) {
+        for (size_t i = 0; i < n; i++) pmi_trace_flush(h, r[i].off, r[i].size);
+        pmi_trace_fence(h);
+    }
+    if (h->backend == PM_BACKEND_FLUSH) {
+        for (size_t i = 0; i < n; i++) {
+            uint8_t *p = h->base + (r[i].off & ~(uint64_t)(PMI_LINE - 1)), *end = h->base + r[i].off + r[i].size;
+            if (flush_kind == FLUSH_CLWB) flush_lines_clwb(p, end);
+            else if (flush_kind == FLUSH_CLFLUSHOPT) flush_lines_clflushopt(p, end);
+            else flush_lines_clflush(p, end);
+        }
+        __builtin_ia32_sfence();
+    } else if (h->backend == PM_BACKEND_MSYNC) {
+        struct pmi_range pages[64], *pg = n <= 64 ? pages : malloc(n * sizeof *pg);
+        if (!pg) pg = pages, n = n > 64 ? 64 : n;   /* cannot happen for our callers */
+        for (size_t i = 0; i < n; i++) {
+            uint64_t s = r[i].off & ~(uint64_t)(PMD_OS_PAGE_SIZE - 1);
+            uint64_t e = (r[i].off + r[i].size + PMD_OS_PAGE_SIZE - 1) & ~(uint64_t)(PMD_OS_PAGE_SIZE - 1);
+            pg[i].off = s; pg[i].size = e - s;
+        }
+        if (n > 1) qsort(pg, n, sizeof *pg, cmp_range);
+        size_t i = 0;
+        while (i < n) {
+            uint64_t s = pg[i].off, e = s + pg[i].size;
+            for (i++; i < n && pg[i].off <= e; i++)
+                if (pg[i].off + pg[i].size > e) e = pg[i].off + pg[i].size;
+            if (e > s) msync(h->base + s, e - s, MS_SYNC);
+        }
+        if (pg != pages) free(pg);
+    }
+}
+
+int pm_write(pm_heap *h, uint64_t off, const void *src, uint64_t size) {
+    if (!pmi_in_range(h, off, size)) return PM_E_RANGE;
+    pmi_write(h, off, src, size);
+    return PM_OK;
+}
+
+/* pm_write_persist -- copy and persist in one barrier. */
+int pm_write_persist(pm_heap *h, uint64_t off, const void *src, uint64_t size) {
+    if (!pmi_in_range(h, off, size)) return PM_E_RANGE;
+    pmi_write(h, off, src, size);
+    struct pmi_range r = {off, size};
+    pmi_persist_ranges(h, &r, 1);   /* durable: the bytes just copied */
+    return PM_OK;
+}
+
+int pm_persist(pm_heap *h, uint64_t off, uint64_t size) {
+    if (!pmi_in_range(h, off, size)) return PM_E_RANGE;
+    struct pmi_range r = {off, size};
+    pmi_persist_ranges(h, &r, 1);   /* durable: whatever the caller stored in the range */
+    return PM_OK;
+}
+
+int pm_store8(pm_heap *h, uint64_t off, uint64_t value) {
+    if (off % 8 || !pmi_in_range(h, off, 8)) return PM_E_RANGE;
+    pmi_store8(h, off, value);
+    return PM_OK;
+}
+
+/* pm_load8 -- one aligned 8-byte load; returns 0 for an invalid offset (the Python
+ * side checks offsets before calling). */
+uint64_t pm_load8(pm_heap *h, uint64_t off) {
+    if (off % 8 || !pmi_in_range(h, off, 8)) return 0;
+    return atomic_load_explicit((_Atomic uint64_t *)(h->base + off), memory_order_acquire);
+}
+
+int pm_read(pm_heap *h, uint64_t off, void *dst, uint64_t size) {
+    if (!pmi_in_range(h, off, size)) return PM_E_RANGE;
+    memcpy(dst, h->base + off, size);
+    return PM_OK;
+}

@@ -1,0 +1,68 @@
+/* pmi.h -- internal state shared across the C files (never seen by Python).
+ *
+ * The pm_heap handle: the mapping, the persist backend, counters, the trace buffer
+ * of the crash simulator and the volatile side of the redo lanes. All stores to the
+ * mapping go through pmi_write / pmi_store8 in pmem.c so the simulator sees them.
+ */
+#ifndef PMI_H
+#define PMI_H
+#include <stdint.h>
+#include <stddef.h>
+#include <stdatomic.h>
+#include <pthread.h>
+#include "pmd.h"
+#include "pm_api.h"
+
+#define PMI_LINE 64u
+
+struct pmi_lane {
+    atomic_int busy;            /* 1 while a committer holds the lane */
+    atomic_uint_fast64_t inval_seq; /* seq whose seal=0 store is not yet known durable, 0 = none */
+    char pad[48];
+};
+
+struct pm_heap {
+    int fd;
+    uint8_t *base;              /* start of the reserved address range; never moves */
+    _Atomic uint64_t map_size;  /* bytes of the file currently mapped */
+    uint64_t reserve_size;      /* bytes of address space reserved at map time */
+    int backend;                /* PM_BACKEND_MSYNC / FLUSH / NONE */
+    int is_dax;                 /* mapped with MAP_SYNC */
+    atomic_uint_fast64_t persist_count; /* barriers issued */
+    /* crash simulator trace (trace.c) */
+    int tracing;
+    pthread_mutex_t trace_lock;
+    uint8_t *trace_buf;
+    uint64_t trace_len;         /* bytes used */
+    uint64_t trace_cap;         /* bytes allocated */
+    /* redo lanes (redo.c) */
+    uint64_t redo_off;
+    uint32_t lane_count;
+    uint32_t lane_size;         /* bytes */
+    uint32_t lane_capacity;     /* entries per lane */
+    atomic_uint_fast64_t next_seq;
+    atomic_int inval_pending;   /* lanes whose inval_seq != 0 */
+    struct pmi_lane *lanes;
+};
+
+/* A range to make durable as part of one barrier. */
+struct pmi_range { uint64_t off; uint64_t size; };
+
+/* pmem.c */
+void pmi_write(pm_heap *h, uint64_t off, const void *src, uint64_t size);
+void pmi_store8(pm_heap *h, uint64_t off, uint64_t value);
+void pmi_persist_ranges(pm_heap *h, const struct pmi_range *r, size_t n);
+static inline int pmi_in_range(pm_heap *h, uint64_t off, uint64_t size) {
+    uint64_t m = atomic_load_explicit(&h->map_size, memory_order_acquire);
+    return off <= m && size <= m - off;
+}
+/* trace.c */
+void pmi_trace_write(pm_heap *h, uint64_t off, const void *src, uint64_t size);
+void pmi_trace_flush(pm_heap *h, uint64_t off, uint64_t size);
+void pmi_trace_fence(pm_heap *h);
+void pmi_trace_free(pm_heap *h);
+/* redo.c */
+void pmi_redo_free(pm_heap *h);
+/* errno of the last failed system call, per thread */
+extern __thread int pmi_errno;
+#endif

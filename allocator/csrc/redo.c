@@ -1,0 +1,204 @@
+/* redo.c -- redo lanes: commit a list of 8-byte word updates atomically.
+ *
+ * FORMAT.md "Redo lanes" and "Commit protocol"; invariants L1-L4. A commit costs two
+ * persist barriers: (1) entries + seal, the commit point; (2) the applied words. The
+ * lane is invalidated by a plain store that the next commit point of any lane makes
+ * durable, so a stale seal never outlives a later commit that depends on it.
+ * pmi_redo_apply is the one apply function: commit and recovery both call it.
+ * Must not: store to the mapping except through pmem.c.
+ */
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include "pmi.h"
+
+#define MAX_LANES 4096
+
+static __thread uint32_t my_lane;   /* lane this thread tried last (0 = none yet) */
+
+static uint64_t lane_off(pm_heap *h, uint32_t i) { return h->redo_off + (uint64_t)i * h->lane_size; }
+
+/* pm_redo_init -- attach the volatile lane state; call once after mapping. */
+int pm_redo_init(pm_heap *h, uint64_t redo_off, uint32_t lane_count, uint32_t lane_size) {
+    if (lane_count == 0 || lane_count > MAX_LANES || lane_size < 4096 || lane_size % 4096 ||
+        redo_off % 4096 || !pmi_in_range(h, redo_off, (uint64_t)lane_count * lane_size))
+        return PM_E_ARG;
+    h->lanes = calloc(lane_count, sizeof *h->lanes);
+    if (!h->lanes) return PM_E_NOMEM;
+    h->redo_off = redo_off;
+    h->lane_count = lane_count;
+    h->lane_size = lane_size;
+    h->lane_capacity = (lane_size - PMD_LANE_HDR_SIZE) / PMD_REDO_ENTRY_SIZE;
+    atomic_store(&h->next_seq, 1);
+    return PM_OK;
+}
+
+uint32_t pm_redo_capacity(pm_heap *h) { return h->lane_capacity; }
+
+void pmi_redo_free(pm_heap *h) { free(h->lanes); h->lanes = NULL; }
+
+/* seal_crc -- L3: CRC32C over (lane index, seq, entry count, entries). */
+static uint32_t seal_crc(uint32_t lane, uint64_t seq, uint32_t count, const struct pmd_redo_entry *e) {
+    uint64_t pre[2] = {((uint64_t)count << 32) | lane, seq};
+    uint32_t c = pm_crc32c(0, pre, sizeof pre);
+    return pm_crc32c(c, e, (size_t)count * sizeof *e);
+}
+
+static int entry_is_valid(pm_heap *h, const struct pmd_redo_entry *e) {
+    uint64_t op = e->off_op & PMD_REDO_OP_MASK, off = e->off_op & ~(uint64_t)PMD_REDO_OP_MASK;
+    uint64_t redo_end = h->redo_off + (uint64_t)h->lane_count * h->lane_size;
+    return op <= PMD_REDO_OP_ANDNOT && off >= PMD_ROOT_OFF && (off < h->redo_off || off >= redo_end) &&
+           pmi_in_range(h, off, 8);
+}
+
+/* pmi_redo_apply -- the one apply function: perform the entries with 8-byte stores, then
+ * one barrier. Idempotent: entries are absolute sets and bit set/clear (L2). */
+static void pmi_redo_apply(pm_heap *h, const struct pmd_redo_entry *e, uint32_t n) {
+    struct pmi_range local[32], *r = n <= 32 ? local : malloc(n * sizeof *r);
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t op = e[i].off_op & PMD_REDO_OP_MASK, off = e[i].off_op & ~(uint64_t)PMD_REDO_OP_MASK;
+        uint64_t old = atomic_load_explicit((_Atomic uint64_t *)(h->base + off), memory_order_relaxed);
+        uint64_t v = op == PMD_REDO_OP_SET ? e[i].value : op == PMD_REDO_OP_OR ? old | e[i].value : old & ~e[i].value;
+        pmi_store8(h, off, v);
+        if (r) r[i].off = off, r[i].size = 8;
+    }
+    if (r) {
+        pmi_persist_ranges(h, r, n);    /* durable: every word of the commit (step 4 ends) */
+        if (r != local) free(r);
+    } else {
+        /* no DRAM for the range list: persist each word on its own */
+        for (uint32_t i = 0; i < n; i++) {
+            struct pmi_range one = {e[i].off_op & ~(uint64_t)PMD_REDO_OP_MASK, 8};
+            pmi_persist_ranges(h, &one, 1);  /* durable: this applied word */
+        }
+    }
+}
+
+static uint32_t lane_acquire(pm_heap *h) {
+    uint32_t n = h->lane_count, i = my_lane % n;
+    for (uint32_t spins = 0;; spins++) {
+        for (uint32_t k = 0; k < n; k++, i = (i + 1) % n) {
+            int z = 0;
+            if (atomic_load_explicit(&h->lanes[i].busy, memory_order_relaxed) == 0 &&
+                atomic_compare_exchange_strong(&h->lanes[i].busy, &z, 1)) {
+                my_lane = i;
+                return i;
+            }
+        }
+        if (spins > 4) sched_yield();
+    }
+}
+
+/* pm_redo_commit -- make all count updates durable atomically (FORMAT.md, "Commit
+ * protocol"). pre: entries target 8-aligned words inside the heap, past the headers;
+ * post: on PM_OK every update is applied and durable. */
+int pm_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t count) {
+    if (count == 0) return PM_OK;
+    if (count > h->lane_capacity) return PM_E_TOO_BIG;
+    for (uint32_t i = 0; i < count; i++)
+        if (!entry_is_valid(h, &entries[i]))
+            return (entries[i].off_op & PMD_REDO_OP_MASK) > PMD_REDO_OP_ANDNOT ? PM_E_BAD_OP : PM_E_RANGE;
+
+    uint32_t lane = lane_acquire(h);
+    uint64_t lo = lane_off(h, lane);
+    uint64_t seq = atomic_fetch_add(&h->next_seq, 1);
+    /* step 1: entries, seq and seal, all in this lane; the seal's CRC covers the rest (L3) */
+    pmi_write(h, lo + PMD_LANE_HDR_SIZE, entries, (uint64_t)count * PMD_REDO_ENTRY_SIZE);
+    pmi_store8(h, lo + 8, seq);
+    pmi_store8(h, lo, ((uint64_t)seal_crc(lane, seq, count, entries) << 32) | count);
+
+    /* step 2: one barrier over this lane and over the seal lines of lanes whose
+     * invalidation (step 5 of an earlier commit) may not be durable yet (L4). */
+    struct pmi_range local[17], *r = local;
+    uint64_t snap[16]; uint32_t snap_lane[16]; size_t ns = 0;
+    r[0].off = lo; r[0].size = PMD_LANE_HDR_SIZE + (uint64_t)count * PMD_REDO_ENTRY_SIZE;
+    size_t nr = 1;
+    int pending = atomic_load(&h->inval_pending);
+    if (pending > 0) {
+        size_t cap = 17;
+        if (pending > 16 && (r = malloc((h->lane_count + 1) * sizeof *r)) != NULL) r[0] = local[0], cap = h->lane_count + 1;
+        if (!r) r = local;  /* no DRAM: flush what fits; the rest stay pending for a later commit */
+        for (uint32_t i = 0; i < h->lane_count && nr < cap; i++) {
+            uint64_t s = atomic_load(&h->lanes[i].inval_seq);
+            if (!s || i == lane) continue;
+            r[nr].off = lane_off(h, i); r[nr].size = 8; nr++;
+            if (ns < 16) snap[ns] = s, snap_lane[ns] = i, ns++;
+        }
+    }
+    pmi_persist_ranges(h, r, nr);   /* durable: this commit's log (the commit point) and
+                                       earlier lanes' invalidations */
+    if (r != local) free(r);
+    for (size_t k = 0; k < ns; k++) {
+        uint64_t s = snap[k];
+        if (atomic_compare_exchange_strong(&h->lanes[snap_lane[k]].inval_seq, &s, 0))
+            atomic_fetch_sub(&h->inval_pending, 1);
+    }
+    uint64_t own = atomic_exchange(&h->lanes[lane].inval_seq, 0);  /* overwritten by our seal */
+    if (own) atomic_fetch_sub(&h->inval_pending, 1);
+
+    /* steps 3-4: apply and persist the words */
+    pmi_redo_apply(h, entries, count);
+
+    /* step 5: invalidate; durable at the next commit point of any lane */
+    pmi_store8(h, lo, 0);
+    atomic_store(&h->lanes[lane].inval_seq, seq);
+    atomic_fetch_add(&h->inval_pending, 1);
+    atomic_store_explicit(&h->lanes[lane].busy, 0, memory_order_release);
+    return PM_OK;
+}
+
+struct sealed { uint64_t seq; uint32_t lane; uint32_t count; };
+
+static int cmp_sealed(const void *a, const void *b) {
+    const struct sealed *x = a, *y = b;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* pm_redo_recover -- replay every sealed lane in seq order, then empty all lanes.
+ * Runs at open before anything else touches the heap; crash-safe to re-run (L2).
+ * Returns PM_E_CORRUPT (report->lanes_replayed = offending lane) if a lane whose seal
+ * checks out holds an impossible entry; nothing is applied in that case. */
+int pm_redo_recover(pm_heap *h, struct pm_recover_report *out) {
+    memset(out, 0, sizeof *out);
+    struct sealed *s = calloc(h->lane_count, sizeof *s);
+    if (!s) return PM_E_NOMEM;
+    uint32_t ns = 0, dirty = 0;
+    for (uint32_t i = 0; i < h->lane_count; i++) {
+        uint64_t lo = lane_off(h, i), seal = pm_load8(h, lo);
+        if (!seal) continue;
+        dirty++;
+        uint32_t count = (uint32_t)seal;
+        const struct pmd_redo_entry *e = (const void *)(h->base + lo + PMD_LANE_HDR_SIZE);
+        uint64_t seq = pm_load8(h, lo + 8);
+        if (count == 0 || count > h->lane_capacity || seal_crc(i, seq, count, e) != (uint32_t)(seal >> 32)) {
+            out->lanes_discarded++;     /* torn or stale: the commit never reached its commit point */
+            continue;
+        }
+        for (uint32_t k = 0; k < count; k++)
+            if (!entry_is_valid(h, &e[k])) { free(s); out->lanes_replayed = i; return PM_E_CORRUPT; }
+        s[ns++] = (struct sealed){seq, i, count};
+    }
+    qsort(s, ns, sizeof *s, cmp_sealed);
+    for (uint32_t k = 0; k < ns; k++) {
+        const struct pmd_redo_entry *e = (const void *)(h->base + lane_off(h, s[k].lane) + PMD_LANE_HDR_SIZE);
+        pmi_redo_apply(h, e, s[k].count);
+        out->entries_applied += s[k].count;
+        if (s[k].seq > out->max_seq) out->max_seq = s[k].seq;
+    }
+    out->lanes_replayed = ns;
+    free(s);
+    if (dirty) {
+        struct pmi_range *r = malloc(h->lane_count * sizeof *r);
+        size_t nr = 0;
+        for (uint32_t i = 0; i < h->lane_count; i++) {
+            uint64_t lo = lane_off(h, i);
+            if (!pm_load8(h, lo)) continue;
+            pmi_store8(h, lo, 0);
+            if (r) r[nr].off = lo, r[nr].size = 8, nr++;
+            else { struct pmi_range one = {lo, 8}; pmi_persist_ranges(h, &one, 1); /* durable: lane i empty */ }
+        }
+        if (r) { pmi_persist_ranges(h, r, nr); free(r); }   /* durable: every lane empty */
+    }
+    atomic_store(&h->next_seq, out->max_seq + 1);
+    return PM_OK;
+}

@@ -1,0 +1,36 @@
+# pmstore -- `make serve` runs the main job on an embedded default, `make test` runs the suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+HEAP   ?= data/pmstore.heap
+
+.PHONY: install test test-long serve bench lint clean
+
+$(STAMP): pyproject.toml setup.py allocator/_build.py $(wildcard allocator/csrc/*.c allocator/csrc/*.h)
+	PYTHON=$(PYTHON) sh tools/system-deps.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(BIN)/pytest -q -m "not long"
+
+test-long: install
+	$(BIN)/pytest -q -m long
+
+serve: install
+	@mkdir -p $(dir $(HEAP))
+	$(BIN)/pmstore heap info --create $(HEAP)
+
+bench: install
+	$(BIN)/python bench/redo.py --quick --json
+
+lint: install
+	$(BIN)/ruff check allocator recovery store service tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info allocator/_pmstore_c.* .pytest_cache

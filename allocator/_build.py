@@ -1,7 +1,8 @@
 """cffi build script for the C core (out-of-line API mode, run by setuptools).
 
 The cdef is read from csrc/pmd.h and csrc/pm_api.h, so the declarations Python sees
-are the ones the C compiler sees. Knobs: PMSTORE_DEBUG=1 builds with asserts and -O0.
+are the ones the C compiler sees. Knobs: PMSTORE_DEBUG=1 builds with asserts and -O0; PMSTORE_MUTANT=<name> builds a
+deliberately broken protocol (crash-suite teeth; never for real use): noinval.
 """
 
 import os
@@ -11,6 +12,7 @@ import re
 from cffi import FFI
 
 CSRC = pathlib.Path(__file__).parent / "csrc"
+MUTANTS = {"": "", "noinval": "-DPMSTORE_MUTANT_NOINVAL"}
 SOURCES = ["pmem.c", "crc32c.c", "trace.c", "redo.c"]
 
 
@@ -31,7 +33,11 @@ def _flags() -> list[str]:
     debug = os.environ.get("PMSTORE_DEBUG", "0")
     if debug not in ("0", "1"):
         raise SystemExit(f"PMSTORE_DEBUG must be 0 or 1, not {debug!r}")
+    mutant = os.environ.get("PMSTORE_MUTANT", "")
+    if mutant not in MUTANTS:
+        raise SystemExit(f"PMSTORE_MUTANT must be one of {sorted(MUTANTS)}, not {mutant!r}")
     common = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"]
+    common += [MUTANTS[mutant]] if mutant else []
     return common + (["-O0", "-g", "-DPMSTORE_DEBUG=1"] if debug == "1" else ["-O2", "-DNDEBUG"])
 
 

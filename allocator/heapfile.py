@@ -137,6 +137,7 @@ class HeapFile:
         self.mapping = mapping
         self.header = header
         self.report = report
+        self._stale_copy = report.header_copy_restored  # H4: written first by the next update
 
     # ---------------------------------------------------------------- create / open
     @classmethod
@@ -233,11 +234,19 @@ class HeapFile:
 
     # ---------------------------------------------------------------- header
     def update_header(self, **changes) -> None:
-        """Rewrite both header copies with `changes` (H4: A, barrier, B, barrier)."""
+        """Rewrite both header copies with `changes` (H4).
+
+        Crash safety: one copy, then a barrier, then the other, then a barrier, so a valid
+        copy exists at every instant. The copy open found torn or stale is written first:
+        overwriting the only good copy first would leave none if that write tore.
+        """
         new = self.header.replace(generation=self.header.generation + 1, **changes)
         raw = new.pack()
-        self.mapping.write_persist(layout.HEADER_A_OFF, raw)  # durable: copy A (B still holds the old header)
-        self.mapping.write_persist(layout.HEADER_B_OFF, raw)  # durable: copy B; the update is complete
+        first, second = ((layout.HEADER_B_OFF, layout.HEADER_A_OFF) if self._stale_copy == "B"
+                         else (layout.HEADER_A_OFF, layout.HEADER_B_OFF))
+        self.mapping.write_persist(first, raw)   # durable: the first copy; the second still holds a valid header
+        self.mapping.write_persist(second, raw)  # durable: the second copy; the update is complete
+        self._stale_copy = None
         self.header = new
 
     # ---------------------------------------------------------------- redo

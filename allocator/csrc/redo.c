@@ -14,7 +14,8 @@
 
 #define MAX_LANES 4096
 
-static __thread uint32_t my_lane;   /* lane this thread tried last (0 = none yet) */
+static __thread uint32_t my_lane = UINT32_MAX;  /* lane this thread used last; MAX = none yet */
+static atomic_uint lane_rr;                      /* spreads new threads over the lanes */
 
 static uint64_t lane_off(pm_heap *h, uint32_t i) { return h->redo_off + (uint64_t)i * h->lane_size; }
 
@@ -75,6 +76,7 @@ static void pmi_redo_apply(pm_heap *h, const struct pmd_redo_entry *e, uint32_t 
 }
 
 static uint32_t lane_acquire(pm_heap *h) {
+    if (my_lane == UINT32_MAX) my_lane = atomic_fetch_add(&lane_rr, 1);
     uint32_t n = h->lane_count, i = my_lane % n;
     for (uint32_t spins = 0;; spins++) {
         for (uint32_t k = 0; k < n; k++, i = (i + 1) % n) {
@@ -113,7 +115,11 @@ int pm_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t co
     uint64_t snap[16]; uint32_t snap_lane[16]; size_t ns = 0;
     r[0].off = lo; r[0].size = PMD_LANE_HDR_SIZE + (uint64_t)count * PMD_REDO_ENTRY_SIZE;
     size_t nr = 1;
+#ifdef PMSTORE_MUTANT_NOINVAL
+    int pending = 0;    /* mutant: earlier lanes' invalidations are never made durable */
+#else
     int pending = atomic_load(&h->inval_pending);
+#endif
     if (pending > 0) {
         size_t cap = 17;
         if (pending > 16 && (r = malloc((h->lane_count + 1) * sizeof *r)) != NULL) r[0] = local[0], cap = h->lane_count + 1;
@@ -154,7 +160,8 @@ static int cmp_sealed(const void *a, const void *b) {
     return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
-/* pm_redo_recover -- replay every sealed lane in seq order, then empty all lanes.
+/* pm_redo_recover -- replay every sealed lane in seq order, emptying each after its
+ * replay, then empty the torn lanes.
  * Runs at open before anything else touches the heap; crash-safe to re-run (L2).
  * Returns PM_E_CORRUPT (report->lanes_replayed = offending lane) if a lane whose seal
  * checks out holds an impossible entry; nothing is applied in that case. */
@@ -162,11 +169,10 @@ int pm_redo_recover(pm_heap *h, struct pm_recover_report *out) {
     memset(out, 0, sizeof *out);
     struct sealed *s = calloc(h->lane_count, sizeof *s);
     if (!s) return PM_E_NOMEM;
-    uint32_t ns = 0, dirty = 0;
+    uint32_t ns = 0;
     for (uint32_t i = 0; i < h->lane_count; i++) {
         uint64_t lo = lane_off(h, i), seal = pm_load8(h, lo);
         if (!seal) continue;
-        dirty++;
         uint32_t count = (uint32_t)seal;
         const struct pmd_redo_entry *e = (const void *)(h->base + lo + PMD_LANE_HDR_SIZE);
         uint64_t seq = pm_load8(h, lo + 8);
@@ -179,15 +185,21 @@ int pm_redo_recover(pm_heap *h, struct pm_recover_report *out) {
         s[ns++] = (struct sealed){seq, i, count};
     }
     qsort(s, ns, sizeof *s, cmp_sealed);
+    /* Replay in seq order, emptying each lane right after its replay: a crash here
+     * leaves a seq-ordered suffix of lanes sealed, and replaying a suffix over words
+     * that already hold the whole replay gives the same words (L2). */
     for (uint32_t k = 0; k < ns; k++) {
-        const struct pmd_redo_entry *e = (const void *)(h->base + lane_off(h, s[k].lane) + PMD_LANE_HDR_SIZE);
-        pmi_redo_apply(h, e, s[k].count);
+        uint64_t lo = lane_off(h, s[k].lane);
+        pmi_redo_apply(h, (const void *)(h->base + lo + PMD_LANE_HDR_SIZE), s[k].count);
+        pmi_store8(h, lo, 0);
+        struct pmi_range one = {lo, 8};
+        pmi_persist_ranges(h, &one, 1);     /* durable: this lane empty, after its replay */
         out->entries_applied += s[k].count;
         if (s[k].seq > out->max_seq) out->max_seq = s[k].seq;
     }
     out->lanes_replayed = ns;
     free(s);
-    if (dirty) {
+    if (out->lanes_discarded) {
         struct pmi_range *r = malloc(h->lane_count * sizeof *r);
         size_t nr = 0;
         for (uint32_t i = 0; i < h->lane_count; i++) {
@@ -197,7 +209,7 @@ int pm_redo_recover(pm_heap *h, struct pm_recover_report *out) {
             if (r) r[nr].off = lo, r[nr].size = 8, nr++;
             else { struct pmi_range one = {lo, 8}; pmi_persist_ranges(h, &one, 1); /* durable: lane i empty */ }
         }
-        if (r) { pmi_persist_ranges(h, r, nr); free(r); }   /* durable: every lane empty */
+        if (r) { pmi_persist_ranges(h, r, nr); free(r); }   /* durable: the torn lanes empty */
     }
     atomic_store(&h->next_seq, out->max_seq + 1);
     return PM_OK;

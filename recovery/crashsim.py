@@ -1,0 +1,218 @@
+"""Crash simulator: materialise every file a power failure could leave behind.
+
+The pmem layer, in trace mode, logs every store (WRITE), every range handed to a
+barrier (FLUSH) and every barrier (FENCE); workloads add MARKs. Replaying that log,
+the simulator keeps two images: `volatile` (what the program sees) and `durable`
+(what survives a power cut). At each persist point -- just before every FENCE, and at
+the end -- a crash leaves `durable` plus ANY subset of the dirty units, at one of
+three granularities (FORMAT.md section 1, "Failure model"):
+
+  8B          aligned 8-byte words (persistent memory's power-fail atomic unit)
+  64B         cache lines (a line is written back whole or not at all)
+  4KiB/512B   msync'd file pages: a barrier makes whole 4 KiB OS pages durable, and a
+              dirty page may reach the disk in any subset of its 512-byte sectors
+
+Every subset is tried when there are at most 8 dirty units; beyond that, a seeded
+random sample (the seed is printed). A dirty unit whose bytes equal the durable ones
+is not counted. Simplification: a unit rewritten several times between barriers is
+modelled with its last value only.
+
+Pure data: this module reads the trace format (csrc/trace.c) and never imports the
+allocator; the caller supplies the open-and-check function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import random
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+# Trace record kinds (csrc/pm_api.h PM_TRACE_*); checked against C by tests/unit/test_layout.py.
+TRACE_WRITE = 1
+TRACE_FLUSH = 2
+TRACE_FENCE = 3
+TRACE_MARK = 4
+_REC = struct.Struct("<IIQ")
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A failure model: the unit that may or may not survive, and what a barrier covers."""
+
+    name: str
+    unit_size: int      # bytes that survive or vanish together
+    persist_size: int   # a barrier makes whole aligned blocks of this many bytes durable
+
+
+MODELS = {m.name: m for m in (Model("8B", 8, 8), Model("64B", 64, 64), Model("4KiB/512B", 512, 4096))}
+
+
+@dataclasses.dataclass
+class Event:
+    kind: int
+    off: int
+    size: int
+    data: bytes = b""
+
+
+def parse_trace(raw: bytes) -> list[Event]:
+    """Decode the trace log written by csrc/trace.c."""
+    events, pos = [], 0
+    while pos < len(raw):
+        kind, size, off = _REC.unpack_from(raw, pos)
+        pos += _REC.size
+        if kind == TRACE_WRITE:
+            events.append(Event(kind, off, size, raw[pos:pos + size]))
+            pos += (size + 7) & ~7
+        elif kind in (TRACE_FLUSH, TRACE_FENCE, TRACE_MARK):
+            events.append(Event(kind, off, size))
+        else:
+            raise ValueError(f"trace record of unknown kind {kind} at byte {pos - _REC.size}")
+    return events
+
+
+@dataclasses.dataclass
+class CrashPoint:
+    """One place a crash may strike: before fence number `fence_idx` (or at the end)."""
+
+    fence_idx: int          # barriers completed before this point
+    marks: list[int]        # MARK ids logged before this point, in order
+    dirty_units: list[int]  # unit indices whose volatile bytes differ from the durable ones
+
+
+@dataclasses.dataclass
+class Violation:
+    model: str
+    fence_idx: int
+    marks: list[int]
+    units: list[int]
+    message: str
+
+    def __str__(self) -> str:
+        return (f"[{self.model}] crash before barrier {self.fence_idx} (after marks {self.marks[-3:]}), "
+                f"surviving dirty units {self.units[:8]}{'...' if len(self.units) > 8 else ''}: {self.message}")
+
+
+@dataclasses.dataclass
+class Result:
+    states: int = 0
+    points: int = 0
+    sampled_points: int = 0
+    violations: list[Violation] = dataclasses.field(default_factory=list)
+    seed: int = 0
+
+
+class Replay:
+    """Walks a trace under one model, yielding crash points with the images behind them."""
+
+    def __init__(self, base_image: bytes, events: list[Event], model: Model):
+        self.model = model
+        self.events = events
+        self.volatile = bytearray(base_image)
+        self.durable = bytearray(base_image)
+        self._dirty: set[int] = set()
+
+    def _units(self, off: int, size: int, gran: int) -> range:
+        u = self.model.unit_size
+        start = (off // gran) * gran
+        end = -(-(off + size) // gran) * gran
+        return range(start // u, min(end, len(self.volatile)) // u)
+
+    def points(self) -> Iterator[CrashPoint]:
+        """Yield a crash point before every FENCE and at the end of the trace."""
+        u = self.model.unit_size
+        flushing: set[int] = set()
+        marks: list[int] = []
+        fences = 0
+        for ev in self.events:
+            if ev.kind == TRACE_WRITE:
+                end = ev.off + ev.size
+                if end > len(self.volatile):  # the heap grew: new bytes start out zero
+                    grow = -(-end // 4096) * 4096 - len(self.volatile)
+                    self.volatile.extend(bytes(grow))
+                    self.durable.extend(bytes(grow))
+                self.volatile[ev.off:end] = ev.data
+                self._dirty.update(self._units(ev.off, ev.size, u))
+            elif ev.kind == TRACE_FLUSH:
+                flushing.update(self._units(ev.off, ev.size, self.model.persist_size))
+            elif ev.kind == TRACE_MARK:
+                marks.append(ev.off)
+            elif ev.kind == TRACE_FENCE:
+                yield CrashPoint(fences, list(marks), self._real_dirty())
+                for x in flushing & self._dirty:
+                    self.durable[x * u:(x + 1) * u] = self.volatile[x * u:(x + 1) * u]
+                self._dirty -= flushing
+                flushing.clear()
+                fences += 1
+        yield CrashPoint(fences, list(marks), self._real_dirty())
+
+    def _real_dirty(self) -> list[int]:
+        u = self.model.unit_size
+        out = [x for x in self._dirty if self.volatile[x * u:(x + 1) * u] != self.durable[x * u:(x + 1) * u]]
+        self._dirty = set(out)  # units rewritten with their durable bytes are clean again
+        return sorted(out)
+
+    def image(self, units) -> bytearray:
+        """durable + the given dirty units taken from volatile."""
+        img = bytearray(self.durable)
+        u = self.model.unit_size
+        for x in units:
+            img[x * u:(x + 1) * u] = self.volatile[x * u:(x + 1) * u]
+        return img
+
+
+def subsets(units: list[int], max_subsets: int, rng: random.Random) -> tuple[Iterator[list[int]], bool]:
+    """All subsets when there are at most log2(max_subsets) units, else a sample
+    (always including none and all). Returns (subsets, sampled)."""
+    n = len(units)
+    if (1 << n) <= max_subsets:
+        return (list(c) for r in range(n + 1) for c in itertools.combinations(units, r)), False
+
+    def sample():
+        yield []
+        yield list(units)
+        for _ in range(max_subsets - 2):
+            yield [x for x in units if rng.random() < 0.5]
+    return sample(), True
+
+
+CheckFn = Callable[[Path, CrashPoint], None]
+
+
+def explore(base_image: bytes, trace: bytes | list[Event], check: CheckFn, *, workdir: str | os.PathLike,
+            models=tuple(MODELS), max_subsets: int = 256, seed: int | None = None,
+            max_states: int | None = None, stop_on_violation: bool = False) -> Result:
+    """Run `check(image_path, point)` on every crash image of the trace.
+
+    `check` opens the image through normal recovery and raises AssertionError on a
+    violation (any other exception counts as a violation too). Returns the count of
+    crash states explored and every violation found.
+    """
+    events = parse_trace(trace) if isinstance(trace, (bytes, bytearray)) else trace
+    seed = random.randrange(1 << 32) if seed is None else seed
+    rng = random.Random(seed)
+    res = Result(seed=seed)
+    path = Path(workdir) / "crash.img"
+    for name in models:
+        replay = Replay(base_image, events, MODELS[name])
+        for point in replay.points():
+            res.points += 1
+            chosen, sampled = subsets(point.dirty_units, max_subsets, rng)
+            res.sampled_points += sampled
+            for units in chosen:
+                path.write_bytes(replay.image(units))
+                res.states += 1
+                try:
+                    check(path, point)
+                except Exception as e:  # noqa: BLE001 - every failure of the check is a finding
+                    res.violations.append(Violation(name, point.fence_idx, point.marks, units,
+                                                    f"{type(e).__name__}: {e}"))
+                    if stop_on_violation:
+                        return res
+                if max_states is not None and res.states >= max_states:
+                    return res
+    return res

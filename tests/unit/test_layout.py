@@ -1,0 +1,69 @@
+"""FORMAT.md, the C structs (csrc/pmd.h) and the Python transcription agree, byte for byte."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from allocator import _native, layout
+from recovery import crashsim
+
+FORMAT = (Path(__file__).resolve().parents[2] / "FORMAT.md").read_text()
+
+
+def format_table(struct: str) -> list[tuple[int, int, str]]:
+    """(offset, size, field) rows of the table under the heading naming `struct`."""
+    m = re.search(rf"^#+ [\d.]*\s*{struct}\s*$(.*?)(?=^#)", FORMAT, re.M | re.S)
+    assert m, f"FORMAT.md has no table for {struct}"
+    rows = []
+    for line in m.group(1).splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].isdigit():
+            rows.append((int(cells[0]), int(cells[1]), cells[2]))
+    assert rows, f"FORMAT.md's {struct} table is empty"
+    return rows
+
+
+def c_table(struct: str) -> list[tuple[int, int, str]]:
+    t = _native.ffi.typeof(f"struct {struct}")
+    return [(f.offset, _native.ffi.sizeof(f.type), name) for name, f in t.fields]
+
+
+@pytest.mark.parametrize("struct", ["pmd_header", "pmd_lane_hdr", "pmd_redo_entry"])
+def test_format_md_tables_match_the_c_structs(struct):
+    assert format_table(struct) == c_table(struct)
+
+
+def test_H2_python_header_codec_matches_c_and_format_md():
+    sizes = {name: _native.ffi.sizeof(f.type) for name, f in _native.ffi.typeof("struct pmd_header").fields}
+    py = [(off, sizes[name], name) for name, off in layout.header_field_offsets().items()]
+    assert py == c_table("pmd_header") == format_table("pmd_header")
+    assert _native.ffi.sizeof("struct pmd_header") == layout.HEADER_SIZE
+
+
+@pytest.mark.parametrize("name", ["FORMAT_VERSION", "HEADER_SIZE", "HEADER_A_OFF", "HEADER_B_OFF", "ROOT_OFF",
+                                  "REDO_OFF", "OS_PAGE_SIZE", "PAGE_SIZE", "LANE_HDR_SIZE",
+                                  "REDO_ENTRY_SIZE", "REDO_OP_SET", "REDO_OP_OR", "REDO_OP_ANDNOT"])
+def test_constants_have_the_same_value_in_c_and_python(name):
+    assert getattr(layout, name) == _native.layout_constant(f"PMD_{name}")
+
+
+def test_magic_matches():
+    assert _native.layout_constant("PMD_MAGIC") == int.from_bytes(layout.MAGIC, "little")
+
+
+def test_root_word_row_matches_the_constant():
+    assert format_table("4.2 Root word")[0][:2] == (layout.ROOT_OFF, 8)
+
+
+def test_crash_simulator_reads_the_trace_kinds_c_writes():
+    for kind in ("WRITE", "FLUSH", "FENCE", "MARK"):
+        assert getattr(crashsim, f"TRACE_{kind}") == getattr(_native, f"TRACE_{kind}")
+
+
+def test_file_map_defaults_match_the_code():
+    meta = layout.meta_off_for(layout.DEFAULT_LANE_COUNT, layout.DEFAULT_LANE_SIZE)
+    assert f"`meta_off` = {meta} = {hex(meta)}" in FORMAT
+    assert f"`data_off` = {layout.data_off_for(meta, 0)}" in FORMAT

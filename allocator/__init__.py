@@ -1,9 +1,19 @@
 """pmstore's allocator layer: pmem layer, heap file, redo log (and, with the allocator
 issue, the size-class allocator). Imports go one way: service -> store -> allocator."""
 
-from allocator.errors import (CorruptHeapError, ForeignFileError, HeapClosedError, HeapFormatError,
-                              HeapFullError, HeapLockedError, PmemError, PmstoreError,
-                              TransactionTooLargeError, TruncatedHeapError, UnsupportedVersionError)
+from allocator.errors import (
+                              CorruptHeapError,
+                              ForeignFileError,
+                              HeapClosedError,
+                              HeapFormatError,
+                              HeapFullError,
+                              HeapLockedError,
+                              PmemError,
+                              PmstoreError,
+                              TransactionTooLargeError,
+                              TruncatedHeapError,
+                              UnsupportedVersionError,
+)
 from allocator.heapfile import HeapFile, OpenReport
 
 __all__ = [

@@ -26,7 +26,7 @@ def _cdef_text(name: str) -> str:
         if s.startswith("#define") and len(s.split()) < 3:
             continue  # include guards
         out.append(re.sub(r"/\*.*?\*/", "", line))
-    return re.sub(r"/\*.*?\*/", "", "\n".join(out), flags=re.S)
+    return re.sub(r"/\*.*?\*/", "", "\n".join(out), flags=re.DOTALL)
 
 
 def _flags() -> list[str]:

@@ -48,6 +48,12 @@ def check(rc: int, what: str) -> None:
     raise errors.PmstoreError(f"{what}: error code {rc}")
 
 
+def _off(off: int, what: str) -> int:
+    if off < 0:
+        raise ValueError(f"{what}: negative offset {off}")
+    return off
+
+
 class Mapping:
     """A mapped heap file: the pm_heap handle and the calls on it, by offset."""
 
@@ -95,17 +101,17 @@ class Mapping:
     # -- bytes
     def write(self, off: int, data) -> None:
         buf = ffi.from_buffer(data)
-        check(lib.pm_write(self._handle(), off, buf, len(buf)), f"write {len(buf)} bytes at {off}")
+        check(lib.pm_write(self._handle(), _off(off, "offset"), buf, len(buf)), f"write {len(buf)} bytes at {off}")
 
     def write_persist(self, off: int, data) -> None:
         buf = ffi.from_buffer(data)
-        check(lib.pm_write_persist(self._handle(), off, buf, len(buf)), f"write {len(buf)} bytes at {off}")
+        check(lib.pm_write_persist(self._handle(), _off(off, "offset"), buf, len(buf)), f"write {len(buf)} bytes at {off}")
 
     def persist(self, off: int, size: int) -> None:
-        check(lib.pm_persist(self._handle(), off, size), f"persist {size} bytes at {off}")
+        check(lib.pm_persist(self._handle(), _off(off, "offset"), size), f"persist {size} bytes at {off}")
 
     def store8(self, off: int, value: int) -> None:
-        check(lib.pm_store8(self._handle(), off, value), f"store8 at {off}")
+        check(lib.pm_store8(self._handle(), _off(off, "offset"), value), f"store8 at {off}")
 
     def load8(self, off: int) -> int:
         h = self._handle()
@@ -115,7 +121,7 @@ class Mapping:
 
     def read(self, off: int, size: int) -> bytes:
         buf = bytearray(size)
-        check(lib.pm_read(self._handle(), off, ffi.from_buffer(buf), size), f"read {size} bytes at {off}")
+        check(lib.pm_read(self._handle(), _off(off, "offset"), ffi.from_buffer(buf), size), f"read {size} bytes at {off}")
         return bytes(buf)
 
     def view(self, off: int, size: int) -> memoryview:

@@ -18,10 +18,16 @@ import os
 import time
 import uuid as uuidlib
 from pathlib import Path
+from typing import Self
 
 from allocator import _native, layout
-from allocator.errors import (CorruptHeapError, ForeignFileError, HeapLockedError, TruncatedHeapError,
-                              UnsupportedVersionError)
+from allocator.errors import (
+    CorruptHeapError,
+    ForeignFileError,
+    HeapLockedError,
+    TruncatedHeapError,
+    UnsupportedVersionError,
+)
 from allocator.layout import Header
 
 DEFAULT_MAX_SIZE = 16 << 30
@@ -144,7 +150,7 @@ class HeapFile:
     def create(cls, path, *, size: int, max_size: int | None = None,
                lane_count: int = layout.DEFAULT_LANE_COUNT, lane_size: int = layout.DEFAULT_LANE_SIZE,
                meta_size: int = 0, class_table_id: int = 0, backend: str = "auto",
-               trace: bool = False) -> "HeapFile":
+               trace: bool = False) -> HeapFile:
         """Create a new heap of `size` bytes (rounded up to whole pages) that may grow to max_size."""
         path = Path(path)
         if path.exists():
@@ -198,7 +204,7 @@ class HeapFile:
         return cls.open(path, backend=backend, trace=trace)
 
     @classmethod
-    def open(cls, path, *, backend: str = "auto", trace: bool = False) -> "HeapFile":
+    def open(cls, path, *, backend: str = "auto", trace: bool = False) -> HeapFile:
         """Open, lock, validate, map and recover an existing heap."""
         if backend not in _native.BACKENDS:
             raise ValueError(f"backend must be one of {sorted(_native.BACKENDS)}, not {backend!r}")
@@ -285,7 +291,7 @@ class HeapFile:
             self.mapping.close()
             os.close(self._fd)
 
-    def __enter__(self) -> "HeapFile":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -91,11 +91,11 @@ class Header:
         return fields
 
     @classmethod
-    def from_fields(cls, f: dict) -> "Header":
+    def from_fields(cls, f: dict) -> Header:
         names = {x.name for x in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in f.items() if k in names})
 
-    def replace(self, **changes) -> "Header":
+    def replace(self, **changes) -> Header:
         return dataclasses.replace(self, **changes)
 
 
@@ -115,4 +115,9 @@ def data_off_for(meta_off: int, meta_size: int) -> int:
 
 
 def pack_redo_entry(op: int, off: int, value: int) -> bytes:
+    """One pmd_redo_entry; refuses what the C side could misread (L2)."""
+    if op not in (REDO_OP_SET, REDO_OP_OR, REDO_OP_ANDNOT):
+        raise ValueError(f"unknown redo op {op!r}")
+    if off < 0 or off % 8:
+        raise ValueError(f"redo target {off} is not an 8-aligned offset")
     return struct.pack("<QQ", off | op, value & 0xFFFF_FFFF_FFFF_FFFF)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from allocator import HeapFile, PmstoreError, layout
@@ -26,7 +27,7 @@ DEFAULT_MAX = "16GiB"
 
 
 def _fail(msg: str, code: int = 2):
-    Console(stderr=True).print(f"[red]error:[/red] {msg}")
+    Console(stderr=True).print(f"[red]error:[/red] {escape(msg)}")
     raise typer.Exit(code)
 
 
@@ -64,11 +65,11 @@ def _print_state(state: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(state))
         return
-    t = Table(show_header=False, title=f"heap {state['path']}")
+    t = Table(show_header=False, title=escape(f"heap {state['path']}"))
     for k, v in state.items():
         if k.endswith("size") and isinstance(v, int):
             v = f"{v} ({format_size(v)})"
-        t.add_row(k, str(v))
+        t.add_row(k, escape(str(v)))
     console.print(t)
 
 

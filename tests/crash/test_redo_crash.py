@@ -100,9 +100,9 @@ def test_L2_recovery_survives_a_crash_during_recovery(tmp_path, crash_totals, wo
     lanes are emptied in seq order so a stale lane never outlives a newer one)."""
     path = make_heap(tmp_path)
     if workload == "random":
-        base, trace, words, models = _record(path, seed=7, commit_count=10)
+        base, trace, words, _models = _record(path, seed=7, commit_count=10)
     else:
-        base, trace, words, models = _record_lane_reuse(path)
+        base, trace, words, _models = _record_lane_reuse(path)
     events = crashsim.parse_trace(trace)
     replay = crashsim.Replay(base, events, crashsim.MODELS["64B"])
     rng = random.Random(7)

@@ -83,7 +83,7 @@ def test_subsets_enumerate_all_up_to_the_limit_and_sample_beyond():
 
 def test_explore_reports_a_broken_protocol(heap, tmp_path):
     """A 'commit' that publishes a flag before its data is durable must be caught."""
-    hf, path, base = heap
+    hf, _path, base = heap
     data, flag = hf.header.data_off, hf.header.data_off + 4096
     hf.mapping.store8(data, 42)                    # data not persisted ...
     hf.mapping.write_persist(flag, struct.pack("<Q", 1))  # ... but the flag is

@@ -15,7 +15,7 @@ FORMAT = (Path(__file__).resolve().parents[2] / "FORMAT.md").read_text()
 
 def format_table(struct: str) -> list[tuple[int, int, str]]:
     """(offset, size, field) rows of the table under the heading naming `struct`."""
-    m = re.search(rf"^#+ [\d.]*\s*{struct}\s*$(.*?)(?=^#)", FORMAT, re.M | re.S)
+    m = re.search(rf"^#+ [\d.]*\s*{struct}\s*$(.*?)(?=^#)", FORMAT, re.MULTILINE | re.DOTALL)
     assert m, f"FORMAT.md has no table for {struct}"
     rows = []
     for line in m.group(1).splitlines():

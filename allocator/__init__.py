@@ -14,10 +14,12 @@ from allocator.errors import (
                               TruncatedHeapError,
                               UnsupportedVersionError,
 )
+from allocator.heap import Heap, RecoveryReport
 from allocator.heapfile import HeapFile, OpenReport
+from allocator.transaction import Transaction
 
 __all__ = [
     "CorruptHeapError", "ForeignFileError", "HeapClosedError", "HeapFile", "HeapFormatError",
-    "HeapFullError", "HeapLockedError", "OpenReport", "PmemError", "PmstoreError",
+    "Heap", "HeapFullError", "HeapLockedError", "NotAllocatedError", "OpenReport", "RecoveryReport", "Transaction", "PmemError", "PmstoreError",
     "TransactionTooLargeError", "TruncatedHeapError", "UnsupportedVersionError",
 ]

@@ -13,7 +13,7 @@ from cffi import FFI
 
 CSRC = pathlib.Path(__file__).parent / "csrc"
 MUTANTS = {"": "", "noinval": "-DPMSTORE_MUTANT_NOINVAL"}
-SOURCES = ["pmem.c", "crc32c.c", "trace.c", "redo.c"]
+SOURCES = ["pmem.c", "crc32c.c", "trace.c", "redo.c", "classes.c", "span.c", "alloc.c"]
 
 
 def _cdef_text(name: str) -> str:

@@ -28,10 +28,19 @@ TRACE_FENCE = lib.PM_TRACE_FENCE
 TRACE_MARK = lib.PM_TRACE_MARK
 
 
+class NeedGrow(Exception):
+    """Internal: the C allocator found no free pages; the caller grows the heap and retries."""
+
+
 def check(rc: int, what: str) -> None:
     """Raise the exception matching a negative PM_E* code."""
-    if rc == lib.PM_OK:
+    if rc >= 0:
         return
+    if rc == lib.PM_E_NEED_GROW:
+        raise NeedGrow(what)
+    if rc == lib.PM_E_NOT_ALLOCATED:
+        raise errors.NotAllocatedError(f"{what}: not the start of an allocated block (never allocated, "
+                                       "or already freed)")
     if rc == lib.PM_E_NOSPC:
         raise errors.HeapFullError(f"{what}: the file system is full (ENOSPC); nothing was changed")
     if rc in (lib.PM_E_IO, lib.PM_E_NOMEM):
@@ -141,8 +150,86 @@ class Mapping:
 
     def redo_commit(self, packed: bytes | bytearray, count: int) -> None:
         """Commit `count` packed pmd_redo_entry records (16 bytes each), one C call."""
-        entries = ffi.cast("struct pmd_redo_entry *", ffi.from_buffer(packed))
-        check(lib.pm_redo_commit(self._handle(), entries, count), f"redo commit of {count} entries")
+        rc = lib.pm_redo_commit(self._handle(), ffi.from_buffer("struct pmd_redo_entry[]", packed), count)
+        if rc:
+            check(rc, f"redo commit of {count} entries")
+
+    # -- allocator (one C call per operation; the message is built only on failure)
+    def alloc_init(self, meta_off: int, data_off: int, page_max: int) -> dict:
+        rep = ffi.new("struct pm_scan_report *")
+        rc = lib.pm_alloc_init(self._handle(), meta_off, data_off, page_max, rep)
+        if rc == lib.PM_E_CORRUPT:
+            inv = {1: "P1", 2: "P2"}.get(rep.bad_invariant, "P?")
+            raise errors.CorruptHeapError(
+                "", f"descriptor[{rep.bad_page}]",
+                f"page {rep.bad_page} breaks {inv} (" + ("impossible descriptor" if inv == "P1" else
+                                                         "bitmap bit set beyond the run's capacity") + ")")
+        check(rc, "allocator scan")
+        return {"pages_scanned": rep.pages_scanned, "runs": rep.runs, "spans": rep.spans,
+                "live_blocks": rep.live_blocks}
+
+    def alloc_add_pages(self, new_size: int) -> None:
+        check(lib.pm_alloc_add_pages(self._handle(), new_size), "add grown pages")
+
+    def alloc_into(self, dest_off: int, size: int) -> int:
+        off = lib.pm_alloc_into(self._h or self._handle(), dest_off, size)
+        if off < 0:
+            check(off, f"allocate {size} bytes" + (f" into word {dest_off}" if dest_off else ""))
+        return off
+
+    def free_from(self, dest_off: int) -> None:
+        rc = lib.pm_free_from(self._h or self._handle(), dest_off)
+        if rc:
+            check(rc, f"free the block published at word {dest_off}")
+
+    def free(self, off: int) -> None:
+        rc = lib.pm_free(self._h or self._handle(), off)
+        if rc:
+            check(rc, f"free block {off}")
+
+    def block_size(self, off: int) -> int:
+        n = lib.pm_block_size(self._handle(), off)
+        check(n, f"size of block {off}")
+        return n
+
+    def tx_reserve(self, size: int):
+        """Reserve a block for a transaction: (offset, slot, packed entries)."""
+        slot = ffi.new("struct pm_tx_slot *")
+        ents = ffi.new("struct pmd_redo_entry[4]")
+        n = ffi.new("uint32_t *")
+        check(lib.pm_tx_reserve(self._handle(), size, slot, ents, n), f"allocate {size} bytes")
+        return slot.off, slot, bytes(ffi.buffer(ents, n[0] * 16))
+
+    def tx_locate(self, off: int):
+        slot = ffi.new("struct pm_tx_slot *")
+        ents = ffi.new("struct pmd_redo_entry[2]")
+        n = ffi.new("uint32_t *")
+        check(lib.pm_tx_locate(self._handle(), off, slot, ents, n), f"free block {off}")
+        return slot, bytes(ffi.buffer(ents, n[0] * 16))
+
+    def tx_commit(self, packed: bytes, data_ranges: list[tuple[int, int]], reserved: list, freed: list) -> None:
+        count = len(packed) // 16
+        data = ffi.new("uint64_t[]", [x for r in data_ranges for x in r] or [0])
+        res = ffi.new("struct pm_tx_slot[]", [s[0][0] for s in reserved] or 1)
+        fre = ffi.new("struct pm_tx_slot[]", [s[0][0] for s in freed] or 1)
+        rc = lib.pm_tx_commit(self._handle(), ffi.from_buffer("struct pmd_redo_entry[]", packed), count,
+                              data, len(data_ranges), res, len(reserved), fre, len(freed))
+        if rc:
+            check(rc, f"commit a transaction of {count} entries")
+
+    def tx_abort(self, reserved: list) -> None:
+        if reserved:
+            lib.pm_tx_abort(self._handle(), ffi.new("struct pm_tx_slot[]", [s[0][0] for s in reserved]),
+                            len(reserved))
+
+    def alloc_stats(self) -> tuple[dict, list[dict]]:
+        st = ffi.new("struct pm_alloc_stats *")
+        cls = ffi.new("struct pm_class_stats[]", lib.PMD_CLASS_COUNT)
+        check(lib.pm_alloc_stats(self._handle(), st, cls), "allocator stats")
+        fields = [f for f, _ in ffi.typeof("struct pm_alloc_stats").fields]
+        cfields = [f for f, _ in ffi.typeof("struct pm_class_stats").fields]
+        return ({f: getattr(st, f) for f in fields},
+                [{f: getattr(cls[i], f) for f in cfields} for i in range(lib.PMD_CLASS_COUNT)])
 
     def redo_recover(self) -> dict:
         rep = ffi.new("struct pm_recover_report *")
@@ -169,6 +256,12 @@ class Mapping:
         buf = bytearray(n)
         got = lib.pm_trace_take(h, ffi.from_buffer(buf), n)
         return bytes(buf[:got])
+
+
+def class_table() -> list[tuple[int, int, int]]:
+    """(block size, pages per run, blocks per run) of every size class."""
+    return [(lib.pm_class_size(i), lib.pm_class_pages(i), lib.pm_class_capacity(i))
+            for i in range(lib.PMD_CLASS_COUNT)]
 
 
 def crc32c(data, crc: int = 0) -> int:

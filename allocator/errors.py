@@ -54,3 +54,7 @@ class PmemError(PmstoreError, OSError):
 
 class HeapClosedError(PmstoreError):
     """The heap handle was closed."""
+
+
+class NotAllocatedError(PmstoreError, ValueError):
+    """An offset that is not the start of an allocated block (never allocated, or freed)."""

@@ -27,6 +27,8 @@
 #define PM_E_BAD_OP -6      /* unknown redo op */
 #define PM_E_CORRUPT -7     /* a sealed redo lane holds an impossible entry */
 #define PM_E_ARG -8         /* invalid argument */
+#define PM_E_NEED_GROW -9   /* no free pages: the caller grows the heap and retries */
+#define PM_E_NOT_ALLOCATED -10  /* not the start of an allocated block (or freed twice) */
 
 #define PM_BACKEND_AUTO 0   /* flush on a DAX mapping (MAP_SYNC), else msync */
 #define PM_BACKEND_MSYNC 1
@@ -73,6 +75,59 @@ int pm_trace_start(pm_heap *h);
 int pm_trace_mark(pm_heap *h, uint64_t id);
 uint64_t pm_trace_len(pm_heap *h);
 uint64_t pm_trace_take(pm_heap *h, void *dst, uint64_t cap);
+
+struct pm_scan_report {
+    uint64_t pages_scanned;     /* descriptors read */
+    uint64_t runs;              /* class runs found */
+    uint64_t spans;             /* large objects found */
+    uint64_t live_blocks;       /* allocated blocks, spans included */
+    uint32_t bad_page;          /* on PM_E_CORRUPT: the offending page index */
+    uint32_t bad_invariant;     /* on PM_E_CORRUPT: 1 = P1, 2 = P2 */
+};
+
+struct pm_alloc_stats {
+    uint64_t page_count;        /* pages inside file_size */
+    uint64_t free_pages;        /* pages in free spans */
+    uint64_t largest_free_span_pages;
+    uint64_t run_pages;         /* pages held by class runs */
+    uint64_t span_pages;        /* pages held by large objects */
+    uint64_t spans;             /* large objects */
+    uint64_t live_blocks;       /* allocated blocks, spans included */
+    uint64_t live_block_bytes;  /* their usable bytes */
+};
+
+struct pm_class_stats {
+    uint64_t runs;
+    uint64_t pages;
+    uint64_t blocks;            /* capacity */
+    uint64_t live_blocks;
+};
+
+struct pm_tx_slot {
+    uint64_t off;               /* the block */
+    void *run;                  /* opaque */
+    uint32_t idx;
+    uint32_t span_pages;
+};
+
+/* classes.c */
+uint32_t pm_class_size(uint32_t cls);
+uint32_t pm_class_pages(uint32_t cls);
+uint32_t pm_class_capacity(uint32_t cls);
+
+/* alloc.c */
+int pm_alloc_init(pm_heap *h, uint64_t meta_off, uint64_t data_off, uint64_t page_max, struct pm_scan_report *out);
+int pm_alloc_add_pages(pm_heap *h, uint64_t new_size);
+int64_t pm_alloc_into(pm_heap *h, uint64_t dest, uint64_t size);
+int pm_free_from(pm_heap *h, uint64_t dest);
+int pm_free(pm_heap *h, uint64_t off);
+int64_t pm_block_size(pm_heap *h, uint64_t off);
+int pm_tx_reserve(pm_heap *h, uint64_t size, struct pm_tx_slot *slot, struct pmd_redo_entry *e, uint32_t *n);
+int pm_tx_locate(pm_heap *h, uint64_t off, struct pm_tx_slot *slot, struct pmd_redo_entry *e, uint32_t *n);
+int pm_tx_commit(pm_heap *h, const struct pmd_redo_entry *e, uint32_t n, const uint64_t *data, uint32_t ndata,
+                 const struct pm_tx_slot *reserved, uint32_t nres, const struct pm_tx_slot *freed, uint32_t nfree);
+void pm_tx_abort(pm_heap *h, const struct pm_tx_slot *reserved, uint32_t nres);
+int pm_alloc_stats(pm_heap *h, struct pm_alloc_stats *out, struct pm_class_stats *cls);
 
 /* redo.c */
 int pm_redo_init(pm_heap *h, uint64_t redo_off, uint32_t lane_count, uint32_t lane_size);

@@ -18,12 +18,26 @@
 #define PMD_REDO_OFF 12288                  /* first redo lane */
 #define PMD_OS_PAGE_SIZE 4096
 #define PMD_PAGE_SIZE 65536                 /* allocator page */
-#define PMD_LANE_HDR_SIZE 64                /* one cache line: seal + seq */
+#define PMD_LANE_HDR_SIZE 16                /* seal + seq; entries follow, the first three in the same line */
 #define PMD_REDO_ENTRY_SIZE 16
 #define PMD_REDO_OP_SET 0                   /* word = value */
 #define PMD_REDO_OP_OR 1                    /* word |= value (bit set) */
 #define PMD_REDO_OP_ANDNOT 2                /* word &= ~value (bit clear) */
 #define PMD_REDO_OP_MASK 7                  /* op lives in the low 3 bits of off_op */
+
+/* Allocator (FORMAT.md 4.4, 4.5, 5): one 8-byte descriptor per 64 KiB page at meta_off;
+ * a class run starts with its allocation bitmap. */
+#define PMD_DESC_SIZE 8
+#define PMD_DESC_FREE 0                     /* kind: not part of any allocation */
+#define PMD_DESC_RUN 1                      /* kind: head of a run of blocks of one class */
+#define PMD_DESC_SPAN 2                     /* kind: head of one large object */
+#define PMD_DESC_KIND_MASK 255              /* bits 0-7: kind */
+#define PMD_DESC_CLASS_SHIFT 8              /* bits 8-15: class index (RUN) */
+#define PMD_DESC_PAGES_SHIFT 16             /* bits 16-47: pages in the run or span */
+#define PMD_RUN_BITMAP_SIZE 512             /* bytes at the start of a run: one bit per block */
+#define PMD_CLASS_TABLE_ID 1                /* the size-class table below; bump on any change */
+#define PMD_CLASS_COUNT 80                 /* classes in the table (FORMAT.md 5) */
+#define PMD_CLASS_MAX_SIZE 65536            /* larger requests take a span of whole pages */
 
 struct pmd_header {
     uint64_t magic;             /* PMD_MAGIC */
@@ -51,7 +65,6 @@ struct pmd_header {
 struct pmd_lane_hdr {
     uint64_t seal;              /* 0 = empty; else (crc32c << 32) | entry_count */
     uint64_t seq;               /* commit sequence number, orders replay */
-    uint8_t  reserved[48];      /* 0 */
 };
 
 struct pmd_redo_entry {

@@ -76,6 +76,7 @@ int pm_heap_map(int fd, uint64_t map_size, uint64_t reserve_size, int backend, p
     h->fd = fd;
     h->reserve_size = reserve_size;
     pthread_mutex_init(&h->trace_lock, NULL);
+    pthread_mutex_init(&h->rmw_lock, NULL);
     void *r = mmap(NULL, reserve_size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (r == MAP_FAILED) { int e = fail_errno(); free(h); return e; }
     h->base = r;
@@ -92,9 +93,11 @@ int pm_heap_map(int fd, uint64_t map_size, uint64_t reserve_size, int backend, p
 void pm_heap_unmap(pm_heap *h) {
     if (!h) return;
     munmap(h->base, h->reserve_size);
+    pmi_alloc_free(h);
     pmi_trace_free(h);
     pmi_redo_free(h);
     pthread_mutex_destroy(&h->trace_lock);
+    pthread_mutex_destroy(&h->rmw_lock);
     free(h);
 }
 
@@ -128,6 +131,22 @@ void pmi_write(pm_heap *h, uint64_t off, const void *src, uint64_t size) {
 void pmi_store8(pm_heap *h, uint64_t off, uint64_t value) {
     if (h->tracing) pmi_trace_write(h, off, &value, 8);
     atomic_store_explicit((_Atomic uint64_t *)(h->base + off), value, memory_order_release);
+}
+
+/* pmi_rmw8 -- atomic bit set (or=1) / bit clear (or=0) on one word: commits that touch
+ * different bits of the same word (an allocation bitmap) may apply concurrently. */
+void pmi_rmw8(pm_heap *h, uint64_t off, uint64_t mask, int or) {
+    _Atomic uint64_t *w = (_Atomic uint64_t *)(h->base + off);
+    uint64_t v;
+    if (h->tracing) {   /* record the resulting word; the mutex keeps record and store in step */
+        pthread_mutex_lock(&h->rmw_lock);
+        v = or ? atomic_fetch_or(w, mask) | mask : atomic_fetch_and(w, ~mask) & ~mask;
+        pmi_trace_write(h, off, &v, 8);
+        pthread_mutex_unlock(&h->rmw_lock);
+        return;
+    }
+    if (or) atomic_fetch_or_explicit(w, mask, memory_order_release);
+    else atomic_fetch_and_explicit(w, ~mask, memory_order_release);
 }
 
 __attribute__((target("clwb"))) static void flush_lines_clwb(uint8_t *p, uint8_t *end) {

@@ -32,6 +32,7 @@ struct pm_heap {
     /* crash simulator trace (trace.c) */
     int tracing;
     pthread_mutex_t trace_lock;
+    pthread_mutex_t rmw_lock;   /* traced bit ops only: keeps record order = store order */
     uint8_t *trace_buf;
     uint64_t trace_len;         /* bytes used */
     uint64_t trace_cap;         /* bytes allocated */
@@ -43,6 +44,8 @@ struct pm_heap {
     atomic_uint_fast64_t next_seq;
     atomic_int inval_pending;   /* lanes whose inval_seq != 0 */
     struct pmi_lane *lanes;
+    /* allocator (alloc.c, span.c) */
+    struct pmi_alloc *alloc;
 };
 
 /* A range to make durable as part of one barrier. */
@@ -51,6 +54,7 @@ struct pmi_range { uint64_t off; uint64_t size; };
 /* pmem.c */
 void pmi_write(pm_heap *h, uint64_t off, const void *src, uint64_t size);
 void pmi_store8(pm_heap *h, uint64_t off, uint64_t value);
+void pmi_rmw8(pm_heap *h, uint64_t off, uint64_t mask, int or);
 void pmi_persist_ranges(pm_heap *h, const struct pmi_range *r, size_t n);
 static inline int pmi_in_range(pm_heap *h, uint64_t off, uint64_t size) {
     uint64_t m = atomic_load_explicit(&h->map_size, memory_order_acquire);
@@ -63,6 +67,10 @@ void pmi_trace_fence(pm_heap *h);
 void pmi_trace_free(pm_heap *h);
 /* redo.c */
 void pmi_redo_free(pm_heap *h);
+int pmi_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t count,
+                    const struct pmi_range *extra, uint32_t nextra);
+/* alloc.c */
+void pmi_alloc_free(pm_heap *h);
 /* errno of the last failed system call, per thread */
 extern __thread int pmi_errno;
 #endif

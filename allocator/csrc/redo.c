@@ -58,9 +58,8 @@ static void pmi_redo_apply(pm_heap *h, const struct pmd_redo_entry *e, uint32_t 
     struct pmi_range local[32], *r = n <= 32 ? local : malloc(n * sizeof *r);
     for (uint32_t i = 0; i < n; i++) {
         uint64_t op = e[i].off_op & PMD_REDO_OP_MASK, off = e[i].off_op & ~(uint64_t)PMD_REDO_OP_MASK;
-        uint64_t old = atomic_load_explicit((_Atomic uint64_t *)(h->base + off), memory_order_relaxed);
-        uint64_t v = op == PMD_REDO_OP_SET ? e[i].value : op == PMD_REDO_OP_OR ? old | e[i].value : old & ~e[i].value;
-        pmi_store8(h, off, v);
+        if (op == PMD_REDO_OP_SET) pmi_store8(h, off, e[i].value);
+        else pmi_rmw8(h, off, e[i].value, op == PMD_REDO_OP_OR);
         if (r) r[i].off = off, r[i].size = 8;
     }
     if (r) {
@@ -91,16 +90,42 @@ static uint32_t lane_acquire(pm_heap *h) {
     }
 }
 
-/* pm_redo_commit -- make all count updates durable atomically (FORMAT.md, "Commit
- * protocol"). pre: entries target 8-aligned words inside the heap, past the headers;
+/* pm_redo_commit -- make all count updates durable atomically (FORMAT.md 7.1).
+ * pre: entries target 8-aligned words inside the heap, past the headers;
  * post: on PM_OK every update is applied and durable. */
 int pm_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t count) {
-    if (count == 0) return PM_OK;
-    if (count > h->lane_capacity) return PM_E_TOO_BIG;
     for (uint32_t i = 0; i < count; i++)
         if (!entry_is_valid(h, &entries[i]))
             return (entries[i].off_op & PMD_REDO_OP_MASK) > PMD_REDO_OP_ANDNOT ? PM_E_BAD_OP : PM_E_RANGE;
+    return pmi_redo_commit(h, entries, count, NULL, 0);
+}
 
+/* pending_invalidations -- append the seal words of lanes whose invalidation may not be
+ * durable yet (at most cap - *nr of them); remember up to 16 to clear after the barrier. */
+static void pending_invalidations(pm_heap *h, uint32_t own, struct pmi_range *r, size_t *nr, size_t cap,
+                                  uint64_t *snap, uint32_t *snap_lane, size_t *ns) {
+#ifdef PMSTORE_MUTANT_NOINVAL
+    return;     /* mutant: earlier lanes' invalidations are never made durable */
+#endif
+    if (atomic_load(&h->inval_pending) <= 0) return;
+    for (uint32_t i = 0; i < h->lane_count && *nr < cap; i++) {
+        uint64_t s = atomic_load(&h->lanes[i].inval_seq);
+        if (!s || i == own) continue;
+        r[*nr].off = lane_off(h, i); r[*nr].size = 8; (*nr)++;
+        if (*ns < 16) snap[*ns] = s, snap_lane[*ns] = i, (*ns)++;
+    }
+}
+
+/* pmi_redo_commit -- the commit protocol. `extra` ranges (data the entries publish, e.g.
+ * a new object's bytes) become durable in the same commit-point barrier.
+ * pre: entries validated by the caller. */
+int pmi_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t count,
+                    const struct pmi_range *extra, uint32_t nextra) {
+    if (count == 0) {
+        if (nextra) pmi_persist_ranges(h, extra, nextra);  /* durable: the caller's data */
+        return PM_OK;
+    }
+    if (count > h->lane_capacity) return PM_E_TOO_BIG;
     uint32_t lane = lane_acquire(h);
     uint64_t lo = lane_off(h, lane);
     uint64_t seq = atomic_fetch_add(&h->next_seq, 1);
@@ -109,30 +134,20 @@ int pm_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t co
     pmi_store8(h, lo + 8, seq);
     pmi_store8(h, lo, ((uint64_t)seal_crc(lane, seq, count, entries) << 32) | count);
 
-    /* step 2: one barrier over this lane and over the seal lines of lanes whose
-     * invalidation (step 5 of an earlier commit) may not be durable yet (L4). */
-    struct pmi_range local[17], *r = local;
-    uint64_t snap[16]; uint32_t snap_lane[16]; size_t ns = 0;
+    /* step 2: one barrier over this lane, the caller's data, and the seal words of lanes
+     * whose invalidation (step 5 of an earlier commit) may not be durable yet (L4). */
+    struct pmi_range local[24], *r = local;
+    size_t cap = 24, need = 1 + nextra + (atomic_load(&h->inval_pending) > 0 ? h->lane_count : 0);
+    if (need > cap && (r = malloc(need * sizeof *r)) != NULL) cap = need;
+    if (!r) r = local;
+    size_t nr = 1, ns = 0;
+    uint64_t snap[16]; uint32_t snap_lane[16];
     r[0].off = lo; r[0].size = PMD_LANE_HDR_SIZE + (uint64_t)count * PMD_REDO_ENTRY_SIZE;
-    size_t nr = 1;
-#ifdef PMSTORE_MUTANT_NOINVAL
-    int pending = 0;    /* mutant: earlier lanes' invalidations are never made durable */
-#else
-    int pending = atomic_load(&h->inval_pending);
-#endif
-    if (pending > 0) {
-        size_t cap = 17;
-        if (pending > 16 && (r = malloc((h->lane_count + 1) * sizeof *r)) != NULL) r[0] = local[0], cap = h->lane_count + 1;
-        if (!r) r = local;  /* no DRAM: flush what fits; the rest stay pending for a later commit */
-        for (uint32_t i = 0; i < h->lane_count && nr < cap; i++) {
-            uint64_t s = atomic_load(&h->lanes[i].inval_seq);
-            if (!s || i == lane) continue;
-            r[nr].off = lane_off(h, i); r[nr].size = 8; nr++;
-            if (ns < 16) snap[ns] = s, snap_lane[ns] = i, ns++;
-        }
-    }
-    pmi_persist_ranges(h, r, nr);   /* durable: this commit's log (the commit point) and
-                                       earlier lanes' invalidations */
+    if (nextra && nr + nextra <= cap) { memcpy(r + 1, extra, nextra * sizeof *r); nr += nextra; }
+    else if (nextra) pmi_persist_ranges(h, extra, nextra);  /* durable: the caller's data (no DRAM to merge) */
+    pending_invalidations(h, lane, r, &nr, cap, snap, snap_lane, &ns);
+    pmi_persist_ranges(h, r, nr);   /* durable: this commit's log (the commit point), its data,
+                                       and earlier lanes' invalidations */
     if (r != local) free(r);
     for (size_t k = 0; k < ns; k++) {
         uint64_t s = snap[k];

@@ -1,0 +1,78 @@
+/* alloc.h -- the allocator's volatile (DRAM) state, derived from the descriptors and
+ * bitmaps by the scan at open (FORMAT.md 4.4-4.5, P1-P5) and never written to the heap.
+ *
+ * A "run" is 1 or 8 pages serving one size class; its blocks sit on three free lists as
+ * in mimalloc: `free` (allocation pops), `local_free` (the owner's frees, no atomics),
+ * `thread_free` (other threads' frees, one CAS). Links are u16 block indices in DRAM.
+ * Free page spans live in size bins with boundary tags for coalescing (span.c).
+ */
+#ifndef ALLOC_H
+#define ALLOC_H
+#include "pmi.h"
+
+#define PMI_NIL 0xFFFFu         /* end of a block list */
+#define PMI_NO_PAGE 0xFFFFFFFFu
+#define PMI_BINS 40
+
+struct pmi_theap;
+
+struct pmi_run {
+    uint32_t head;              /* page index of the first page */
+    uint16_t cls;               /* class index */
+    uint16_t pages;             /* pages in the run */
+    uint32_t capacity;          /* blocks */
+    uint32_t block_size;        /* bytes */
+    uint64_t run_off;           /* offset of the run (its bitmap) */
+    uint64_t blocks_off;        /* offset of block 0 */
+    uint16_t *next;             /* next[i]: link of block i in whichever list holds it */
+    uint32_t free_head;         /* owner only */
+    uint32_t local_head;        /* owner only */
+    _Atomic uint32_t thread_head;   /* any thread: CAS push; owner: exchange-all */
+    _Atomic uint32_t used;      /* blocks allocated or reserved */
+    _Atomic(struct pmi_theap *) owner;  /* NULL: in the class pool */
+    int desc_pending;           /* descriptor not durable yet: the next commit carries it */
+    struct pmi_run *link;       /* owner's class list, or the pool */
+};
+
+struct pmi_theap {              /* one per thread per heap */
+    pm_heap *h;
+    struct pmi_run *current[PMD_CLASS_COUNT];
+    struct pmi_run *owned[PMD_CLASS_COUNT];
+    struct pmi_theap *all_next; /* registry, for cleanup */
+};
+
+struct pmi_slot {               /* one per page */
+    uint32_t head;              /* first page of the run/span this page belongs to */
+    uint32_t free_pages;        /* free span head: its length; 0 otherwise */
+    uint32_t free_head;         /* free span tail: its head page */
+    uint32_t bin_next, bin_prev;/* free span heads: bin list */
+    struct pmi_run *run;        /* run heads: the run */
+};
+
+struct pmi_alloc {
+    uint64_t meta_off;          /* descriptor table */
+    uint64_t data_off;          /* page 0 */
+    uint32_t page_count;        /* pages inside file_size */
+    uint32_t page_max;          /* pages the descriptor table covers */
+    struct pmi_slot *slots;     /* [page_max] */
+    pthread_mutex_t span_lock;  /* free spans, slots of free pages, growth */
+    uint32_t bins[PMI_BINS];    /* heads of free-span lists by floor(log2(pages)) */
+    uint64_t free_page_count;
+    pthread_mutex_t pool_lock;  /* class pools and the theap registry */
+    struct pmi_run *pool[PMD_CLASS_COUNT];
+    struct pmi_theap *theaps;
+    pthread_key_t theap_key;
+    _Atomic uint64_t live_spans;    /* large objects */
+    _Atomic uint64_t span_pages;    /* pages held by large objects */
+};
+
+/* classes.c */
+uint32_t pmi_class_size(uint32_t cls);
+uint32_t pmi_class_of(uint64_t size);       /* PMD_CLASS_COUNT if size > PMD_CLASS_MAX_SIZE */
+uint32_t pmi_class_pages(uint32_t cls);
+uint32_t pmi_class_capacity(uint32_t cls);
+/* span.c -- callers hold span_lock */
+void pmi_span_insert(struct pmi_alloc *a, uint32_t head, uint32_t pages);     /* coalesces */
+uint32_t pmi_span_take(struct pmi_alloc *a, uint32_t pages);                  /* best fit, PMI_NO_PAGE */
+uint32_t pmi_span_largest(struct pmi_alloc *a);
+#endif

@@ -522,7 +522,7 @@ def test_L3_trace_of_a_commit_follows_the_protocol(heap):
                   if r[0] == _native.TRACE_WRITE and r[2] >= h.redo_off and r[2] % h.lane_size == 0
                   and r[3] != bytes(8))
     lane_off = recs[seal_i][2]
-    entries_i = next(i for i, r in enumerate(recs) if r[0] == _native.TRACE_WRITE and r[2] == lane_off + 64)
+    entries_i = next(i for i, r in enumerate(recs) if r[0] == _native.TRACE_WRITE and r[2] == lane_off + layout.LANE_HDR_SIZE)
     word_i = next(i for i, r in enumerate(recs) if r[0] == _native.TRACE_WRITE and r[2] == w)
     assert recs[entries_i][3] == layout.pack_redo_entry(REDO_OP_SET, w, 0xABCD)
     assert entries_i < seal_i < fences[0] < word_i < fences[1]

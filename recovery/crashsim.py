@@ -36,6 +36,7 @@ TRACE_WRITE = 1
 TRACE_FLUSH = 2
 TRACE_FENCE = 3
 TRACE_MARK = 4
+TRACE_GROW = 5  # the file grew (zero-filled); its size is durable (fdatasync) before any use
 _REC = struct.Struct("<IIQ")
 
 
@@ -68,7 +69,7 @@ def parse_trace(raw: bytes) -> list[Event]:
         if kind == TRACE_WRITE:
             events.append(Event(kind, off, size, raw[pos:pos + size]))
             pos += (size + 7) & ~7
-        elif kind in (TRACE_FLUSH, TRACE_FENCE, TRACE_MARK):
+        elif kind in (TRACE_FLUSH, TRACE_FENCE, TRACE_MARK, TRACE_GROW):
             events.append(Event(kind, off, size))
         else:
             raise ValueError(f"trace record of unknown kind {kind} at byte {pos - _REC.size}")
@@ -131,14 +132,16 @@ class Replay:
         for ev in self.events:
             if ev.kind == TRACE_WRITE:
                 end = ev.off + ev.size
-                if end > len(self.volatile):  # the heap grew: new bytes start out zero
-                    grow = -(-end // 4096) * 4096 - len(self.volatile)
-                    self.volatile.extend(bytes(grow))
-                    self.durable.extend(bytes(grow))
+                if end > len(self.volatile):
+                    raise ValueError(f"trace writes past the end of the file ({end} > {len(self.volatile)})")
                 self.volatile[ev.off:end] = ev.data
                 self._dirty.update(self._units(ev.off, ev.size, u))
             elif ev.kind == TRACE_FLUSH:
                 flushing.update(self._units(ev.off, ev.size, self.model.persist_size))
+            elif ev.kind == TRACE_GROW and ev.off > len(self.volatile):
+                grow = ev.off - len(self.volatile)
+                self.volatile.extend(bytes(grow))
+                self.durable.extend(bytes(grow))
             elif ev.kind == TRACE_MARK:
                 marks.append(ev.off)
             elif ev.kind == TRACE_FENCE:

@@ -1,7 +1,7 @@
 /* alloc.c -- the allocator: runs of size-classed blocks, thread heaps, large spans,
  * crash-consistent publish, transactions, the recovery scan and statistics.
  *
- * FORMAT.md 4.4-4.5 and 7.6-7.8; invariants P1-P5. Authoritative state is the page
+ * FORMAT.md 4.4-4.5 and 7.5-7.7; invariants P1-P5. Authoritative state is the page
  * descriptors and the run bitmaps; everything in struct pmi_alloc is derived and
  * rebuilt by pm_alloc_init. An allocation reaches the heap only through a redo commit
  * that also writes the word publishing it (alloc_into), so a crash cannot leak it.

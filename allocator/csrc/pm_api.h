@@ -39,6 +39,7 @@
 #define PM_TRACE_FLUSH 2
 #define PM_TRACE_FENCE 3
 #define PM_TRACE_MARK 4
+#define PM_TRACE_GROW 5     /* the file grew to `off` bytes, zero-filled, size durable */
 
 typedef struct pm_heap pm_heap;
 

@@ -109,6 +109,8 @@ int pm_heap_grow(pm_heap *h, uint64_t new_size) {
     if (new_size <= old || new_size > h->reserve_size || new_size % PMD_OS_PAGE_SIZE) return PM_E_ARG;
     int e = posix_fallocate(h->fd, (off_t)old, (off_t)(new_size - old));
     if (e) { errno = e; return fail_errno(); }
+    if (h->backend != PM_BACKEND_NONE && fdatasync(h->fd)) return fail_errno();   /* durable: the new file size */
+    if (h->tracing) pmi_trace_grow(h, new_size);
     int rc = map_file(h, old, new_size - old, h->is_dax);
     if (rc) return rc;
     atomic_store_explicit(&h->map_size, new_size, memory_order_release);

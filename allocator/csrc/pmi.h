@@ -64,6 +64,7 @@ static inline int pmi_in_range(pm_heap *h, uint64_t off, uint64_t size) {
 void pmi_trace_write(pm_heap *h, uint64_t off, const void *src, uint64_t size);
 void pmi_trace_flush(pm_heap *h, uint64_t off, uint64_t size);
 void pmi_trace_fence(pm_heap *h);
+void pmi_trace_grow(pm_heap *h, uint64_t new_size);
 void pmi_trace_free(pm_heap *h);
 /* redo.c */
 void pmi_redo_free(pm_heap *h);

@@ -1,7 +1,8 @@
 /* trace.c -- recording for the crash simulator (recovery/crashsim.py replays it).
  *
  * When tracing is on, every store to the mapping and every persist barrier appends a
- * record: WRITE(off, size, bytes), FLUSH(off, size), FENCE, MARK(id). From that log
+ * record: WRITE(off, size, bytes), FLUSH(off, size), FENCE, MARK(id), GROW(new size).
+ * From that log
  * the simulator materialises any file a power failure could leave behind.
  * Record layout (little-endian): u32 kind, u32 size, u64 off, then size bytes for
  * WRITE, padded to 8. Tests only: one mutex serialises recording.
@@ -39,6 +40,7 @@ void pmi_trace_write(pm_heap *h, uint64_t off, const void *src, uint64_t size) {
 }
 void pmi_trace_flush(pm_heap *h, uint64_t off, uint64_t size) { append(h, PM_TRACE_FLUSH, off, size, NULL); }
 void pmi_trace_fence(pm_heap *h) { append(h, PM_TRACE_FENCE, 0, 0, NULL); }
+void pmi_trace_grow(pm_heap *h, uint64_t new_size) { append(h, PM_TRACE_GROW, new_size, 0, NULL); }
 
 int pm_trace_start(pm_heap *h) { h->tracing = 1; return PM_OK; }
 int pm_trace_mark(pm_heap *h, uint64_t id) { if (h->tracing) append(h, PM_TRACE_MARK, id, 0, NULL); return PM_OK; }

@@ -9,6 +9,7 @@ import pytest
 
 from allocator import _native, layout
 from recovery import crashsim
+from recovery import format as rformat
 
 FORMAT = (Path(__file__).resolve().parents[2] / "FORMAT.md").read_text()
 
@@ -59,7 +60,7 @@ def test_root_word_row_matches_the_constant():
 
 
 def test_crash_simulator_reads_the_trace_kinds_c_writes():
-    for kind in ("WRITE", "FLUSH", "FENCE", "MARK"):
+    for kind in ("WRITE", "FLUSH", "FENCE", "MARK", "GROW"):
         assert getattr(crashsim, f"TRACE_{kind}") == getattr(_native, f"TRACE_{kind}")
 
 
@@ -67,3 +68,29 @@ def test_file_map_defaults_match_the_code():
     meta = layout.meta_off_for(layout.DEFAULT_LANE_COUNT, layout.DEFAULT_LANE_SIZE)
     assert f"`meta_off` = {meta} = {hex(meta)}" in FORMAT
     assert f"`data_off` = {layout.data_off_for(meta, 0)}" in FORMAT
+
+
+def test_H6_size_class_table_agrees_in_c_checker_and_format_md():
+    rows = []
+    m = re.search(r"^## 5\. Size classes$(.*?)(?=^## )", FORMAT, re.M | re.S)
+    for line in m.group(1).splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].isdigit():
+            rows.append(tuple(int(c) for c in cells[1:]))
+    assert rows == _native.class_table() == rformat.class_table()
+    assert len(rows) == _native.layout_constant("PMD_CLASS_COUNT")
+    assert rformat.CLASS_TABLE_ID == _native.layout_constant("PMD_CLASS_TABLE_ID")
+
+
+@pytest.mark.parametrize("name", ["FORMAT_VERSION", "HEADER_SIZE", "ROOT_OFF", "REDO_OFF", "PAGE_SIZE",
+                                  "LANE_HDR_SIZE", "REDO_ENTRY_SIZE", "DESC_SIZE", "RUN_BITMAP_SIZE"])
+def test_checker_transcription_matches_c(name):
+    assert getattr(rformat, name) == _native.layout_constant(f"PMD_{name}")
+
+
+def test_checker_header_table_matches_c():
+    assert [n for n, _ in rformat.HEADER_FIELDS] == [n for _, _, n in c_table("pmd_header")]
+    assert rformat.HEADER_STRUCT.size == layout.HEADER_SIZE
+    kinds = {"DESC_FREE": "PMD_DESC_FREE", "DESC_RUN": "PMD_DESC_RUN", "DESC_SPAN": "PMD_DESC_SPAN"}
+    for py, c in kinds.items():
+        assert getattr(rformat, py) == _native.layout_constant(c)

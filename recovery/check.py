@@ -1,0 +1,211 @@
+"""Independent heap checker: re-derives the heap's invariants from raw bytes.
+
+Reads the file through recovery/format.py (a transcription of FORMAT.md) and never
+calls allocator code, so an allocator bug cannot hide itself (STYLE.md principle 7).
+Checks H1-H6 (header copies), L1-L3 (redo lanes), R1 (root word) and P1-P5 (page
+descriptors and run bitmaps); returns every finding with its invariant ID, offset and
+a message, plus the set of allocated blocks for reachability checks by the layers above.
+
+A heap "at rest" (closed cleanly, or opened and recovered) has empty lanes and two
+equal header copies; `at_rest=False` accepts what a crash may leave (sealed lanes, one
+stale or torn header copy) and checks only that it is recoverable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import mmap
+import os
+import struct
+from pathlib import Path
+
+from recovery import format as fmt
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    invariant: str
+    off: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.invariant} at {self.off}: {self.message}"
+
+
+@dataclasses.dataclass
+class Report:
+    path: str
+    findings: list[Finding] = dataclasses.field(default_factory=list)
+    header: dict | None = None
+    blocks: dict[int, int] = dataclasses.field(default_factory=dict)  # block offset -> usable bytes
+    runs: int = 0
+    spans: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def add(self, inv: str, off: int, msg: str) -> None:
+        self.findings.append(Finding(inv, off, msg))
+
+
+def _header_copy(buf, off: int) -> tuple[dict, bool]:
+    raw = bytes(buf[off:off + fmt.HEADER_SIZE])
+    f = dict(zip((n for n, _ in fmt.HEADER_FIELDS), fmt.HEADER_STRUCT.unpack(raw)))
+    return f, f["crc32c"] == fmt.crc32c(raw[:fmt.HEADER_CRC_COVERS])
+
+
+def check_heap(path, *, at_rest: bool = True) -> Report:
+    """Check the heap file at `path`; the file is only read."""
+    rep = Report(str(path))
+    size = os.path.getsize(path)
+    if size < fmt.HEADER_COPIES["B"] + fmt.HEADER_SIZE:
+        rep.add("H5", 0, f"file is {size} bytes, too short for two header copies")
+        return rep
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        _check(buf, size, rep, at_rest)
+    return rep
+
+
+def _check(buf, size: int, rep: Report, at_rest: bool) -> None:
+    copies = {name: _header_copy(buf, off) for name, off in fmt.HEADER_COPIES.items()}
+    good = {n: c for n, (c, ok) in copies.items() if ok and c["magic"] == fmt.MAGIC}
+    for n, (c, ok) in copies.items():
+        if c["magic"] != fmt.MAGIC:
+            rep.add("H1", fmt.HEADER_COPIES[n], f"header copy {n}: magic is {c['magic']!r}")
+        elif not ok and (at_rest or not good):
+            rep.add("H3", fmt.HEADER_COPIES[n], f"header copy {n} fails its CRC32C")
+    if not good:
+        return
+    h = max(good.values(), key=lambda c: c["generation"])
+    rep.header = h
+    if at_rest and len(good) == 2 and good["A"] != good["B"]:
+        rep.add("H4", 0, f"header copies differ at rest (generations {good['A']['generation']} "
+                         f"and {good['B']['generation']})")
+    _check_header_fields(h, size, rep)
+    if rep.findings and any(f.invariant in ("H2", "H5", "H6") for f in rep.findings):
+        return  # the rest of the layout cannot be trusted
+    _check_lanes(buf, h, rep, at_rest)
+    _check_pages(buf, h, rep)
+    root = struct.unpack_from("<Q", buf, fmt.ROOT_OFF)[0]
+    if root and not h["data_off"] <= root < h["file_size"]:
+        rep.add("R1", fmt.ROOT_OFF, f"root word {root} is outside the data area")
+
+
+def _check_header_fields(h: dict, size: int, rep: Report) -> None:
+    def bad(field, msg, inv="H2"):
+        rep.add(inv, 0, f"{field}: {msg}")
+    if h["format_version"] != fmt.FORMAT_VERSION:
+        bad("format_version", f"{h['format_version']}, expected {fmt.FORMAT_VERSION}", "H6")
+    if h["header_size"] != fmt.HEADER_SIZE:
+        bad("header_size", str(h["header_size"]))
+    if h["page_size"] != fmt.PAGE_SIZE:
+        bad("page_size", str(h["page_size"]))
+    if not 1 <= h["lane_count"] <= 4096 or h["lane_size"] < 4096 or h["lane_size"] % 4096:
+        bad("lane_count/lane_size", f"{h['lane_count']} x {h['lane_size']}")
+    if h["root_off"] != fmt.ROOT_OFF or h["redo_off"] != fmt.REDO_OFF:
+        bad("root_off/redo_off", f"{h['root_off']}, {h['redo_off']}")
+    lanes_end = fmt.REDO_OFF + h["lane_count"] * h["lane_size"]
+    if h["meta_off"] != -(-lanes_end // fmt.OS_PAGE_SIZE) * fmt.OS_PAGE_SIZE:
+        bad("meta_off", str(h["meta_off"]))
+    if h["data_off"] % fmt.PAGE_SIZE or h["data_off"] < h["meta_off"]:
+        bad("data_off", str(h["data_off"]))
+    if h["file_size"] < h["data_off"] or h["file_size"] % fmt.OS_PAGE_SIZE or h["max_size"] < h["file_size"]:
+        bad("file_size/max_size", f"{h['file_size']}, {h['max_size']}")
+    if size < h["file_size"]:
+        rep.add("H5", 0, f"file_size: header says {h['file_size']}, the file has {size} bytes")
+    if h["class_table_id"] not in (0, fmt.CLASS_TABLE_ID):
+        bad("class_table_id", f"{h['class_table_id']}, this checker knows {fmt.CLASS_TABLE_ID}", "H6")
+    if h["class_table_id"] and h["meta_off"] + 8 * -(-h["max_size"] // fmt.PAGE_SIZE) > h["data_off"]:
+        rep.add("P5", h["meta_off"], "the descriptor table does not cover max_size below data_off")
+
+
+def _check_lanes(buf, h: dict, rep: Report, at_rest: bool) -> None:
+    cap = (h["lane_size"] - fmt.LANE_HDR_SIZE) // fmt.REDO_ENTRY_SIZE
+    lanes_end = fmt.REDO_OFF + h["lane_count"] * h["lane_size"]
+    for i in range(h["lane_count"]):
+        lo = fmt.REDO_OFF + i * h["lane_size"]
+        seal, seq = struct.unpack_from("<QQ", buf, lo)
+        if not seal:
+            continue
+        if at_rest:
+            rep.add("L1", lo, f"lane {i} is sealed at rest (seq {seq})")
+            continue
+        count, crc = seal & 0xFFFF_FFFF, seal >> 32
+        if not 1 <= count <= cap:
+            continue  # torn: recovery discards it
+        entries = bytes(buf[lo + fmt.LANE_HDR_SIZE: lo + fmt.LANE_HDR_SIZE + count * fmt.REDO_ENTRY_SIZE])
+        if fmt.crc32c(entries, fmt.crc32c(struct.pack("<QQ", (count << 32) | i, seq))) != crc:
+            continue  # torn: discarded
+        for k in range(count):
+            off_op, _ = struct.unpack_from("<QQ", entries, k * 16)
+            off, op = off_op & ~7, off_op & 7
+            if op not in fmt.REDO_OPS or off < fmt.ROOT_OFF or fmt.REDO_OFF <= off < lanes_end \
+                    or off + 8 > h["file_size"]:
+                rep.add("L2", lo + fmt.LANE_HDR_SIZE + 16 * k, f"lane {i} entry {k}: op {op} at {off}")
+
+
+def _check_pages(buf, h: dict, rep: Report) -> None:
+    if not h["class_table_id"]:
+        return
+    table = fmt.class_table()
+    meta, data = h["meta_off"], h["data_off"]
+    pages = (h["file_size"] - data) // fmt.PAGE_SIZE
+    descs = struct.unpack_from(f"<{pages}Q", buf, meta)
+    p = 0
+    while p < pages:
+        d = descs[p]
+        kind, cls, n, high = decode_desc(d)
+        doff = meta + 8 * p
+        if kind == fmt.DESC_FREE:
+            if d:
+                rep.add("P1", doff, f"page {p}: free descriptor with nonzero bits {d:#x}")
+            p += 1
+            continue
+        if high or kind not in (fmt.DESC_RUN, fmt.DESC_SPAN) or n < 1 or p + n > pages or \
+                (kind == fmt.DESC_RUN and (cls >= len(table) or n != table[cls][1])) or \
+                (kind == fmt.DESC_SPAN and cls):
+            rep.add("P1", doff, f"page {p}: impossible descriptor {d:#x}")
+            p += 1
+            continue
+        for t in range(p + 1, p + n):  # P3: a run or span owns its pages alone
+            if descs[t]:
+                rep.add("P3", meta + 8 * t, f"page {t} lies inside the allocation at page {p} but has "
+                                            f"descriptor {descs[t]:#x}")
+        page_off = data + p * fmt.PAGE_SIZE
+        if kind == fmt.DESC_SPAN:
+            rep.spans += 1
+            rep.blocks[page_off] = n * fmt.PAGE_SIZE
+        else:
+            rep.runs += 1
+            size, _, capacity = table[cls]
+            words = struct.unpack_from("<64Q", buf, page_off)
+            for w, word in enumerate(words):
+                for bit in _bits(word):
+                    idx = w * 64 + bit
+                    if idx >= capacity:
+                        rep.add("P2", page_off + 8 * w, f"run at page {p}: bit {idx} set beyond capacity {capacity}")
+                    else:
+                        rep.blocks[page_off + fmt.RUN_BITMAP_SIZE + idx * size] = size
+        p += n
+
+
+def _bits(word: int):
+    while word:
+        low = word & -word
+        yield low.bit_length() - 1
+        word ^= low
+
+
+decode_desc = fmt.decode_desc
+
+
+def format_report(rep: Report) -> str:
+    """Stable text: one line per finding, then a summary line."""
+    lines = [str(f) for f in rep.findings]
+    lines.append(f"{rep.path}: {len(rep.findings)} findings, {len(rep.blocks)} allocated blocks "
+                 f"({rep.runs} runs, {rep.spans} large objects)")
+    return "\n".join(lines)
+
+
+__all__ = ["Finding", "Report", "check_heap", "format_report", "Path"]

@@ -1,0 +1,77 @@
+"""A pure-data transcription of FORMAT.md, for the independent checker.
+
+Nothing here imports the allocator: offsets, field tables, descriptor encoding and the
+size-class rule are copied from FORMAT.md, so an allocator bug cannot hide itself
+behind shared code. tests/unit/test_layout.py checks this against the C structs.
+"""
+
+from __future__ import annotations
+
+import struct
+
+MAGIC = b"PMSTHEAP"
+FORMAT_VERSION = 1
+HEADER_SIZE = 256
+HEADER_COPIES = {"A": 0, "B": 4096}
+HEADER_CRC_COVERS = 252
+ROOT_OFF = 8192
+REDO_OFF = 12288
+PAGE_SIZE = 65536
+OS_PAGE_SIZE = 4096
+LANE_HDR_SIZE = 16
+REDO_ENTRY_SIZE = 16
+REDO_OPS = {0: "SET", 1: "OR", 2: "ANDNOT"}
+DESC_SIZE = 8
+DESC_FREE, DESC_RUN, DESC_SPAN = 0, 1, 2
+RUN_BITMAP_SIZE = 512
+CLASS_TABLE_ID = 1
+
+# FORMAT.md 4.1, in order: (field, struct code)
+HEADER_FIELDS = (
+    ("magic", "8s"), ("format_version", "I"), ("header_size", "I"), ("uuid", "16s"),
+    ("generation", "Q"), ("file_size", "Q"), ("max_size", "Q"), ("page_size", "I"),
+    ("lane_count", "I"), ("lane_size", "I"), ("class_table_id", "I"), ("root_off", "Q"),
+    ("redo_off", "Q"), ("meta_off", "Q"), ("data_off", "Q"), ("created_ns", "Q"),
+    ("clean_shutdown", "I"), ("flags", "I"), ("reserved", "132s"), ("crc32c", "I"),
+)
+HEADER_STRUCT = struct.Struct("<" + "".join(c for _, c in HEADER_FIELDS))
+
+
+def class_table() -> list[tuple[int, int, int]]:
+    """FORMAT.md 5: (block size, pages per run, blocks per run) for each class index."""
+    sizes = list(range(16, 129, 16))
+    p = 128
+    while p < 65536:
+        sizes += [p + k * (p // 8) for k in range(1, 9)]
+        p *= 2
+    out = []
+    for s in sizes:
+        pages = 1 if s <= 8192 else 8
+        out.append((s, pages, (pages * PAGE_SIZE - RUN_BITMAP_SIZE) // s))
+    return out
+
+
+def decode_desc(d: int) -> tuple[int, int, int, int]:
+    """(kind, class, pages, reserved high bits) of a page descriptor (FORMAT.md 4.4)."""
+    return d & 0xFF, (d >> 8) & 0xFF, (d >> 16) & 0xFFFF_FFFF, d >> 48
+
+
+def crc32c(data: bytes, crc: int = 0) -> int:
+    """Table-driven CRC32C, pure Python (slow but independent of the C core)."""
+    crc ^= 0xFFFF_FFFF
+    for b in data:
+        crc = _TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFF_FFFF
+
+
+def _make_table():
+    t = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+        t.append(c)
+    return t
+
+
+_TABLE = _make_table()

@@ -19,7 +19,21 @@ from allocator.heapfile import HeapFile, OpenReport
 from allocator.transaction import Transaction
 
 __all__ = [
-    "CorruptHeapError", "ForeignFileError", "HeapClosedError", "HeapFile", "HeapFormatError",
-    "Heap", "HeapFullError", "HeapLockedError", "NotAllocatedError", "OpenReport", "RecoveryReport", "Transaction", "PmemError", "PmstoreError",
-    "TransactionTooLargeError", "TruncatedHeapError", "UnsupportedVersionError",
+                              "CorruptHeapError",
+                              "ForeignFileError",
+                              "Heap",
+                              "HeapClosedError",
+                              "HeapFile",
+                              "HeapFormatError",
+                              "HeapFullError",
+                              "HeapLockedError",
+                              "NotAllocatedError",
+                              "OpenReport",
+                              "PmemError",
+                              "PmstoreError",
+                              "RecoveryReport",
+                              "Transaction",
+                              "TransactionTooLargeError",
+                              "TruncatedHeapError",
+                              "UnsupportedVersionError",
 ]

@@ -17,6 +17,7 @@ import dataclasses
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 from allocator import _native, layout
 from allocator.errors import HeapFullError, HeapLockedError, PmemError, UnsupportedVersionError
@@ -236,7 +237,7 @@ class Heap:
         """Drop the heap without a clean close (tests: a simulated process crash)."""
         self.file.abandon()
 
-    def __enter__(self) -> Heap:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -13,6 +13,8 @@ go back to the free lists and nothing is written. A transaction belongs to one t
 
 from __future__ import annotations
 
+from typing import Self
+
 from allocator import _native, layout
 from allocator.errors import TransactionTooLargeError
 
@@ -96,7 +98,7 @@ class Transaction:
             self._done = True
             self._mapping.tx_abort(self._reserved)
 
-    def __enter__(self) -> Transaction:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -208,4 +208,4 @@ def format_report(rep: Report) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Finding", "Report", "check_heap", "format_report", "Path"]
+__all__ = ["Finding", "Path", "Report", "check_heap", "format_report"]

@@ -72,7 +72,7 @@ def test_file_map_defaults_match_the_code():
 
 def test_H6_size_class_table_agrees_in_c_checker_and_format_md():
     rows = []
-    m = re.search(r"^## 5\. Size classes$(.*?)(?=^## )", FORMAT, re.M | re.S)
+    m = re.search(r"^## 5\. Size classes$(.*?)(?=^## )", FORMAT, re.MULTILINE | re.DOTALL)
     for line in m.group(1).splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 4 and cells[0].isdigit():

@@ -1,8 +1,14 @@
-"""Shared fixtures: crash-state totals printed at the end of the run."""
+"""Shared fixtures: crash-state totals printed at the end of the run, and the
+independent checker run over every heap a test leaves in its tmp_path (STYLE.md 8)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+
 import pytest
+
+from recovery.check import check_heap, format_report
 
 
 class CrashTotals:
@@ -32,3 +38,39 @@ def pytest_terminal_summary(terminalreporter):
     for name, st, pts, v, seed in _TOTALS.rows:
         terminalreporter.write_line(f"{name:40s} {st:8d} states {pts:6d} points {v} violations seed {seed}")
     terminalreporter.write_line(f"total: {states} crash states explored, {bad} violations")
+
+
+def _is_heap(path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == b"PMSTHEAP" and os.fstat(f.fileno()).st_size >= 8192
+    except OSError:
+        return False
+
+
+def _locked(path) -> bool:
+    with open(path, "rb") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+@pytest.fixture(autouse=True)
+def _check_heaps_at_teardown(request):
+    """Every heap file a test leaves behind must pass the independent checker, as a crash
+    may leave it (at_rest=False). Tests that corrupt heaps on purpose opt out with
+    @pytest.mark.corrupts_heap. On findings the file is kept and its path printed."""
+    if "tmp_path" not in request.fixturenames or request.node.get_closest_marker("corrupts_heap"):
+        yield
+        return
+    tmp = request.getfixturevalue("tmp_path")
+    yield
+    for path in sorted(tmp.rglob("*")):
+        if not path.is_file() or path.name.startswith(".") or not _is_heap(path) or _locked(path):
+            continue
+        rep = check_heap(path, at_rest=False)
+        if not rep.ok:
+            pytest.fail(f"heap left by the test fails the checker (kept at {path}):\n{format_report(rep)}")

@@ -215,11 +215,13 @@ def test_H5_heap_cut_below_header_copy_b_is_truncated(heap_path):
 
 
 @pytest.mark.parametrize("new_size", [SIZE - 4096, 65536, 8192 + 4096])
+@pytest.mark.corrupts_heap
 def test_H5_truncated_heap_refused_on_file_size(heap_path, new_size):
     os.truncate(heap_path, new_size)
     _refused(heap_path, TruncatedHeapError, "file_size")
 
 
+@pytest.mark.corrupts_heap
 def test_H3_both_header_crcs_broken(heap_path):
     _flip(heap_path, HEADER_A_OFF + 40)
     _flip(heap_path, HEADER_B_OFF + 40)
@@ -227,6 +229,7 @@ def test_H3_both_header_crcs_broken(heap_path):
 
 
 @pytest.mark.parametrize("rel", [0, 8, 100, 200, 251, 252, 255], ids=lambda r: f"byte{r}")
+@pytest.mark.corrupts_heap
 def test_H3_crc_covers_every_header_byte(heap_path, rel):
     """A flip anywhere in [0, 256) of both copies is caught (the magic too: with both gone it is foreign)."""
     _flip(heap_path, HEADER_A_OFF + rel)
@@ -268,6 +271,7 @@ def test_H4_stale_copy_loses_to_newer_generation(heap_path):
     assert _headers_of(heap_path)[1] is None
 
 
+@pytest.mark.corrupts_heap
 def test_unsupported_format_version(heap_path):
     _repack(heap_path, format_version=2)
     err = _refused(heap_path, UnsupportedVersionError, "format_version")
@@ -293,11 +297,13 @@ def test_unsupported_format_version_in_one_copy_only(heap_path):
     ("max_size", 65536),
     ("clean_shutdown", 2),
 ])
+@pytest.mark.corrupts_heap
 def test_H2_bad_field_with_valid_crc(heap_path, field, value):
     _repack(heap_path, **{field: value})
     _refused(heap_path, CorruptHeapError, field)
 
 
+@pytest.mark.corrupts_heap
 def test_H2_page_size_changed(heap_path):
     _repack(heap_path, page_size=layout.PAGE_SIZE * 2)
     err = _refused(heap_path, CorruptHeapError, "page_size")
@@ -439,6 +445,7 @@ def test_L3_lane_with_bad_seal_is_discarded(heap_path, how):
 
 
 @pytest.mark.parametrize("target", ["past_end", "header", "redo_lane", "bad_op"])
+@pytest.mark.corrupts_heap
 def test_L2_sealed_lane_with_impossible_entry_is_refused(heap_path, target):
     """A valid seal over an impossible entry: CorruptHeapError naming the lane; nothing applied."""
     h = _header(heap_path)

@@ -381,6 +381,7 @@ def test_L2_commit_rejects_forbidden_targets(heap, where):
     assert _snapshot(m) == before
 
 
+@pytest.mark.corrupts_heap  # writes raw words, the root included (R1)
 def test_L2_commit_accepts_boundary_targets(heap):
     h = heap.header
     redo_end = h.redo_off + h.lane_count * h.lane_size

@@ -1,5 +1,5 @@
-"""pmstore's allocator layer: pmem layer, heap file, redo log (and, with the allocator
-issue, the size-class allocator). Imports go one way: service -> store -> allocator."""
+"""pmstore's allocator layer: pmem layer, heap file, redo log and the size-class
+allocator. Imports go one way: service -> store -> allocator."""
 
 from allocator.errors import (
                               CorruptHeapError,
@@ -8,6 +8,7 @@ from allocator.errors import (
                               HeapFormatError,
                               HeapFullError,
                               HeapLockedError,
+                              NotAllocatedError,
                               PmemError,
                               PmstoreError,
                               TransactionTooLargeError,

@@ -173,28 +173,39 @@ class Mapping:
         check(lib.pm_alloc_add_pages(self._handle(), new_size), "add grown pages")
 
     def alloc_into(self, dest_off: int, size: int) -> int:
+        if size <= 0 or dest_off < 0:
+            raise ValueError(f"allocate {size} bytes into word {dest_off}: size must be positive, "
+                             "the word offset non-negative")
         off = lib.pm_alloc_into(self._h or self._handle(), dest_off, size)
         if off < 0:
             check(off, f"allocate {size} bytes" + (f" into word {dest_off}" if dest_off else ""))
         return off
 
     def free_from(self, dest_off: int) -> None:
+        if dest_off < 0:
+            raise ValueError(f"free_from word {dest_off}: negative offset")
         rc = lib.pm_free_from(self._h or self._handle(), dest_off)
         if rc:
             check(rc, f"free the block published at word {dest_off}")
 
     def free(self, off: int) -> None:
+        if off < 0:
+            raise errors.NotAllocatedError(f"free block {off}: negative offset")
         rc = lib.pm_free(self._h or self._handle(), off)
         if rc:
             check(rc, f"free block {off}")
 
     def block_size(self, off: int) -> int:
+        if off < 0:
+            raise errors.NotAllocatedError(f"size of block {off}: negative offset")
         n = lib.pm_block_size(self._handle(), off)
         check(n, f"size of block {off}")
         return n
 
     def tx_reserve(self, size: int):
         """Reserve a block for a transaction: (offset, slot, packed entries)."""
+        if size <= 0:
+            raise ValueError(f"allocate {size} bytes: size must be positive")
         slot = ffi.new("struct pm_tx_slot *")
         ents = ffi.new("struct pmd_redo_entry[4]")
         n = ffi.new("uint32_t *")
@@ -202,6 +213,8 @@ class Mapping:
         return slot.off, slot, bytes(ffi.buffer(ents, n[0] * 16))
 
     def tx_locate(self, off: int):
+        if off < 0:
+            raise errors.NotAllocatedError(f"free block {off}: negative offset")
         slot = ffi.new("struct pm_tx_slot *")
         ents = ffi.new("struct pmd_redo_entry[2]")
         n = ffi.new("uint32_t *")

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Self
 
 from allocator import _native, layout
-from allocator.errors import HeapFullError, HeapLockedError, PmemError, UnsupportedVersionError
+from allocator.errors import (
+    CorruptHeapError,
+    HeapFullError,
+    HeapLockedError,
+    PmemError,
+    UnsupportedVersionError,
+)
 from allocator.heapfile import DEFAULT_MAX_SIZE, HeapFile, OpenReport
 from allocator.transaction import Transaction
 
@@ -81,34 +87,34 @@ class Heap:
 
     @classmethod
     def open(cls, path, *, backend: str = "auto", trace: bool = False) -> Heap:
-        """Open an existing heap: lock, validate, replay the redo log, scan the pages."""
-        hf = HeapFile.open(path, backend=backend, trace=trace)
-        try:
-            h = hf.header
+        """Open an existing heap: lock, validate, replay the redo log, scan the pages.
+        A refused file is left byte-for-byte as it was."""
+        scan: dict = {}
+
+        def validate(h):
             if h.class_table_id != CLASS_TABLE_ID:
                 raise UnsupportedVersionError(path, "class_table_id",
                                               f"file uses size-class table {h.class_table_id}, this build "
                                               f"uses table {CLASS_TABLE_ID} (H6)")
-            page_max = (h.max_size - h.data_off) // layout.PAGE_SIZE
-            if h.meta_off + 8 * page_max > h.data_off:
-                from allocator.errors import CorruptHeapError
-                raise CorruptHeapError(path, "data_off", "descriptor table does not fit below data_off (H2)")
+            if h.meta_off + meta_size_for(h.max_size) > h.data_off:
+                raise CorruptHeapError(path, "data_off", "the descriptor table does not cover max_size "
+                                       "below data_off (P5)")
+
+        def before_ready(hf):
+            h = hf.header
             t0 = time.perf_counter()
             try:
-                scan = hf.mapping.alloc_init(h.meta_off, h.data_off, page_max)
-            except Exception as e:
-                from allocator.errors import CorruptHeapError
-                if isinstance(e, CorruptHeapError):
-                    raise CorruptHeapError(path, e.field, str(e).split(": ", 2)[-1]) from None
-                raise
-            rep: OpenReport = hf.report
-            report = RecoveryReport(was_clean=rep.was_clean, header_copy_restored=rep.header_copy_restored,
-                                    lanes_replayed=rep.lanes_replayed, lanes_discarded=rep.lanes_discarded,
-                                    entries_applied=rep.entries_applied, replay_ms=rep.recovery_ms,
-                                    scan_ms=(time.perf_counter() - t0) * 1e3, **scan)
-        except BaseException:
-            hf.abandon()
-            raise
+                scan.update(hf.mapping.alloc_init(h.meta_off, h.data_off,
+                                                  (h.max_size - h.data_off) // layout.PAGE_SIZE))
+            except CorruptHeapError as e:
+                raise CorruptHeapError(path, e.field, str(e).split(": ", 2)[-1]) from None
+            scan["scan_ms"] = (time.perf_counter() - t0) * 1e3
+
+        hf = HeapFile.open(path, backend=backend, trace=trace, validate=validate, before_ready=before_ready)
+        rep: OpenReport = hf.report
+        report = RecoveryReport(was_clean=rep.was_clean, header_copy_restored=rep.header_copy_restored,
+                                lanes_replayed=rep.lanes_replayed, lanes_discarded=rep.lanes_discarded,
+                                entries_applied=rep.entries_applied, replay_ms=rep.recovery_ms, **scan)
         return cls(hf, report)
 
     # ------------------------------------------------------------ allocation
@@ -186,6 +192,9 @@ class Heap:
             if cur != seen_size:
                 return
             max_size = self.file.header.max_size
+            if need_bytes > max_size - self._data_off:
+                raise HeapFullError(f"{self.file.path}: {need_bytes} bytes can never fit in a heap of at most "
+                                    f"{max_size} bytes; nothing was changed")
             if cur >= max_size:
                 raise HeapFullError(f"{self.file.path}: heap is full at its maximum size {max_size} bytes; "
                                     "nothing was changed (free objects or create a larger heap)")

@@ -204,8 +204,15 @@ class HeapFile:
         return cls.open(path, backend=backend, trace=trace)
 
     @classmethod
-    def open(cls, path, *, backend: str = "auto", trace: bool = False) -> HeapFile:
-        """Open, lock, validate, map and recover an existing heap."""
+    def open(cls, path, *, backend: str = "auto", trace: bool = False, validate=None,
+             before_ready=None) -> HeapFile:
+        """Open, lock, validate, map and recover an existing heap.
+
+        Layers above pass `validate(header)` (checks of their own header fields, before
+        anything is mapped) and `before_ready(heapfile)` (their recovery scan, after the
+        redo replay). Either may raise to refuse the file; the header is rewritten (clean
+        flag cleared) only once both accepted it, so a refused file keeps its bytes.
+        """
         if backend not in _native.BACKENDS:
             raise ValueError(f"backend must be one of {sorted(_native.BACKENDS)}, not {backend!r}")
         path = Path(path)
@@ -215,6 +222,8 @@ class HeapFile:
             actual = os.fstat(fd).st_size
             header, restored = validate_headers(path, os.pread(fd, layout.HEADER_SIZE, layout.HEADER_A_OFF),
                                                 os.pread(fd, layout.HEADER_SIZE, layout.HEADER_B_OFF), actual)
+            if validate is not None:
+                validate(header)
             mapping = _native.Mapping(fd, header.file_size, header.max_size, backend)
         except BaseException:
             os.close(fd)
@@ -231,6 +240,8 @@ class HeapFile:
             report = OpenReport(was_clean=bool(header.clean_shutdown), header_copy_restored=restored,
                                 recovery_ms=(time.perf_counter() - t0) * 1e3, **rec)
             hf = cls(path, fd, mapping, header, report)
+            if before_ready is not None:
+                before_ready(hf)
             hf.update_header(clean_shutdown=0)
         except BaseException:
             mapping.close()

@@ -6,9 +6,12 @@
         tx.set(parent_word_off, node)     # publish it
         tx.free_from(old_word_off)        # and drop what it replaces
 
-Crash safety: everything in the block reaches the heap in one commit (FORMAT.md 7.1):
-after a crash either all of it happened or none. On an exception the reserved blocks
-go back to the free lists and nothing is written. A transaction belongs to one thread.
+Crash safety: every allocation, free and word set reaches the heap in one commit
+(FORMAT.md 7.1, 7.6): after a crash either all of it happened or none. On an exception
+the reserved blocks go back to the free lists and no allocation, free or set happens.
+`tx.write` copies bytes at once (made durable by the commit), so write only into blocks
+the transaction allocated: bytes written into a live block stay after an abort.
+A transaction belongs to one thread.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import fcntl
 import os
 
 import pytest
+from heaputil import create_heap
 
 from recovery.check import check_heap, format_report
 
@@ -22,6 +23,15 @@ class CrashTotals:
 
 
 _TOTALS = CrashTotals()
+
+
+@pytest.fixture
+def heap(tmp_path):
+    """A small heap (1 MiB, growing to 16 MiB, no flushes), closed after the test."""
+    h = create_heap(tmp_path / "h.heap")
+    yield h
+    if not h.closed:
+        h.close()
 
 
 @pytest.fixture

@@ -14,8 +14,11 @@ import random
 import struct
 
 import pytest
+from heaputil import create_heap as _create
+from heaputil import open_heap as _open
+from heaputil import stats_without_barriers as _stats
 
-from allocator import CorruptHeapError, Heap, HeapFile, HeapFullError, UnsupportedVersionError, layout
+from allocator import CorruptHeapError, HeapFile, HeapFullError, UnsupportedVersionError, layout
 from allocator.errors import NotAllocatedError
 from allocator.heap import CLASS_TABLE_ID
 
@@ -24,27 +27,6 @@ BITMAP = 512
 DESC_RUN, DESC_SPAN = 1, 2
 
 
-def _create(path, *, size=1 << 20, max_size=16 << 20) -> Heap:
-    return Heap.create(path, size=size, max_size=max_size, backend="none")
-
-
-def _open(path) -> Heap:
-    return Heap.open(path, backend="none")
-
-
-@pytest.fixture
-def heap(tmp_path):
-    h = _create(tmp_path / "h.heap")
-    yield h
-    if not h.closed:
-        h.close()
-
-
-def _stats(h: Heap) -> dict:
-    """stats() without the barrier counter (which a refused call may legitimately not touch)."""
-    st = h.stats()
-    del st["persist_count"]
-    return st
 
 
 def _pattern(tag: int, n: int) -> bytes:

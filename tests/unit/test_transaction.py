@@ -9,6 +9,9 @@ many entries, a bad word) gives every reserved block back and frees nothing.
 from __future__ import annotations
 
 import pytest
+from heaputil import create_heap as _create
+from heaputil import open_heap as _open
+from heaputil import stats_without_barriers as _stats
 
 from allocator import Heap, TransactionTooLargeError, layout
 from allocator.errors import NotAllocatedError
@@ -16,26 +19,6 @@ from allocator.errors import NotAllocatedError
 PAGE = layout.PAGE_SIZE
 
 
-def _create(path, *, size=1 << 20, max_size=16 << 20) -> Heap:
-    return Heap.create(path, size=size, max_size=max_size, backend="none")
-
-
-def _open(path) -> Heap:
-    return Heap.open(path, backend="none")
-
-
-@pytest.fixture
-def heap(tmp_path):
-    h = _create(tmp_path / "h.heap")
-    yield h
-    if not h.closed:
-        h.close()
-
-
-def _stats(h: Heap) -> dict:
-    st = h.stats()
-    del st["persist_count"]
-    return st
 
 
 def _is_allocated(h: Heap, off: int) -> bool:

@@ -59,6 +59,7 @@ int pm_heap_backend(pm_heap *h);
 int pm_heap_is_dax(pm_heap *h);
 uint8_t *pm_heap_base(pm_heap *h);
 uint64_t pm_persist_count(pm_heap *h);
+int pm_heap_failed(pm_heap *h);     /* errno of a failed barrier (sticky), 0 if none */
 int pm_write(pm_heap *h, uint64_t off, const void *src, uint64_t size);
 int pm_write_persist(pm_heap *h, uint64_t off, const void *src, uint64_t size);
 int pm_persist(pm_heap *h, uint64_t off, uint64_t size);

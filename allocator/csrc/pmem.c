@@ -122,6 +122,7 @@ int pm_heap_backend(pm_heap *h) { return h->backend; }
 int pm_heap_is_dax(pm_heap *h) { return h->is_dax; }
 uint8_t *pm_heap_base(pm_heap *h) { return h->base; }
 uint64_t pm_persist_count(pm_heap *h) { return atomic_load(&h->persist_count); }
+int pm_heap_failed(pm_heap *h) { return atomic_load(&h->failed_errno); }
 
 /* pmi_write -- store size bytes at off (not yet durable). */
 void pmi_write(pm_heap *h, uint64_t off, const void *src, uint64_t size) {
@@ -161,11 +162,6 @@ static void flush_lines_clflush(uint8_t *p, uint8_t *end) {
     for (; p < end; p += PMI_LINE) __builtin_ia32_clflush(p);
 }
 
-static int cmp_range(const void *a, const void *b) {
-    const struct pmi_range *x = a, *y = b;
-    return x->off < y->off ? -1 : x->off > y->off;
-}
-
 /* pmi_persist_ranges -- one persist barrier covering all n ranges: when it returns,
  * every byte stored in them before the call is durable (under the backend's model).
  * msync: MS_SYNC over the OS pages touched, adjacent pages merged into one call.
@@ -184,23 +180,19 @@ void pmi_persist_ranges(pm_heap *h, const struct pmi_range *r, size_t n) {
             else flush_lines_clflush(p, end);
         }
         __builtin_ia32_sfence();
-    } else if (h->backend == PM_BACKEND_MSYNC) {
-        struct pmi_range pages[64], *pg = n <= 64 ? pages : malloc(n * sizeof *pg);
-        if (!pg) pg = pages, n = n > 64 ? 64 : n;   /* cannot happen for our callers */
+    } else if (h->backend == PM_BACKEND_MSYNC && n) {
+        /* One msync over the smallest page range covering every range: MS_SYNC writes back
+         * only the dirty pages in it, and one call waits for the device once (Linux runs
+         * it as an fsync of that file range). Extra pages made durable are harmless. */
+        uint64_t lo = UINT64_MAX, hi = 0;
         for (size_t i = 0; i < n; i++) {
-            uint64_t s = r[i].off & ~(uint64_t)(PMD_OS_PAGE_SIZE - 1);
-            uint64_t e = (r[i].off + r[i].size + PMD_OS_PAGE_SIZE - 1) & ~(uint64_t)(PMD_OS_PAGE_SIZE - 1);
-            pg[i].off = s; pg[i].size = e - s;
+            if (r[i].off < lo) lo = r[i].off;
+            if (r[i].off + r[i].size > hi) hi = r[i].off + r[i].size;
         }
-        if (n > 1) qsort(pg, n, sizeof *pg, cmp_range);
-        size_t i = 0;
-        while (i < n) {
-            uint64_t s = pg[i].off, e = s + pg[i].size;
-            for (i++; i < n && pg[i].off <= e; i++)
-                if (pg[i].off + pg[i].size > e) e = pg[i].off + pg[i].size;
-            if (e > s) msync(h->base + s, e - s, MS_SYNC);
-        }
-        if (pg != pages) free(pg);
+        lo &= ~(uint64_t)(PMD_OS_PAGE_SIZE - 1);
+        hi = (hi + PMD_OS_PAGE_SIZE - 1) & ~(uint64_t)(PMD_OS_PAGE_SIZE - 1);
+        if (hi > lo && msync(h->base + lo, hi - lo, MS_SYNC) && !atomic_load(&h->failed_errno))
+            atomic_store(&h->failed_errno, errno ? errno : EIO);   /* sticky: durability is unknown */
     }
 }
 
@@ -216,14 +208,14 @@ int pm_write_persist(pm_heap *h, uint64_t off, const void *src, uint64_t size) {
     pmi_write(h, off, src, size);
     struct pmi_range r = {off, size};
     pmi_persist_ranges(h, &r, 1);   /* durable: the bytes just copied */
-    return PM_OK;
+    return pmi_failed(h);
 }
 
 int pm_persist(pm_heap *h, uint64_t off, uint64_t size) {
     if (!pmi_in_range(h, off, size)) return PM_E_RANGE;
     struct pmi_range r = {off, size};
     pmi_persist_ranges(h, &r, 1);   /* durable: whatever the caller stored in the range */
-    return PM_OK;
+    return pmi_failed(h);
 }
 
 int pm_store8(pm_heap *h, uint64_t off, uint64_t value) {

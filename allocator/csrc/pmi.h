@@ -29,6 +29,7 @@ struct pm_heap {
     int backend;                /* PM_BACKEND_MSYNC / FLUSH / NONE */
     int is_dax;                 /* mapped with MAP_SYNC */
     atomic_uint_fast64_t persist_count; /* barriers issued */
+    atomic_int failed_errno;    /* a barrier failed (EIO...): sticky, every later write refuses */
     /* crash simulator trace (trace.c) */
     int tracing;
     pthread_mutex_t trace_lock;
@@ -48,6 +49,9 @@ struct pm_heap {
     struct pmi_alloc *alloc;
 };
 
+/* errno of the last failed system call, per thread */
+extern __thread int pmi_errno;
+
 /* A range to make durable as part of one barrier. */
 struct pmi_range { uint64_t off; uint64_t size; };
 
@@ -59,6 +63,13 @@ void pmi_persist_ranges(pm_heap *h, const struct pmi_range *r, size_t n);
 static inline int pmi_in_range(pm_heap *h, uint64_t off, uint64_t size) {
     uint64_t m = atomic_load_explicit(&h->map_size, memory_order_acquire);
     return off <= m && size <= m - off;
+}
+/* pmi_failed -- PM_E_IO (errno set) once a barrier has failed on this heap. */
+static inline int pmi_failed(pm_heap *h) {
+    int e = atomic_load_explicit(&h->failed_errno, memory_order_relaxed);
+    if (!e) return PM_OK;
+    pmi_errno = e;
+    return PM_E_IO;
 }
 /* trace.c */
 void pmi_trace_write(pm_heap *h, uint64_t off, const void *src, uint64_t size);
@@ -72,6 +83,4 @@ int pmi_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t c
                     const struct pmi_range *extra, uint32_t nextra);
 /* alloc.c */
 void pmi_alloc_free(pm_heap *h);
-/* errno of the last failed system call, per thread */
-extern __thread int pmi_errno;
 #endif

@@ -126,6 +126,7 @@ int pmi_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t c
         return PM_OK;
     }
     if (count > h->lane_capacity) return PM_E_TOO_BIG;
+    if (pmi_failed(h)) return PM_E_IO;
     uint32_t lane = lane_acquire(h);
     uint64_t lo = lane_off(h, lane);
     uint64_t seq = atomic_fetch_add(&h->next_seq, 1);
@@ -149,6 +150,12 @@ int pmi_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t c
     pmi_persist_ranges(h, r, nr);   /* durable: this commit's log (the commit point), its data,
                                        and earlier lanes' invalidations */
     if (r != local) free(r);
+    if (pmi_failed(h)) {
+        /* The commit point may or may not be durable: the next open decides (replays the
+         * lane or discards it). Apply nothing here; the heap refuses all writes from now. */
+        atomic_store_explicit(&h->lanes[lane].busy, 0, memory_order_release);
+        return PM_E_IO;
+    }
     for (size_t k = 0; k < ns; k++) {
         uint64_t s = snap[k];
         if (atomic_compare_exchange_strong(&h->lanes[snap_lane[k]].inval_seq, &s, 0))
@@ -159,6 +166,7 @@ int pmi_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t c
 
     /* steps 3-4: apply and persist the words */
     pmi_redo_apply(h, entries, count);
+    if (pmi_failed(h)) { atomic_store_explicit(&h->lanes[lane].busy, 0, memory_order_release); return PM_E_IO; }
 
     /* step 5: invalidate; durable at the next commit point of any lane */
     pmi_store8(h, lo, 0);

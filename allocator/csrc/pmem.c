@@ -24,6 +24,14 @@
 #endif
 
 __thread int pmi_errno;
+static atomic_uint_fast64_t next_heap_id = 1;
+static atomic_uint thread_rr;
+static __thread uint32_t thread_idx = UINT32_MAX;
+
+uint32_t pmi_thread_idx(void) {
+    if (thread_idx == UINT32_MAX) thread_idx = atomic_fetch_add(&thread_rr, 1);
+    return thread_idx;
+}
 
 enum { FLUSH_CLWB = 1, FLUSH_CLFLUSHOPT = 2, FLUSH_CLFLUSH = 3 };
 static int flush_kind;
@@ -71,8 +79,10 @@ static int map_file(pm_heap *h, uint64_t off, uint64_t size, int try_sync) {
 int pm_heap_map(int fd, uint64_t map_size, uint64_t reserve_size, int backend, pm_heap **out) {
     if (map_size == 0 || map_size % PMD_OS_PAGE_SIZE || reserve_size < map_size || backend < 0 || backend > 3)
         return PM_E_ARG;
-    pm_heap *h = calloc(1, sizeof *h);
+    pm_heap *h = aligned_alloc(64, (sizeof *h + 63) & ~(size_t)63);
     if (!h) return PM_E_NOMEM;
+    memset(h, 0, sizeof *h);
+    h->id = atomic_fetch_add(&next_heap_id, 1);
     h->fd = fd;
     h->reserve_size = reserve_size;
     pthread_mutex_init(&h->trace_lock, NULL);
@@ -121,7 +131,11 @@ uint64_t pm_heap_size(pm_heap *h) { return atomic_load(&h->map_size); }
 int pm_heap_backend(pm_heap *h) { return h->backend; }
 int pm_heap_is_dax(pm_heap *h) { return h->is_dax; }
 uint8_t *pm_heap_base(pm_heap *h) { return h->base; }
-uint64_t pm_persist_count(pm_heap *h) { return atomic_load(&h->persist_count); }
+uint64_t pm_persist_count(pm_heap *h) {
+    uint64_t n = 0;
+    for (int i = 0; i < PMI_STRIPES; i++) n += atomic_load_explicit(&h->persist_count[i].n, memory_order_relaxed);
+    return n;
+}
 int pm_heap_failed(pm_heap *h) { return atomic_load(&h->failed_errno); }
 
 /* pmi_write -- store size bytes at off (not yet durable). */
@@ -167,7 +181,7 @@ static void flush_lines_clflush(uint8_t *p, uint8_t *end) {
  * msync: MS_SYNC over the OS pages touched, adjacent pages merged into one call.
  * flush: write back every cache line touched, then one SFENCE. */
 void pmi_persist_ranges(pm_heap *h, const struct pmi_range *r, size_t n) {
-    atomic_fetch_add_explicit(&h->persist_count, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->persist_count[pmi_thread_idx() % PMI_STRIPES].n, 1, memory_order_relaxed);
     if (h->tracing) {
         for (size_t i = 0; i < n; i++) pmi_trace_flush(h, r[i].off, r[i].size);
         pmi_trace_fence(h);

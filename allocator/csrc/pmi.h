@@ -15,39 +15,47 @@
 
 #define PMI_LINE 64u
 
-struct pmi_lane {
-    atomic_int busy;            /* 1 while a committer holds the lane */
-    atomic_uint_fast64_t inval_seq; /* seq whose seal=0 store is not yet known durable, 0 = none */
-    char pad[48];
+#define PMI_STRIPES 16   /* striped counters: threads add to their own line */
+
+struct pmi_lane {                       /* one cache line: only its owner writes it */
+    atomic_int busy;                    /* 1 while a committer holds the lane */
+    atomic_uint_fast64_t inval_seq;     /* seq of the last commit whose seal=0 store may not be durable */
+    uint64_t last_seq;                  /* owner only: the last seq used, keeps seqs increasing */
+    char pad[40];
 };
 
+struct pmi_stripe { _Alignas(64) atomic_uint_fast64_t n; };
+
 struct pm_heap {
+    /* read-mostly: shared by every thread, written only at map time or growth */
     int fd;
     uint8_t *base;              /* start of the reserved address range; never moves */
     _Atomic uint64_t map_size;  /* bytes of the file currently mapped */
     uint64_t reserve_size;      /* bytes of address space reserved at map time */
     int backend;                /* PM_BACKEND_MSYNC / FLUSH / NONE */
     int is_dax;                 /* mapped with MAP_SYNC */
-    atomic_uint_fast64_t persist_count; /* barriers issued */
-    atomic_int failed_errno;    /* a barrier failed (EIO...): sticky, every later write refuses */
-    /* crash simulator trace (trace.c) */
+    uint64_t id;                /* unique per mapping, names the heap in thread-local caches */
     int tracing;
-    pthread_mutex_t trace_lock;
-    pthread_mutex_t rmw_lock;   /* traced bit ops only: keeps record order = store order */
-    uint8_t *trace_buf;
-    uint64_t trace_len;         /* bytes used */
-    uint64_t trace_cap;         /* bytes allocated */
-    /* redo lanes (redo.c) */
     uint64_t redo_off;
     uint32_t lane_count;
     uint32_t lane_size;         /* bytes */
     uint32_t lane_capacity;     /* entries per lane */
-    atomic_uint_fast64_t next_seq;
-    atomic_int inval_pending;   /* lanes whose inval_seq != 0 */
-    struct pmi_lane *lanes;
-    /* allocator (alloc.c, span.c) */
-    struct pmi_alloc *alloc;
+    struct pmi_lane *lanes;     /* cache-line aligned */
+    struct pmi_alloc *alloc;    /* allocator (alloc.c, span.c) */
+    /* written rarely; its own line so the hot reads above stay shared */
+    _Alignas(64) atomic_int failed_errno;   /* a barrier failed (EIO...): sticky, every later write refuses */
+    /* written on every barrier, striped by thread */
+    struct pmi_stripe persist_count[PMI_STRIPES];   /* barriers issued */
+    /* crash simulator trace (trace.c), tests only */
+    _Alignas(64) pthread_mutex_t trace_lock;
+    pthread_mutex_t rmw_lock;   /* traced bit ops only: keeps record order = store order */
+    uint8_t *trace_buf;
+    uint64_t trace_len;         /* bytes used */
+    uint64_t trace_cap;         /* bytes allocated */
 };
+
+/* pmi_thread_idx -- a small per-thread number (round robin at first use). */
+uint32_t pmi_thread_idx(void);
 
 /* errno of the last failed system call, per thread */
 extern __thread int pmi_errno;

@@ -10,12 +10,26 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "pmi.h"
 
 #define MAX_LANES 4096
 
 static __thread uint32_t my_lane = UINT32_MAX;  /* lane this thread used last; MAX = none yet */
-static atomic_uint lane_rr;                      /* spreads new threads over the lanes */
+
+/* Per thread: for one heap, the inval_seq of each other lane that this thread's own
+ * barriers already made durable, so it flushes each foreign invalidation once (L4)
+ * without writing any other thread's cache line. */
+static __thread struct { uint64_t heap_id; uint32_t n; uint64_t *seen; } tl_inval;
+
+static uint64_t *seen_for(pm_heap *h) {
+    if (tl_inval.heap_id == h->id && tl_inval.n == h->lane_count) return tl_inval.seen;
+    uint64_t *s = calloc(h->lane_count, sizeof *s);
+    if (!s) return NULL;    /* no cache: flush every pending invalidation, always safe */
+    free(tl_inval.seen);
+    tl_inval.seen = s; tl_inval.n = h->lane_count; tl_inval.heap_id = h->id;
+    return s;
+}
 
 static uint64_t lane_off(pm_heap *h, uint32_t i) { return h->redo_off + (uint64_t)i * h->lane_size; }
 
@@ -24,13 +38,13 @@ int pm_redo_init(pm_heap *h, uint64_t redo_off, uint32_t lane_count, uint32_t la
     if (lane_count == 0 || lane_count > MAX_LANES || lane_size < 4096 || lane_size % 4096 ||
         redo_off % 4096 || !pmi_in_range(h, redo_off, (uint64_t)lane_count * lane_size))
         return PM_E_ARG;
-    h->lanes = calloc(lane_count, sizeof *h->lanes);
+    h->lanes = aligned_alloc(64, lane_count * sizeof *h->lanes);
     if (!h->lanes) return PM_E_NOMEM;
+    memset(h->lanes, 0, lane_count * sizeof *h->lanes);
     h->redo_off = redo_off;
     h->lane_count = lane_count;
     h->lane_size = lane_size;
     h->lane_capacity = (lane_size - PMD_LANE_HDR_SIZE) / PMD_REDO_ENTRY_SIZE;
-    atomic_store(&h->next_seq, 1);
     return PM_OK;
 }
 
@@ -75,7 +89,7 @@ static void pmi_redo_apply(pm_heap *h, const struct pmd_redo_entry *e, uint32_t 
 }
 
 static uint32_t lane_acquire(pm_heap *h) {
-    if (my_lane == UINT32_MAX) my_lane = atomic_fetch_add(&lane_rr, 1);
+    if (my_lane == UINT32_MAX) my_lane = pmi_thread_idx();
     uint32_t n = h->lane_count, i = my_lane % n;
     for (uint32_t spins = 0;; spins++) {
         for (uint32_t k = 0; k < n; k++, i = (i + 1) % n) {
@@ -100,20 +114,45 @@ int pm_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t co
     return pmi_redo_commit(h, entries, count, NULL, 0);
 }
 
-/* pending_invalidations -- append the seal words of lanes whose invalidation may not be
- * durable yet (at most cap - *nr of them); remember up to 16 to clear after the barrier. */
+/* pending_invalidations -- append the seal words of other lanes whose invalidation this
+ * thread has not yet made durable (at most cap - *nr); remember them (up to 16) so the
+ * thread-local cache can be updated once the barrier completes. */
 static void pending_invalidations(pm_heap *h, uint32_t own, struct pmi_range *r, size_t *nr, size_t cap,
                                   uint64_t *snap, uint32_t *snap_lane, size_t *ns) {
 #ifdef PMSTORE_MUTANT_NOINVAL
     return;     /* mutant: earlier lanes' invalidations are never made durable */
 #endif
-    if (atomic_load(&h->inval_pending) <= 0) return;
+    const uint64_t *seen = seen_for(h);
     for (uint32_t i = 0; i < h->lane_count && *nr < cap; i++) {
-        uint64_t s = atomic_load(&h->lanes[i].inval_seq);
-        if (!s || i == own) continue;
+        uint64_t s = atomic_load_explicit(&h->lanes[i].inval_seq, memory_order_acquire);
+        if (!s || i == own || (seen && seen[i] == s)) continue;
         r[*nr].off = lane_off(h, i); r[*nr].size = 8; (*nr)++;
         if (*ns < 16) snap[*ns] = s, snap_lane[*ns] = i, (*ns)++;
     }
+}
+
+/* next_seq -- a commit sequence number: CLOCK_MONOTONIC in ns, and above the lane's last.
+ * A commit that starts after another returned reads the clock after that one did (and
+ * two barriers later), so its seq is larger (L4) -- without a shared counter. Recovery
+ * empties every lane, so a clock that restarts at boot never meets an older seq. */
+static int seq_clock_ok;                 /* the clock resolves 100 ns or better */
+static atomic_uint_fast64_t seq_counter;  /* fallback: a shared counter */
+static pthread_once_t seq_once = PTHREAD_ONCE_INIT;
+
+static void seq_init(void) {
+    struct timespec res;
+    seq_clock_ok = clock_getres(CLOCK_MONOTONIC, &res) == 0 && res.tv_sec == 0 && res.tv_nsec <= 100;
+    atomic_store(&seq_counter, 1);
+}
+
+static uint64_t next_seq(struct pmi_lane *l) {
+    pthread_once(&seq_once, seq_init);
+    if (!seq_clock_ok) return atomic_fetch_add(&seq_counter, 1);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    l->last_seq = now > l->last_seq ? now : l->last_seq + 1;
+    return l->last_seq;
 }
 
 /* pmi_redo_commit -- the commit protocol. `extra` ranges (data the entries publish, e.g.
@@ -129,7 +168,7 @@ int pmi_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t c
     if (pmi_failed(h)) return PM_E_IO;
     uint32_t lane = lane_acquire(h);
     uint64_t lo = lane_off(h, lane);
-    uint64_t seq = atomic_fetch_add(&h->next_seq, 1);
+    uint64_t seq = next_seq(&h->lanes[lane]);
     /* step 1: entries, seq and seal, all in this lane; the seal's CRC covers the rest (L3) */
     pmi_write(h, lo + PMD_LANE_HDR_SIZE, entries, (uint64_t)count * PMD_REDO_ENTRY_SIZE);
     pmi_store8(h, lo + 8, seq);
@@ -138,7 +177,7 @@ int pmi_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t c
     /* step 2: one barrier over this lane, the caller's data, and the seal words of lanes
      * whose invalidation (step 5 of an earlier commit) may not be durable yet (L4). */
     struct pmi_range local[24], *r = local;
-    size_t cap = 24, need = 1 + nextra + (atomic_load(&h->inval_pending) > 0 ? h->lane_count : 0);
+    size_t cap = 24, need = 1 + nextra + h->lane_count;
     if (need > cap && (r = malloc(need * sizeof *r)) != NULL) cap = need;
     if (!r) r = local;
     size_t nr = 1, ns = 0;
@@ -156,13 +195,8 @@ int pmi_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t c
         atomic_store_explicit(&h->lanes[lane].busy, 0, memory_order_release);
         return PM_E_IO;
     }
-    for (size_t k = 0; k < ns; k++) {
-        uint64_t s = snap[k];
-        if (atomic_compare_exchange_strong(&h->lanes[snap_lane[k]].inval_seq, &s, 0))
-            atomic_fetch_sub(&h->inval_pending, 1);
-    }
-    uint64_t own = atomic_exchange(&h->lanes[lane].inval_seq, 0);  /* overwritten by our seal */
-    if (own) atomic_fetch_sub(&h->inval_pending, 1);
+    uint64_t *seen = seen_for(h);
+    for (size_t k = 0; seen && k < ns; k++) seen[snap_lane[k]] = snap[k];   /* durable now, for this thread */
 
     /* steps 3-4: apply and persist the words */
     pmi_redo_apply(h, entries, count);
@@ -170,8 +204,7 @@ int pmi_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t c
 
     /* step 5: invalidate; durable at the next commit point of any lane */
     pmi_store8(h, lo, 0);
-    atomic_store(&h->lanes[lane].inval_seq, seq);
-    atomic_fetch_add(&h->inval_pending, 1);
+    atomic_store_explicit(&h->lanes[lane].inval_seq, seq, memory_order_release);
     atomic_store_explicit(&h->lanes[lane].busy, 0, memory_order_release);
     return PM_OK;
 }
@@ -234,6 +267,5 @@ int pm_redo_recover(pm_heap *h, struct pm_recover_report *out) {
         }
         if (r) { pmi_persist_ranges(h, r, nr); free(r); }   /* durable: the torn lanes empty */
     }
-    atomic_store(&h->next_seq, out->max_seq + 1);
     return PM_OK;
 }

@@ -7,7 +7,7 @@ HEAP   ?= data/pmstore.heap
 
 .PHONY: install test test-long serve bench lint clean
 
-$(STAMP): pyproject.toml setup.py allocator/_build.py $(wildcard allocator/csrc/*.c allocator/csrc/*.h)
+$(STAMP): pyproject.toml setup.py allocator/_build.py $(wildcard allocator/csrc/*.c allocator/csrc/*.h store/csrc/*.c store/csrc/*.h)
 	PYTHON=$(PYTHON) sh tools/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip

@@ -12,14 +12,16 @@ import re
 from cffi import FFI
 
 CSRC = pathlib.Path(__file__).parent / "csrc"
+STORE_CSRC = pathlib.Path(__file__).parent.parent / "store" / "csrc"
+STORE_SOURCES = ["index.c"]   # the store's C hot path (index lookup, object copy) in the same extension
 MUTANTS = {"": "", "noinval": "-DPMSTORE_MUTANT_NOINVAL"}
 SOURCES = ["pmem.c", "crc32c.c", "trace.c", "redo.c", "classes.c", "span.c", "alloc.c"]
 
 
-def _cdef_text(name: str) -> str:
+def _cdef_text(name: str, folder: pathlib.Path = CSRC) -> str:
     """Keep what cffi's cdef understands: integer #defines, structs, prototypes."""
     out = []
-    for line in (CSRC / name).read_text().splitlines():
+    for line in (folder / name).read_text().splitlines():
         s = line.strip()
         if s.startswith(("#ifndef", "#endif", "#include", "#pragma")):
             continue
@@ -44,11 +46,13 @@ def _flags() -> list[str]:
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef_text("pmd.h"))
 ffibuilder.cdef(_cdef_text("pm_api.h"))
+ffibuilder.cdef(_cdef_text("pmd_store.h", STORE_CSRC))
+ffibuilder.cdef(_cdef_text("pm_index_api.h", STORE_CSRC))
 ffibuilder.set_source(
     "allocator._pmstore_c",
-    '#include "pmd.h"\n#include "pm_api.h"\n',
-    sources=[str(CSRC / s) for s in SOURCES],
-    include_dirs=[str(CSRC)],
+    '#include "pmd.h"\n#include "pm_api.h"\n#include "pmd_store.h"\n#include "pm_index_api.h"\n',
+    sources=[str(CSRC / s) for s in SOURCES] + [str(STORE_CSRC / s) for s in STORE_SOURCES],
+    include_dirs=[str(CSRC), str(STORE_CSRC)],
     extra_compile_args=_flags(),
     libraries=["pthread"],
 )

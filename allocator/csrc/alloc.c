@@ -178,11 +178,8 @@ static void block_release(pm_heap *h, struct pmi_run *r, uint32_t idx) {
 
 /* ------------------------------------------------------------------ reserve / release */
 
-/* A reservation: a block taken off the free lists (or a span off the free spans) whose
- * allocation is not durable until the entries it returns are committed. */
-struct reservation { uint64_t off; struct pmi_run *run; uint32_t idx; uint32_t span_pages; };
 
-static int reserve(pm_heap *h, uint64_t size, struct reservation *res, struct pmd_redo_entry *e, uint32_t *n) {
+int pmi_reserve(pm_heap *h, uint64_t size, struct reservation *res, struct pmd_redo_entry *e, uint32_t *n) {
     struct pmi_alloc *a = h->alloc;
     if (size == 0) return PM_E_ARG;
     uint32_t cls = pmi_class_of(size);
@@ -217,7 +214,7 @@ static int reserve(pm_heap *h, uint64_t size, struct reservation *res, struct pm
 }
 
 /* unreserve -- give back a reservation whose commit did not happen. */
-static void unreserve(pm_heap *h, const struct reservation *res) {
+void pmi_unreserve(pm_heap *h, const struct reservation *res) {
     struct pmi_alloc *a = h->alloc;
     if (res->run) { block_release(h, res->run, res->idx); return; }
     pthread_mutex_lock(&a->span_lock);
@@ -225,13 +222,13 @@ static void unreserve(pm_heap *h, const struct reservation *res) {
     pthread_mutex_unlock(&a->span_lock);
 }
 
-static void reserved_committed(pm_heap *h, const struct reservation *res) {
+void pmi_reserved_committed(pm_heap *h, const struct reservation *res) {
     if (res->run) res->run->desc_pending = 0;
     else atomic_fetch_add(&h->alloc->live_spans, 1), atomic_fetch_add(&h->alloc->span_pages, res->span_pages);
 }
 
 /* locate -- the allocated block that starts at off (P4); its free entries in e. */
-static int locate(pm_heap *h, uint64_t off, struct reservation *res, struct pmd_redo_entry *e, uint32_t *n) {
+int pmi_locate(pm_heap *h, uint64_t off, struct reservation *res, struct pmd_redo_entry *e, uint32_t *n) {
     struct pmi_alloc *a = h->alloc;
     if (off < a->data_off || off >= page_off(a, a->page_count)) return PM_E_NOT_ALLOCATED;
     uint32_t p = (uint32_t)((off - a->data_off) / PMD_PAGE_SIZE);
@@ -258,7 +255,7 @@ static int locate(pm_heap *h, uint64_t off, struct reservation *res, struct pmd_
 }
 
 /* released -- after the commit that freed it, the block or span becomes reusable. */
-static void released(pm_heap *h, const struct reservation *res) {
+void pmi_released(pm_heap *h, const struct reservation *res) {
     struct pmi_alloc *a = h->alloc;
     if (res->run) { block_release(h, res->run, res->idx); return; }
     atomic_fetch_sub(&a->live_spans, 1);
@@ -284,12 +281,12 @@ int64_t pm_alloc_into(pm_heap *h, uint64_t dest, uint64_t size) {
     struct pmd_redo_entry e[3];
     uint32_t n = 0;
     struct reservation res;
-    int rc = reserve(h, size, &res, e, &n);
+    int rc = pmi_reserve(h, size, &res, e, &n);
     if (rc) return rc;
     if (dest) e[n++] = ent(PMD_REDO_OP_SET, dest, res.off);
     rc = pmi_redo_commit(h, e, n, NULL, 0);
-    if (rc) { unreserve(h, &res); return rc; }
-    reserved_committed(h, &res);
+    if (rc) { pmi_unreserve(h, &res); return rc; }
+    pmi_reserved_committed(h, &res);
     return (int64_t)res.off;
 }
 
@@ -301,12 +298,12 @@ int pm_free_from(pm_heap *h, uint64_t dest) {
     struct pmd_redo_entry e[2];
     uint32_t n = 0;
     struct reservation res;
-    int rc = locate(h, pm_load8(h, dest), &res, e, &n);
+    int rc = pmi_locate(h, pm_load8(h, dest), &res, e, &n);
     if (rc) return rc;
     e[n++] = ent(PMD_REDO_OP_SET, dest, 0);
     rc = pmi_redo_commit(h, e, n, NULL, 0);
     if (rc) return rc;
-    released(h, &res);
+    pmi_released(h, &res);
     return PM_OK;
 }
 
@@ -317,11 +314,11 @@ int pm_free(pm_heap *h, uint64_t off) {
     struct pmd_redo_entry e[1];
     uint32_t n = 0;
     struct reservation res;
-    int rc = locate(h, off, &res, e, &n);
+    int rc = pmi_locate(h, off, &res, e, &n);
     if (rc) return rc;
     rc = pmi_redo_commit(h, e, n, NULL, 0);
     if (rc) return rc;
-    released(h, &res);
+    pmi_released(h, &res);
     return PM_OK;
 }
 
@@ -331,7 +328,7 @@ int64_t pm_block_size(pm_heap *h, uint64_t off) {
     struct pmd_redo_entry e[1];
     uint32_t n = 0;
     struct reservation res;
-    int rc = locate(h, off, &res, e, &n);
+    int rc = pmi_locate(h, off, &res, e, &n);
     if (rc) return rc;
     return res.run ? (int64_t)res.run->block_size : (int64_t)res.span_pages * PMD_PAGE_SIZE;
 }
@@ -342,7 +339,7 @@ int pm_tx_reserve(pm_heap *h, uint64_t size, struct pm_tx_slot *slot, struct pmd
     if (!h->alloc) return PM_E_ARG;
     struct reservation res;
     *n = 0;
-    int rc = reserve(h, size, &res, e, n);
+    int rc = pmi_reserve(h, size, &res, e, n);
     if (rc) return rc;
     *slot = (struct pm_tx_slot){res.off, res.run, res.idx, res.span_pages};
     return PM_OK;
@@ -352,7 +349,7 @@ int pm_tx_locate(pm_heap *h, uint64_t off, struct pm_tx_slot *slot, struct pmd_r
     if (!h->alloc) return PM_E_ARG;
     struct reservation res;
     *n = 0;
-    int rc = locate(h, off, &res, e, n);
+    int rc = pmi_locate(h, off, &res, e, n);
     if (rc) return rc;
     *slot = (struct pm_tx_slot){res.off, res.run, res.idx, res.span_pages};
     return PM_OK;
@@ -363,7 +360,7 @@ static struct reservation from_slot(const struct pm_tx_slot *s) {
 }
 
 void pm_tx_abort(pm_heap *h, const struct pm_tx_slot *reserved, uint32_t nres) {
-    for (uint32_t k = 0; k < nres; k++) { struct reservation x = from_slot(&reserved[k]); unreserve(h, &x); }
+    for (uint32_t k = 0; k < nres; k++) { struct reservation x = from_slot(&reserved[k]); pmi_unreserve(h, &x); }
 }
 
 /* pm_tx_commit -- one redo commit of the transaction; `data` ranges (new objects' bytes)
@@ -389,10 +386,10 @@ int pm_tx_commit(pm_heap *h, const struct pmd_redo_entry *e, uint32_t n, const u
     if (r && r != local) free(r);
     for (uint32_t k = 0; k < nres; k++) {
         struct reservation x = from_slot(&reserved[k]);
-        if (rc) unreserve(h, &x); else reserved_committed(h, &x);
+        if (rc) pmi_unreserve(h, &x); else pmi_reserved_committed(h, &x);
     }
     if (rc) return rc;
-    for (uint32_t k = 0; k < nfree; k++) { struct reservation x = from_slot(&freed[k]); released(h, &x); }
+    for (uint32_t k = 0; k < nfree; k++) { struct reservation x = from_slot(&freed[k]); pmi_released(h, &x); }
     return PM_OK;
 }
 

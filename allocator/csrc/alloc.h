@@ -66,6 +66,19 @@ struct pmi_alloc {
     _Atomic uint64_t span_pages;    /* pages held by large objects */
 };
 
+/* A reservation: a block taken off the free lists (or a span off the free spans) whose
+ * allocation is not durable until the entries it returns are committed. */
+struct reservation { uint64_t off; struct pmi_run *run; uint32_t idx; uint32_t span_pages; };
+
+/* alloc.c -- building blocks for callers that compose their own redo commits (store/csrc).
+ * reserve/locate append at most 2 entries; after the commit call reserved_committed /
+ * released for each, or unreserve if the commit did not happen. */
+int pmi_reserve(pm_heap *h, uint64_t size, struct reservation *res, struct pmd_redo_entry *e, uint32_t *n);
+void pmi_unreserve(pm_heap *h, const struct reservation *res);
+void pmi_reserved_committed(pm_heap *h, const struct reservation *res);
+int pmi_locate(pm_heap *h, uint64_t off, struct reservation *res, struct pmd_redo_entry *e, uint32_t *n);
+void pmi_released(pm_heap *h, const struct reservation *res);
+
 /* classes.c */
 uint32_t pmi_class_size(uint32_t cls);
 uint32_t pmi_class_of(uint64_t size);       /* PMD_CLASS_COUNT if size > PMD_CLASS_MAX_SIZE */

@@ -1,0 +1,118 @@
+"""The one module through which the store talks to C (store/csrc/index.c).
+
+Offsets and buffers only; C return codes become the store's exceptions here.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from allocator import _native
+from allocator._native import ffi, lib
+from store.errors import CorruptObjectError, NoSuchKeyError, PreconditionFailedError
+
+COND_NONE, COND_ABSENT, COND_ETAG = lib.PM_COND_NONE, lib.PM_COND_ABSENT, lib.PM_COND_ETAG
+_LIST_FIXED = struct.Struct("<QQ16s")
+
+
+def _check(rc: int, what: str, key: bytes = b"") -> None:
+    if rc >= 0:
+        return
+    k = key.decode("utf-8", "replace")
+    if rc == lib.PM_E_NOT_FOUND:
+        raise NoSuchKeyError(f"no such key: {k!r}")
+    if rc == lib.PM_E_PRECONDITION:
+        raise PreconditionFailedError(f"{what} {k!r}: precondition failed; nothing was changed")
+    if rc == lib.PM_E_CORRUPT_OBJECT:
+        raise CorruptObjectError(f"{what} {k!r}: the stored value fails its CRC32C (I4); not returned")
+    _native.check(rc, f"{what} {k!r}" if key else what)
+
+
+def info_dict(info) -> dict:
+    return {"rec_off": info.rec_off, "value_off": info.value_off, "size": info.value_size,
+            "mtime_ns": info.mtime_ns, "crc32c": info.value_crc32c, "etag": bytes(info.etag).hex(),
+            "content_type": bytes(info.ctype[0:info.ctype_size]).decode("utf-8", "replace") or None}
+
+
+class Index:
+    """A handle on the store's index inside an open heap."""
+
+    def __init__(self, mapping: _native.Mapping, super_off: int):
+        self._mapping = mapping
+        out = ffi.new("pm_index **")
+        rep = ffi.new("struct pm_index_report *")
+        rc = lib.pm_index_open(mapping._handle(), super_off, out, rep)
+        if rc == lib.PM_E_CORRUPT:
+            from allocator.errors import CorruptHeapError
+            raise CorruptHeapError("", "index", f"the object index is damaged near offset {rep.objects} "
+                                   "(I1/I2); run `pmstore check`")
+        _native.check(rc, "open the object index")
+        self._x = out[0]
+        self.report = {"objects": rep.objects, "value_bytes": rep.value_bytes, "key_bytes": rep.key_bytes}
+        self._info = None
+
+    @staticmethod
+    def create(mapping: _native.Mapping) -> int:
+        out = ffi.new("uint64_t *")
+        _native.check(lib.pm_index_create(mapping._handle(), out), "create the object index")
+        return out[0]
+
+    def close(self) -> None:
+        if self._x is not None:
+            lib.pm_index_close(self._x)
+            self._x = None
+
+    def count(self) -> int:
+        return lib.pm_index_count(self._x)
+
+    def get(self, key: bytes, start: int = 0, size_hint: int = 4096, verify: bool = True):
+        """(value bytes from `start`, info); one C call for values up to size_hint."""
+        info = ffi.new("struct pm_obj_info *")
+        buf = bytearray(size_hint)
+        while True:
+            rc = lib.pm_index_get(self._x, key, len(key), start, ffi.from_buffer(buf), len(buf), int(verify), info)
+            if rc == lib.PM_E_BUFFER:
+                buf = bytearray(info.value_size - min(start, info.value_size))
+                continue
+            _check(rc, "get", key)
+            want = info.value_size - min(start, info.value_size)
+            if want != len(buf):
+                del buf[want:]
+            return buf, info
+
+    def head(self, key: bytes):
+        info = ffi.new("struct pm_obj_info *")
+        rc = lib.pm_index_get(self._x, key, len(key), 1 << 62, ffi.NULL, 0, 0, info)
+        _check(rc, "head", key)
+        return info
+
+    def put(self, key: bytes, value, ctype: bytes, etag: bytes, mtime_ns: int, cond: int, match: bytes | None):
+        info = ffi.new("struct pm_obj_info *")
+        created = ffi.new("int *")
+        rc = lib.pm_index_put(self._x, key, len(key), ctype, len(ctype), ffi.from_buffer(value), len(value),
+                              etag, mtime_ns, cond, match or ffi.NULL, info, created)
+        _check(rc, "put", key)
+        return info, bool(created[0])
+
+    def delete(self, key: bytes, cond: int, match: bytes | None) -> None:
+        _check(lib.pm_index_delete(self._x, key, len(key), cond, match or ffi.NULL), "delete", key)
+
+    def list(self, after: bytes, prefix: bytes, limit: int):
+        """[(key, content_type, size, mtime_ns, etag hex)] in key order."""
+        cap = max(64 * 1024, limit * 1200)
+        buf = bytearray(cap)
+        n = ffi.new("uint32_t *")
+        _check(lib.pm_index_list(self._x, after, len(after), prefix, len(prefix), limit, ffi.from_buffer(buf),
+                                 cap, n), "list")
+        out, pos = [], 0
+        for _ in range(n[0]):
+            ks = int.from_bytes(buf[pos:pos + 2], "little")
+            key = bytes(buf[pos + 2:pos + 2 + ks])
+            pos += 2 + ks
+            cs = int.from_bytes(buf[pos:pos + 2], "little")
+            ctype = bytes(buf[pos + 2:pos + 2 + cs])
+            pos += 2 + cs
+            size, mtime, etag = _LIST_FIXED.unpack_from(buf, pos)
+            pos += _LIST_FIXED.size
+            out.append((key, ctype, size, mtime, etag.hex()))
+        return out

@@ -1,0 +1,464 @@
+/* index.c -- the object index: a persistent skip list of object records in the heap,
+ * a DRAM hash for point lookups, one writer at a time, lock-free readers.
+ *
+ * FORMAT.md 4.6-4.7, 7.9; invariants I1-I4. Every change (insert, replace, delete) is
+ * one redo commit that also allocates the new record (and value block) and frees the
+ * old ones, with the new bytes persisted by the commit-point barrier: a crash leaves
+ * the old object or the new one, never a mix, and no leaked block.
+ * Readers take no lock: they read `version` before and after; a writer bumps it after
+ * each change, before the blocks it freed can be reused, and readers retry on change.
+ * Must not: store to the heap except through pmem.c / redo commits.
+ */
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include "alloc.h"
+#include "pm_index_api.h"
+
+#define TOMB 1u
+#define RETRIES_BEFORE_LOCK 8
+
+struct tab {
+    uint64_t cap;               /* slots, a power of two */
+    _Atomic uint32_t *hash;     /* 0 empty, 1 tombstone, else hash | 0x80000000 */
+    _Atomic uint64_t *rec;      /* record offset */
+    struct tab *retired;        /* older tables, freed at close (readers may still hold them) */
+};
+
+struct pm_index {
+    pm_heap *h;
+    uint64_t super_off;
+    uint64_t head_off;
+    pthread_mutex_t wlock;      /* one writer at a time */
+    uint64_t used;              /* writer: slots holding a record or a tombstone */
+    uint64_t rng;               /* writer: xorshift state for tower heights */
+    _Alignas(64) atomic_uint_fast64_t version;  /* bumped after every change */
+    _Atomic uint64_t count;     /* objects */
+    _Alignas(64) struct tab *_Atomic tab;
+};
+
+/* ------------------------------------------------------------------ records */
+
+static const struct pmd_object *obj(pm_heap *h, uint64_t off) { return (const void *)(h->base + off); }
+static uint64_t next_word(uint64_t r, uint32_t lvl) { return r + PMD_OBJ_HDR_SIZE + 8ull * lvl; }
+static const uint8_t *obj_key(pm_heap *h, uint64_t r) {
+    return h->base + r + PMD_OBJ_HDR_SIZE + 8ull * obj(h, r)->height;
+}
+static uint64_t obj_meta_size(uint32_t height, uint32_t klen, uint32_t ctlen) {
+    return (PMD_OBJ_HDR_SIZE + 8ull * height + klen + ctlen + 7) & ~7ull;
+}
+
+/* rec_ok -- r looks like a whole record inside the heap (readers may hold stale offsets). */
+static int rec_ok(pm_heap *h, uint64_t r) {
+    uint64_t size = pm_heap_size(h);
+    if (r < PMD_ROOT_OFF || r % 8 || r + PMD_OBJ_HDR_SIZE > size) return 0;
+    const struct pmd_object *o = obj(h, r);
+    if (o->height < 1 || o->height > PMD_OBJ_MAX_HEIGHT) return 0;
+    uint64_t meta = obj_meta_size(o->height, o->key_size, o->ctype_size);
+    if (r + meta > size) return 0;
+    uint64_t vo = o->flags & PMD_OBJ_FLAG_INLINE ? r + meta : o->value_off;
+    return vo <= size && o->value_size <= size - vo;
+}
+
+static uint64_t obj_value_off(pm_heap *h, uint64_t r) {
+    const struct pmd_object *o = obj(h, r);
+    return o->flags & PMD_OBJ_FLAG_INLINE ? r + obj_meta_size(o->height, o->key_size, o->ctype_size) : o->value_off;
+}
+
+static uint32_t hdr_crc(pm_heap *h, uint64_t r) {
+    const struct pmd_object *o = obj(h, r);
+    uint32_t c = pm_crc32c(0, o, offsetof(struct pmd_object, hdr_crc32c));
+    return pm_crc32c(c, obj_key(h, r), (size_t)o->key_size + o->ctype_size);
+}
+
+static int key_cmp(pm_heap *h, uint64_t r, const uint8_t *key, uint32_t klen) {
+    const struct pmd_object *o = obj(h, r);
+    uint32_t n = o->key_size < klen ? o->key_size : klen;
+    int c = memcmp(obj_key(h, r), key, n);
+    return c ? c : (o->key_size > klen) - (o->key_size < klen);
+}
+
+static void fill_info(pm_heap *h, uint64_t r, struct pm_obj_info *info) {
+    const struct pmd_object *o = obj(h, r);
+    info->rec_off = r;
+    info->value_off = obj_value_off(h, r);
+    info->value_size = o->value_size;
+    info->mtime_ns = o->mtime_ns;
+    info->value_crc32c = o->value_crc32c;
+    info->ctype_size = o->ctype_size;
+    memcpy(info->etag, o->etag, 16);
+    memcpy(info->ctype, obj_key(h, r) + o->key_size, o->ctype_size);
+}
+
+/* ------------------------------------------------------------------ DRAM hash */
+
+static uint32_t key_hash(const uint8_t *key, uint32_t klen) { return pm_crc32c(0, key, klen) | 0x80000000u; }
+
+static struct tab *tab_new(uint64_t cap) {
+    struct tab *t = calloc(1, sizeof *t);
+    if (!t) return NULL;
+    t->cap = cap;
+    t->hash = calloc(cap, sizeof *t->hash);
+    t->rec = calloc(cap, sizeof *t->rec);
+    if (!t->hash || !t->rec) { free((void *)t->hash); free((void *)t->rec); free(t); return NULL; }
+    return t;
+}
+
+static void tab_free_all(struct tab *t) {
+    while (t) { struct tab *r = t->retired; free((void *)t->hash); free((void *)t->rec); free(t); t = r; }
+}
+
+/* tab_find -- the slot holding key, or -1. Safe for readers (validated by the caller). */
+static int64_t tab_find(pm_heap *h, struct tab *t, const uint8_t *key, uint32_t klen, uint32_t hv) {
+    uint64_t mask = t->cap - 1, i = hv & mask;
+    for (uint64_t probe = 0; probe < t->cap; probe++, i = (i + 1) & mask) {
+        uint32_t s = atomic_load_explicit(&t->hash[i], memory_order_acquire);
+        if (s == 0) return -1;
+        if (s != hv) continue;
+        uint64_t r = atomic_load_explicit(&t->rec[i], memory_order_acquire);
+        if (r && rec_ok(h, r) && key_cmp(h, r, key, klen) == 0) return (int64_t)i;
+    }
+    return -1;
+}
+
+/* tab_put -- writer: point key at r (insert or replace). */
+static int tab_put(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t r) {
+    struct tab *t = atomic_load(&x->tab);
+    uint32_t hv = key_hash(key, klen);
+    int64_t i = tab_find(x->h, t, key, klen, hv);
+    if (i >= 0) { atomic_store_explicit(&t->rec[i], r, memory_order_release); return PM_OK; }
+    if ((x->used + 1) * 10 > t->cap * 7) {     /* grow (and drop tombstones) at 70% */
+        struct tab *n = tab_new(t->cap * 2);
+        if (!n) return PM_E_NOMEM;
+        uint64_t used = 0;
+        for (uint64_t k = 0; k < t->cap; k++) {
+            uint32_t s = t->hash[k];
+            if (s <= TOMB) continue;
+            uint64_t j = s & (n->cap - 1);
+            while (n->hash[j]) j = (j + 1) & (n->cap - 1);
+            n->hash[j] = s; n->rec[j] = t->rec[k]; used++;
+        }
+        n->retired = t;
+        atomic_store_explicit(&x->tab, n, memory_order_release);
+        x->used = used;
+        t = n;
+    }
+    uint64_t mask = t->cap - 1, j = hv & mask;
+    while (atomic_load(&t->hash[j]) > TOMB) j = (j + 1) & mask;
+    if (atomic_load(&t->hash[j]) == 0) x->used++;
+    atomic_store_explicit(&t->rec[j], r, memory_order_release);
+    atomic_store_explicit(&t->hash[j], hv, memory_order_release);
+    return PM_OK;
+}
+
+static void tab_del(pm_index *x, const uint8_t *key, uint32_t klen) {
+    struct tab *t = atomic_load(&x->tab);
+    int64_t i = tab_find(x->h, t, key, klen, key_hash(key, klen));
+    if (i < 0) return;
+    atomic_store_explicit(&t->rec[i], 0, memory_order_release);
+    atomic_store_explicit(&t->hash[i], TOMB, memory_order_release);
+}
+
+/* ------------------------------------------------------------------ skip list (writer) */
+
+/* find_preds -- writer: the last record before key on every level; returns the record
+ * with exactly this key, or 0. */
+static uint64_t find_preds(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t preds[PMD_OBJ_MAX_HEIGHT]) {
+    pm_heap *h = x->h;
+    uint64_t r = x->head_off;
+    for (int lvl = PMD_OBJ_MAX_HEIGHT - 1; lvl >= 0; lvl--) {
+        for (;;) {
+            uint64_t n = pm_load8(h, next_word(r, (uint32_t)lvl));
+            if (!n || key_cmp(h, n, key, klen) >= 0) break;
+            r = n;
+        }
+        preds[lvl] = r;
+    }
+    uint64_t n = pm_load8(h, next_word(preds[0], 0));
+    return n && key_cmp(h, n, key, klen) == 0 ? n : 0;
+}
+
+static uint32_t random_height(pm_index *x) {
+    uint32_t hgt = 1;
+    for (;;) {
+        x->rng ^= x->rng << 13; x->rng ^= x->rng >> 7; x->rng ^= x->rng << 17;
+        if ((x->rng & 3) || hgt == PMD_OBJ_MAX_HEIGHT) return hgt;   /* p = 1/4 */
+        hgt++;
+    }
+}
+
+static int cond_ok(pm_heap *h, uint64_t old, int cond, const uint8_t *match_etag) {
+    if (cond == PM_COND_ABSENT) return old == 0;
+    if (cond == PM_COND_ETAG) return old && memcmp(obj(h, old)->etag, match_etag, 16) == 0;
+    return 1;
+}
+
+/* free_entries -- writer: entries freeing record r and its value block. */
+static int free_entries(pm_heap *h, uint64_t r, struct reservation *res, uint32_t *nres,
+                        struct pmd_redo_entry *e, uint32_t *n) {
+    int rc = pmi_locate(h, r, &res[(*nres)++], e, n);
+    if (!rc && !(obj(h, r)->flags & PMD_OBJ_FLAG_INLINE) && obj(h, r)->value_off)
+        rc = pmi_locate(h, obj(h, r)->value_off, &res[(*nres)++], e, n);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ API */
+
+/* pm_index_create -- a new store in the heap: superblock and head record, published in
+ * the root word by one commit. */
+int pm_index_create(pm_heap *h, uint64_t *super_off) {
+    if (!h->alloc) return PM_E_ARG;
+    struct pmd_redo_entry e[8];
+    uint32_t n = 0;
+    struct reservation rs, rh;
+    uint64_t head_size = obj_meta_size(PMD_OBJ_MAX_HEIGHT, 0, 0);
+    int rc = pmi_reserve(h, sizeof(struct pmd_store_super), &rs, e, &n);
+    if (rc) return rc;
+    rc = pmi_reserve(h, head_size, &rh, e, &n);
+    if (rc) { pmi_unreserve(h, &rs); return rc; }
+    struct pmd_store_super sb = {PMD_STORE_MAGIC, PMD_STORE_VERSION, 0, rh.off, 0, {0}};
+    uint8_t head[PMD_OBJ_HDR_SIZE + 8 * PMD_OBJ_MAX_HEIGHT] = {0};
+    struct pmd_object *ho = (void *)head;
+    ho->magic = PMD_HEAD_MAGIC; ho->height = PMD_OBJ_MAX_HEIGHT;
+    pmi_write(h, rs.off, &sb, sizeof sb);
+    pmi_write(h, rh.off, head, sizeof head);
+    uint32_t crc = hdr_crc(h, rh.off);
+    pmi_write(h, rh.off + offsetof(struct pmd_object, hdr_crc32c), &crc, 4);
+    e[n++] = (struct pmd_redo_entry){PMD_ROOT_OFF | PMD_REDO_OP_SET, rs.off};
+    struct pmi_range data[2] = {{rs.off, sizeof sb}, {rh.off, sizeof head}};
+    rc = pmi_redo_commit(h, e, n, data, 2);   /* durable: superblock, head and root together */
+    if (rc) { pmi_unreserve(h, &rs); pmi_unreserve(h, &rh); return rc; }
+    pmi_reserved_committed(h, &rs);
+    pmi_reserved_committed(h, &rh);
+    *super_off = rs.off;
+    return PM_OK;
+}
+
+/* pm_index_open -- check the superblock, walk level 0 (I1-I3) and build the DRAM hash. */
+int pm_index_open(pm_heap *h, uint64_t super_off, pm_index **out, struct pm_index_report *rep) {
+    memset(rep, 0, sizeof *rep);
+    if (!pmi_in_range(h, super_off, sizeof(struct pmd_store_super)) || super_off % 8) return PM_E_CORRUPT;
+    const struct pmd_store_super *sb = (const void *)(h->base + super_off);
+    if (sb->magic != PMD_STORE_MAGIC || sb->version != PMD_STORE_VERSION) return PM_E_CORRUPT;
+    uint64_t head = sb->head_off;
+    if (!rec_ok(h, head) || obj(h, head)->magic != PMD_HEAD_MAGIC || obj(h, head)->height != PMD_OBJ_MAX_HEIGHT)
+        return PM_E_CORRUPT;
+    pm_index *x = aligned_alloc(64, (sizeof *x + 63) & ~(size_t)63);
+    if (!x) return PM_E_NOMEM;
+    memset(x, 0, sizeof *x);
+    x->h = h; x->super_off = super_off; x->head_off = head;
+    x->rng = 0x9E3779B97F4A7C15ull ^ (uint64_t)(uintptr_t)x;
+    pthread_mutex_init(&x->wlock, NULL);
+    struct tab *t = tab_new(1024);
+    if (!t) { free(x); return PM_E_NOMEM; }
+    atomic_store(&x->tab, t);
+    int rc = PM_OK;
+    uint64_t prev = 0, steps = 0, limit = pm_heap_size(h) / PMD_OBJ_HDR_SIZE;
+    for (uint64_t r = pm_load8(h, next_word(head, 0)); r; r = pm_load8(h, next_word(r, 0))) {
+        const struct pmd_object *o = obj(h, r);
+        if (++steps > limit || !rec_ok(h, r) || o->magic != PMD_OBJ_MAGIC || o->key_size < 1 ||
+            o->key_size > PMD_OBJ_KEY_MAX || o->hdr_crc32c != hdr_crc(h, r)) {
+            rc = PM_E_CORRUPT; rep->objects = r; break;                        /* I2 */
+        }
+        if (prev && key_cmp(h, prev, obj_key(h, r), o->key_size) >= 0) {
+            rc = PM_E_CORRUPT; rep->objects = r; break;                        /* I1: strictly increasing */
+        }
+        if ((rc = tab_put(x, obj_key(h, r), o->key_size, r))) break;
+        rep->objects++; rep->value_bytes += o->value_size; rep->key_bytes += o->key_size;
+        prev = r;
+    }
+    if (rc) { pm_index_close(x); return rc; }
+    atomic_store(&x->count, rep->objects);
+    *out = x;
+    return PM_OK;
+}
+
+void pm_index_close(pm_index *x) {
+    if (!x) return;
+    tab_free_all(atomic_load(&x->tab));
+    pthread_mutex_destroy(&x->wlock);
+    free(x);
+}
+
+uint64_t pm_index_count(pm_index *x) { return atomic_load(&x->count); }
+
+/* pm_index_get -- copy value[start:start+cap] of key into dst (no lock; retried if a
+ * write lands meanwhile). verify: check the whole value's CRC32C (I4).
+ * Returns bytes copied, PM_E_NOT_FOUND, PM_E_BUFFER (info filled: cap too small for
+ * the rest of the value), or PM_E_CORRUPT_OBJECT. */
+int pm_index_get(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t start, uint8_t *dst, uint64_t cap,
+                 int verify, struct pm_obj_info *info) {
+    pm_heap *h = x->h;
+    uint32_t hv = key_hash(key, klen);
+    for (int attempt = 0;; attempt++) {
+        int locked = attempt >= RETRIES_BEFORE_LOCK;   /* a reader starved by writers takes the lock */
+        if (locked) pthread_mutex_lock(&x->wlock);
+        uint64_t v1 = atomic_load_explicit(&x->version, memory_order_acquire);
+        struct tab *t = atomic_load_explicit(&x->tab, memory_order_acquire);
+        int64_t i = tab_find(h, t, key, klen, hv);
+        int rc;
+        if (i < 0) rc = PM_E_NOT_FOUND;
+        else {
+            uint64_t r = atomic_load_explicit(&t->rec[i], memory_order_acquire);
+            fill_info(h, r, info);
+            uint64_t want = start >= info->value_size ? 0 : info->value_size - start;
+            if (want > cap) rc = PM_E_BUFFER;
+            else {
+                memcpy(dst, h->base + info->value_off + (start < info->value_size ? start : info->value_size), want);
+                rc = (int)(want > INT32_MAX ? INT32_MAX : want);
+                if (verify && pm_crc32c(0, h->base + info->value_off, info->value_size) != info->value_crc32c)
+                    rc = PM_E_CORRUPT_OBJECT;
+            }
+        }
+        atomic_thread_fence(memory_order_acquire);
+        uint64_t v2 = atomic_load_explicit(&x->version, memory_order_relaxed);
+        if (locked) pthread_mutex_unlock(&x->wlock);
+        if (v1 == v2 || locked) return rc;
+    }
+}
+
+/* pm_index_put -- insert or replace key (FORMAT.md 7.9): one redo commit allocates the
+ * record (and the value block), links it on every level, and frees the old object. */
+int pm_index_put(pm_index *x, const uint8_t *key, uint32_t klen, const uint8_t *ctype, uint32_t ctlen,
+                 const uint8_t *value, uint64_t vlen, const uint8_t *etag, uint64_t mtime_ns,
+                 int cond, const uint8_t *match_etag, struct pm_obj_info *info, int *created) {
+    pm_heap *h = x->h;
+    if (klen < 1 || klen > PMD_OBJ_KEY_MAX || ctlen > PMD_OBJ_CTYPE_MAX) return PM_E_ARG;
+    uint32_t vcrc = pm_crc32c(0, value, vlen);          /* before the lock: the big cost */
+    pthread_mutex_lock(&x->wlock);
+    uint64_t preds[PMD_OBJ_MAX_HEIGHT];
+    uint64_t old = find_preds(x, key, klen, preds);
+    int rc = PM_OK;
+    if (!cond_ok(h, old, cond, match_etag)) { rc = PM_E_PRECONDITION; goto out; }
+    uint32_t height = old ? obj(h, old)->height : random_height(x);
+    int inl = vlen <= PMD_OBJ_INLINE_MAX;
+    uint64_t meta = obj_meta_size(height, klen, ctlen);
+    struct pmd_redo_entry e[4 + PMD_OBJ_MAX_HEIGHT + 8];
+    uint32_t n = 0, nres = 0, nfree = 0;
+    struct reservation res[2], fre[2];
+    rc = pmi_reserve(h, meta + (inl ? vlen : 0), &res[nres], e, &n);
+    if (rc) goto out;
+    nres++;
+    if (!inl) {
+        rc = pmi_reserve(h, vlen, &res[nres], e, &n);
+        if (rc) goto unreserve;
+        nres++;
+    }
+    uint64_t r = res[0].off, voff = inl ? r + meta : res[1].off;
+    struct pmd_object o = {PMD_OBJ_MAGIC, (uint8_t)height, inl ? PMD_OBJ_FLAG_INLINE : 0, (uint16_t)klen,
+                           vlen, inl ? 0 : voff, mtime_ns, vcrc, (uint16_t)ctlen, 0, {0}, 0, 0};
+    memcpy(o.etag, etag, 16);
+    uint64_t nexts[PMD_OBJ_MAX_HEIGHT];
+    for (uint32_t l = 0; l < height; l++)
+        nexts[l] = old ? pm_load8(h, next_word(old, l)) : pm_load8(h, next_word(preds[l], l));
+    pmi_write(h, r, &o, sizeof o);
+    pmi_write(h, r + PMD_OBJ_HDR_SIZE, nexts, 8ull * height);
+    pmi_write(h, r + PMD_OBJ_HDR_SIZE + 8ull * height, key, klen);
+    pmi_write(h, r + PMD_OBJ_HDR_SIZE + 8ull * height + klen, ctype, ctlen);
+    o.hdr_crc32c = hdr_crc(h, r);
+    pmi_write(h, r + offsetof(struct pmd_object, hdr_crc32c), &o.hdr_crc32c, 4);
+    pmi_write(h, voff, value, vlen);
+    for (uint32_t l = 0; l < height; l++)
+        e[n++] = (struct pmd_redo_entry){next_word(preds[l], l) | PMD_REDO_OP_SET, r};
+    if (old && (rc = free_entries(h, old, fre, &nfree, e, &n))) goto unreserve;
+    struct pmi_range data[2] = {{r, meta + (inl ? vlen : 0)}, {voff, vlen}};
+    rc = pmi_redo_commit(h, e, n, data, inl ? 1 : 2);   /* durable: the object and its links, or nothing */
+    if (rc) goto unreserve;
+    for (uint32_t k = 0; k < nres; k++) pmi_reserved_committed(h, &res[k]);
+    tab_put(x, key, klen, r);       /* out of DRAM: lookups fall back... never: tab_put only fails to grow */
+    if (!old) atomic_fetch_add(&x->count, 1);
+    atomic_fetch_add_explicit(&x->version, 1, memory_order_release);  /* before the old blocks can be reused */
+    for (uint32_t k = 0; k < nfree; k++) pmi_released(h, &fre[k]);
+    fill_info(h, r, info);
+    *created = !old;
+    pthread_mutex_unlock(&x->wlock);
+    return PM_OK;
+unreserve:
+    for (uint32_t k = 0; k < nres; k++) pmi_unreserve(h, &res[k]);
+out:
+    if (rc == PM_E_PRECONDITION && old) fill_info(h, old, info);
+    pthread_mutex_unlock(&x->wlock);
+    return rc;
+}
+
+/* pm_index_delete -- unlink key on every level and free it, in one redo commit. */
+int pm_index_delete(pm_index *x, const uint8_t *key, uint32_t klen, int cond, const uint8_t *match_etag) {
+    pm_heap *h = x->h;
+    pthread_mutex_lock(&x->wlock);
+    uint64_t preds[PMD_OBJ_MAX_HEIGHT];
+    uint64_t old = find_preds(x, key, klen, preds);
+    int rc = PM_OK;
+    if (!old) { rc = cond == PM_COND_ETAG ? PM_E_PRECONDITION : PM_E_NOT_FOUND; goto out; }
+    if (!cond_ok(h, old, cond, match_etag)) { rc = PM_E_PRECONDITION; goto out; }
+    struct pmd_redo_entry e[4 + PMD_OBJ_MAX_HEIGHT];
+    uint32_t n = 0, nfree = 0;
+    struct reservation fre[2];
+    for (uint32_t l = 0; l < obj(h, old)->height; l++)
+        e[n++] = (struct pmd_redo_entry){next_word(preds[l], l) | PMD_REDO_OP_SET, pm_load8(h, next_word(old, l))};
+    if ((rc = free_entries(h, old, fre, &nfree, e, &n))) goto out;
+    rc = pmi_redo_commit(h, e, n, NULL, 0);   /* durable: unlinked and freed together */
+    if (rc) goto out;
+    tab_del(x, key, klen);
+    atomic_fetch_sub(&x->count, 1);
+    atomic_fetch_add_explicit(&x->version, 1, memory_order_release);
+    for (uint32_t k = 0; k < nfree; k++) pmi_released(h, &fre[k]);
+out:
+    pthread_mutex_unlock(&x->wlock);
+    return rc;
+}
+
+/* list_walk -- one attempt at a listing; returns entries written, or -1 if a record
+ * looked impossible (a concurrent write; the caller retries). */
+static int64_t list_walk(pm_index *x, const uint8_t *after, uint32_t alen, const uint8_t *prefix, uint32_t plen,
+                         uint32_t limit, uint8_t *buf, uint64_t cap) {
+    pm_heap *h = x->h;
+    const uint8_t *from = alen ? after : prefix;
+    uint32_t flen = alen ? alen : plen;
+    if (alen && plen && memcmp(prefix, after, plen < alen ? plen : alen) > 0) from = prefix, flen = plen;
+    uint64_t r = x->head_off, steps = 0, max_steps = 4 * (atomic_load(&x->count) + 64) + 4ull * limit;
+    for (int lvl = PMD_OBJ_MAX_HEIGHT - 1; lvl >= 0; lvl--)   /* last record < from */
+        for (;;) {
+            uint64_t nx = pm_load8(h, next_word(r, (uint32_t)lvl));
+            if (!nx) break;
+            if (!rec_ok(h, nx) || ++steps > max_steps) return -1;
+            if (key_cmp(h, nx, from, flen) >= 0) break;
+            r = nx;
+        }
+    uint64_t used = 0;
+    int64_t count = 0;
+    for (r = pm_load8(h, next_word(r, 0)); r && count < limit; r = pm_load8(h, next_word(r, 0))) {
+        if (!rec_ok(h, r) || ++steps > max_steps) return -1;
+        const struct pmd_object *o = obj(h, r);
+        const uint8_t *k = obj_key(h, r);
+        if (alen && from == after && key_cmp(h, r, after, alen) == 0) continue;   /* after is exclusive */
+        if (plen && (o->key_size < plen || memcmp(k, prefix, plen))) break;
+        uint64_t need = 2 + o->key_size + 2 + o->ctype_size + 8 + 8 + 16;
+        if (used + need > cap) break;
+        uint8_t *p = buf + used;
+        uint16_t ks = o->key_size, cs = o->ctype_size;
+        memcpy(p, &ks, 2); memcpy(p + 2, k, ks); p += 2 + ks;
+        memcpy(p, &cs, 2); memcpy(p + 2, k + ks, cs); p += 2 + cs;
+        memcpy(p, &o->value_size, 8); memcpy(p + 8, &o->mtime_ns, 8); memcpy(p + 16, o->etag, 16);
+        used += need;
+        count++;
+    }
+    return count;
+}
+
+/* pm_index_list -- up to limit objects with keys > after (exclusive) that start with
+ * prefix, in bytewise key order, packed into buf: per object u16 key size, key, u16
+ * content-type size, content type, u64 value size, u64 mtime_ns, 16-byte etag. */
+int pm_index_list(pm_index *x, const uint8_t *after, uint32_t alen, const uint8_t *prefix, uint32_t plen,
+                  uint32_t limit, uint8_t *buf, uint64_t cap, uint32_t *count) {
+    for (int attempt = 0;; attempt++) {
+        int locked = attempt >= RETRIES_BEFORE_LOCK;
+        if (locked) pthread_mutex_lock(&x->wlock);
+        uint64_t v1 = atomic_load_explicit(&x->version, memory_order_acquire);
+        int64_t n = list_walk(x, after, alen, prefix, plen, limit, buf, cap);
+        atomic_thread_fence(memory_order_acquire);
+        uint64_t v2 = atomic_load_explicit(&x->version, memory_order_relaxed);
+        if (locked) pthread_mutex_unlock(&x->wlock);
+        if (n >= 0 && (v1 == v2 || locked)) { *count = (uint32_t)n; return PM_OK; }
+        if (locked) return PM_E_CORRUPT;     /* impossible records with writers excluded */
+    }
+}

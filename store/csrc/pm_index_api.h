@@ -1,0 +1,53 @@
+/* pm_index_api.h -- the object index's functions Python calls (read by the cffi cdef).
+ *
+ * Concurrency: one writer at a time (a mutex inside the index; the GIL is released while
+ * waiting); readers take no lock: they validate with a sequence counter the writer makes
+ * odd while it changes the index, and retry. Values are copied with the GIL released.
+ */
+#ifndef PM_INDEX_API_H
+#define PM_INDEX_API_H
+#include <stdint.h>
+#include "pm_api.h"
+#include "pmd_store.h"
+
+#define PM_E_NOT_FOUND -20      /* no such key */
+#define PM_E_PRECONDITION -21   /* if_match / if_none_match failed */
+#define PM_E_CORRUPT_OBJECT -22 /* a record or value fails its checksum */
+#define PM_E_BUFFER -23         /* the caller's buffer is too small: info.value_size says how much */
+
+#define PM_COND_NONE 0
+#define PM_COND_ABSENT 1        /* if_none_match: the key must not exist */
+#define PM_COND_ETAG 2          /* if_match: the current etag must equal */
+
+typedef struct pm_index pm_index;
+
+struct pm_obj_info {
+    uint64_t rec_off;           /* the record */
+    uint64_t value_off;         /* where the value bytes start */
+    uint64_t value_size;
+    uint64_t mtime_ns;
+    uint32_t value_crc32c;
+    uint32_t ctype_size;
+    uint8_t  etag[16];
+    uint8_t  ctype[256];
+};
+
+struct pm_index_report {
+    uint64_t objects;           /* records on level 0 */
+    uint64_t value_bytes;       /* sum of value sizes */
+    uint64_t key_bytes;
+};
+
+int pm_index_create(pm_heap *h, uint64_t *super_off);
+int pm_index_open(pm_heap *h, uint64_t super_off, pm_index **out, struct pm_index_report *rep);
+void pm_index_close(pm_index *x);
+uint64_t pm_index_count(pm_index *x);
+int pm_index_get(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t start, uint8_t *dst, uint64_t cap,
+                 int verify, struct pm_obj_info *info);
+int pm_index_put(pm_index *x, const uint8_t *key, uint32_t klen, const uint8_t *ctype, uint32_t ctlen,
+                 const uint8_t *value, uint64_t vlen, const uint8_t *etag, uint64_t mtime_ns,
+                 int cond, const uint8_t *match_etag, struct pm_obj_info *info, int *created);
+int pm_index_delete(pm_index *x, const uint8_t *key, uint32_t klen, int cond, const uint8_t *match_etag);
+int pm_index_list(pm_index *x, const uint8_t *after, uint32_t alen, const uint8_t *prefix, uint32_t plen,
+                  uint32_t limit, uint8_t *buf, uint64_t cap, uint32_t *count);
+#endif

@@ -1,0 +1,229 @@
+"""The object store: keyed objects with metadata and checksums in a persistent heap.
+
+    with Store.open("data/pmstore.heap") as s:
+        s.put("photos/cat.jpg", data, content_type="image/jpeg")
+        value, info = s.get("photos/cat.jpg")
+
+The index (a skip list of object records, FORMAT.md 4.6-4.7) lives in the heap; a DRAM
+hash rebuilt at open serves point lookups. Crash safety: every put and delete is one
+redo commit (FORMAT.md 7.9) -- after a crash a key holds its old object or its new one.
+Durability "sync" (default): put and delete return once durable; "os": the page cache
+only (survives a process crash, not a power loss).
+Thread-safe: readers take no lock and copy values with the GIL released; writers are
+serialised inside the index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from pathlib import Path
+
+from allocator import Heap
+from allocator.errors import HeapFullError
+from store import _index
+from store.errors import InvalidKeyError, NoSuchKeyError, ObjectTooLargeError
+
+KEY_MAX_SIZE = 1024
+DEFAULT_MAX_OBJECT_SIZE = 64 << 20
+DURABILITY_BACKENDS = {"sync": "auto", "os": "none"}
+_CONTROL = set(range(0x20)) | {0x7F}
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int               # bytes
+    etag: str               # hex MD5 of the value
+    content_type: str | None
+    last_modified: int      # ns since the Unix epoch
+    checksum: int           # CRC32C of the value
+
+
+def encode_key(key: str | bytes) -> bytes:
+    """The key's bytes, or InvalidKeyError: 1..1024 bytes of UTF-8, no C0 control or DEL."""
+    raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+    if not 1 <= len(raw) <= KEY_MAX_SIZE:
+        raise InvalidKeyError(f"key must be 1..{KEY_MAX_SIZE} bytes of UTF-8, not {len(raw)} bytes")
+    if _CONTROL.intersection(raw):
+        raise InvalidKeyError(f"key {raw[:64]!r} contains a control character (0x00-0x1F or 0x7F)")
+    if not isinstance(key, str):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidKeyError(f"key {raw[:64]!r} is not valid UTF-8") from None
+    return raw
+
+
+def _etag_bytes(etag: str) -> bytes:
+    e = etag.strip().strip('"')
+    try:
+        raw = bytes.fromhex(e)
+    except ValueError:
+        raw = b""
+    return raw if len(raw) == 16 else b"\xff" * 16   # never matches a stored MD5... almost surely
+
+
+class Store:
+    """A keyed object store in one heap file. Use `Store.open`."""
+
+    def __init__(self, heap: Heap, index: _index.Index, *, durability: str, verify_reads: bool,
+                 max_object_size: int):
+        self.heap = heap
+        self._index = index
+        self.durability = durability
+        self.verify_reads = verify_reads
+        self.max_object_size = max_object_size
+        self.report = {**dataclasses.asdict(heap.report), **{f"index_{k}": v for k, v in index.report.items()}}
+
+    @classmethod
+    def open(cls, path, *, create: bool = True, initial_size: int = 64 << 20, max_size: int = 16 << 30,
+             durability: str = "sync", verify_reads: bool = True, max_object_size: int = DEFAULT_MAX_OBJECT_SIZE,
+             backend: str | None = None) -> Store:
+        """Open (or create) the store at path. `backend` overrides the durability's default."""
+        if durability not in DURABILITY_BACKENDS:
+            raise ValueError(f"durability must be 'sync' or 'os', not {durability!r}")
+        if max_object_size < 1:
+            raise ValueError("max_object_size must be positive")
+        backend = backend or DURABILITY_BACKENDS[durability]
+        path = Path(path)
+        if not path.exists():
+            if not create:
+                raise FileNotFoundError(f"{path}: no such store (pass create=True to make one)")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            heap = Heap.create(path, size=initial_size, max_size=max_size, backend=backend)
+        else:
+            heap = Heap.open(path, backend=backend)
+        try:
+            t0 = time.perf_counter()
+            if heap.root == 0:          # new, or a crash between heap and index creation
+                _index.Index.create(heap.mapping)
+            index = _index.Index(heap.mapping, heap.root)
+            store = cls(heap, index, durability=durability, verify_reads=verify_reads,
+                        max_object_size=max_object_size)
+            store.report["index_ms"] = (time.perf_counter() - t0) * 1e3
+            return store
+        except BaseException:
+            heap.abandon() if not heap.closed else None
+            raise
+
+    # ------------------------------------------------------------ objects
+    def put(self, key, value, *, content_type: str | None = None, if_match: str | None = None,
+            if_none_match: bool = False) -> ObjectInfo:
+        """Store value under key (atomically replacing any old object); durable on return in sync mode."""
+        k = encode_key(key)
+        mv = memoryview(value).cast("B") if not isinstance(value, (bytes, bytearray)) else value
+        if len(mv) > self.max_object_size:
+            raise ObjectTooLargeError(f"value of {len(mv)} bytes exceeds max_object_size "
+                                      f"({self.max_object_size} bytes) for key {k[:64]!r}")
+        ctype = (content_type or "").encode("utf-8")
+        if len(ctype) > 255:
+            raise ValueError("content_type must be at most 255 bytes of UTF-8")
+        etag = hashlib.md5(mv).digest()
+        cond, match = (_index.COND_ABSENT, None) if if_none_match else \
+            (_index.COND_ETAG, _etag_bytes(if_match)) if if_match is not None else (_index.COND_NONE, None)
+        try:
+            info, _ = self._index.put(k, mv, ctype, etag, time.time_ns(), cond, match)
+        except HeapFullError:
+            raise
+        return self._info(k, info)
+
+    def get(self, key, *, zero_copy: bool = False):
+        """(value, ObjectInfo). zero_copy: a read-only memoryview into the heap, valid until
+        the object is replaced or deleted (the checksum is verified when verify_reads is on)."""
+        k = encode_key(key)
+        if zero_copy:
+            info = self._index.head(k)
+            view = self.heap.view(info.value_off, info.value_size)
+            if self.verify_reads:
+                from allocator._native import crc32c
+                if crc32c(view) != info.value_crc32c:
+                    from store.errors import CorruptObjectError
+                    raise CorruptObjectError(f"get {k!r}: the stored value fails its CRC32C (I4); not returned")
+            return view, self._info(k, info)
+        buf, info = self._index.get(k, verify=self.verify_reads)
+        return bytes(buf), self._info(k, info)
+
+    def get_range(self, key, start: int, end: int | None = None):
+        """(value[start:end], ObjectInfo); end is exclusive and clamped to the size."""
+        if start < 0 or (end is not None and end < start):
+            raise ValueError(f"invalid range [{start}, {end})")
+        k = encode_key(key)
+        buf, info = self._index.get(k, start=start, verify=self.verify_reads)
+        if end is not None and end - start < len(buf):
+            del buf[end - start:]
+        return bytes(buf), self._info(k, info)
+
+    def head(self, key) -> ObjectInfo:
+        k = encode_key(key)
+        return self._info(k, self._index.head(k))
+
+    def delete(self, key, *, if_match: str | None = None) -> None:
+        """Remove key (NoSuchKeyError if absent; PreconditionFailedError if if_match fails)."""
+        k = encode_key(key)
+        cond, match = (_index.COND_ETAG, _etag_bytes(if_match)) if if_match is not None else (_index.COND_NONE, None)
+        self._index.delete(k, cond, match)
+
+    def list(self, prefix: str = "", after: str | None = None, limit: int = 1000):
+        """(infos, next_after): up to limit objects whose keys start with prefix and sort
+        after `after`, in bytewise key order; next_after is None on the last page."""
+        if not 1 <= limit <= 100_000:
+            raise ValueError(f"limit must be 1..100000, not {limit}")
+        p = prefix.encode("utf-8") if prefix else b""
+        a = encode_key(after) if after else b""
+        rows = self._index.list(a, p, limit + 1)
+        infos = [ObjectInfo(key.decode("utf-8"), size, etag, ctype.decode("utf-8") or None, mtime, 0)
+                 for key, ctype, size, mtime, etag in rows[:limit]]
+        return infos, (infos[-1].key if len(rows) > limit else None)
+
+    def __len__(self) -> int:
+        return self._index.count()
+
+    def __contains__(self, key) -> bool:
+        try:
+            self.head(key)
+            return True
+        except (NoSuchKeyError, InvalidKeyError):
+            return False
+
+    def __iter__(self):
+        after = None
+        while True:
+            infos, after = self.list(after=after, limit=1000)
+            yield from (i.key for i in infos)
+            if after is None:
+                return
+
+    # ------------------------------------------------------------ lifecycle
+    def _info(self, k: bytes, info) -> ObjectInfo:
+        ct = bytes(info.ctype[0:info.ctype_size]).decode("utf-8", "replace") or None
+        return ObjectInfo(k.decode("utf-8"), info.value_size, bytes(info.etag).hex(), ct, info.mtime_ns,
+                          info.value_crc32c)
+
+    def stats(self) -> dict:
+        return {"objects": len(self), "heap": self.heap.stats(), "recovery": self.report}
+
+    @property
+    def closed(self) -> bool:
+        return self.heap.closed
+
+    def close(self) -> None:
+        if not self.heap.closed:
+            self._index.close()
+            self.heap.close()
+
+    def abandon(self) -> None:
+        """Drop without a clean close (tests: a simulated process crash)."""
+        if not self.heap.closed:
+            self._index.close()
+            self.heap.abandon()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["ObjectInfo", "Store", "encode_key"]

@@ -26,6 +26,7 @@ REDO_ENTRY_SIZE = 16
 REDO_OP_SET = 0
 REDO_OP_OR = 1
 REDO_OP_ANDNOT = 2
+REDO_OP_CHECK = 3  # internal: written by commits that carry data (L5), never by callers
 CRC_COVERED_SIZE = 252  # H3: the CRC covers bytes [0, 252)
 
 DEFAULT_LANE_COUNT = 16

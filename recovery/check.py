@@ -140,8 +140,12 @@ def _check_lanes(buf, h: dict, rep: Report, at_rest: bool) -> None:
         for k in range(count):
             off_op, _ = struct.unpack_from("<QQ", entries, k * 16)
             off, op = off_op & ~7, off_op & 7
+            size = 8
+            if op == 3:
+                _, value = struct.unpack_from("<QQ", entries, k * 16)
+                off, size = off + (value >> 61), (value >> 32) & ((1 << 29) - 1)
             if op not in fmt.REDO_OPS or off < fmt.ROOT_OFF or fmt.REDO_OFF <= off < lanes_end \
-                    or off + 8 > h["file_size"]:
+                    or off + size > h["file_size"]:
                 rep.add("L2", lo + fmt.LANE_HDR_SIZE + 16 * k, f"lane {i} entry {k}: op {op} at {off}")
 
 

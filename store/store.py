@@ -19,9 +19,10 @@ import dataclasses
 import hashlib
 import time
 from pathlib import Path
+from typing import Self
 
 from allocator import Heap
-from allocator.errors import HeapFullError
+from allocator._native import NeedGrow
 from store import _index
 from store.errors import InvalidKeyError, NoSuchKeyError, ObjectTooLargeError
 
@@ -123,11 +124,14 @@ class Store:
         etag = hashlib.md5(mv).digest()
         cond, match = (_index.COND_ABSENT, None) if if_none_match else \
             (_index.COND_ETAG, _etag_bytes(if_match)) if if_match is not None else (_index.COND_NONE, None)
-        try:
-            info, _ = self._index.put(k, mv, ctype, etag, time.time_ns(), cond, match)
-        except HeapFullError:
-            raise
-        return self._info(k, info)
+        mtime = time.time_ns()
+        while True:
+            seen = self.heap.mapping.size
+            try:
+                info, _ = self._index.put(k, mv, ctype, etag, mtime, cond, match)
+                return self._info(k, info)
+            except NeedGrow:    # slow path: grow the file (HeapFullError at max_size), retry
+                self.heap._grow(seen, len(mv) + len(k) + 512)
 
     def get(self, key, *, zero_copy: bool = False):
         """(value, ObjectInfo). zero_copy: a read-only memoryview into the heap, valid until
@@ -219,7 +223,7 @@ class Store:
             self._index.close()
             self.heap.abandon()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

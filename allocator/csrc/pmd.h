@@ -23,6 +23,7 @@
 #define PMD_REDO_OP_SET 0                   /* word = value */
 #define PMD_REDO_OP_OR 1                    /* word |= value (bit set) */
 #define PMD_REDO_OP_ANDNOT 2                /* word &= ~value (bit clear) */
+#define PMD_REDO_OP_CHECK 3                 /* not applied: value = (size << 32) | crc32c of [off, off+size) */
 #define PMD_REDO_OP_MASK 7                  /* op lives in the low 3 bits of off_op */
 
 /* Allocator (FORMAT.md 4.4, 4.5, 5): one 8-byte descriptor per 64 KiB page at meta_off;

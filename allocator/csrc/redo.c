@@ -14,6 +14,7 @@
 #include "pmi.h"
 
 #define MAX_LANES 4096
+#define CHECK_SIZE_MAX ((1ull << 29) - 1)   /* bytes one CHECK entry covers */
 
 static __thread uint32_t my_lane = UINT32_MAX;  /* lane this thread used last; MAX = none yet */
 
@@ -62,8 +63,17 @@ static uint32_t seal_crc(uint32_t lane, uint64_t seq, uint32_t count, const stru
 static int entry_is_valid(pm_heap *h, const struct pmd_redo_entry *e) {
     uint64_t op = e->off_op & PMD_REDO_OP_MASK, off = e->off_op & ~(uint64_t)PMD_REDO_OP_MASK;
     uint64_t redo_end = h->redo_off + (uint64_t)h->lane_count * h->lane_size;
-    return op <= PMD_REDO_OP_ANDNOT && off >= PMD_ROOT_OFF && (off < h->redo_off || off >= redo_end) &&
-           pmi_in_range(h, off, 8);
+    uint64_t size = 8;
+    if (op == PMD_REDO_OP_CHECK) off += e->value >> 61, size = (e->value >> 32) & CHECK_SIZE_MAX;
+    return op <= PMD_REDO_OP_CHECK && off >= PMD_ROOT_OFF && (off < h->redo_off || off >= redo_end) &&
+           pmi_in_range(h, off, size);
+}
+
+/* check_holds -- L5: a CHECK entry's range still has the CRC the commit recorded.
+ * CHECK value: bits 0-31 CRC32C, 32-60 size, 61-63 start - the entry's 8-aligned offset. */
+static int check_holds(pm_heap *h, const struct pmd_redo_entry *e) {
+    uint64_t off = (e->off_op & ~(uint64_t)PMD_REDO_OP_MASK) + (e->value >> 61);
+    return pm_crc32c(0, h->base + off, (e->value >> 32) & CHECK_SIZE_MAX) == (uint32_t)e->value;
 }
 
 /* pmi_redo_apply -- the one apply function: perform the entries with 8-byte stores, then
@@ -73,8 +83,8 @@ static void pmi_redo_apply(pm_heap *h, const struct pmd_redo_entry *e, uint32_t 
     for (uint32_t i = 0; i < n; i++) {
         uint64_t op = e[i].off_op & PMD_REDO_OP_MASK, off = e[i].off_op & ~(uint64_t)PMD_REDO_OP_MASK;
         if (op == PMD_REDO_OP_SET) pmi_store8(h, off, e[i].value);
-        else pmi_rmw8(h, off, e[i].value, op == PMD_REDO_OP_OR);
-        if (r) r[i].off = off, r[i].size = 8;
+        else if (op != PMD_REDO_OP_CHECK) pmi_rmw8(h, off, e[i].value, op == PMD_REDO_OP_OR);
+        if (r) r[i].off = off, r[i].size = 8;     /* a CHECK's first word: harmless to flush */
     }
     if (r) {
         pmi_persist_ranges(h, r, n);    /* durable: every word of the commit (step 4 ends) */
@@ -110,7 +120,7 @@ static uint32_t lane_acquire(pm_heap *h) {
 int pm_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t count) {
     for (uint32_t i = 0; i < count; i++)
         if (!entry_is_valid(h, &entries[i]))
-            return (entries[i].off_op & PMD_REDO_OP_MASK) > PMD_REDO_OP_ANDNOT ? PM_E_BAD_OP : PM_E_RANGE;
+            return (entries[i].off_op & PMD_REDO_OP_MASK) > PMD_REDO_OP_CHECK ? PM_E_BAD_OP : PM_E_RANGE;
     return pmi_redo_commit(h, entries, count, NULL, 0);
 }
 
@@ -155,11 +165,38 @@ static uint64_t next_seq(struct pmi_lane *l) {
     return l->last_seq;
 }
 
+static int redo_commit_log(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t count,
+                           const struct pmi_range *extra, uint32_t nextra);
+
 /* pmi_redo_commit -- the commit protocol. `extra` ranges (data the entries publish, e.g.
- * a new object's bytes) become durable in the same commit-point barrier.
- * pre: entries validated by the caller. */
+ * a new object's bytes) become durable in the same commit-point barrier; the log carries
+ * a CHECK entry (size, CRC32C) for each, so recovery replays the commit only if its data
+ * reached the media too (L5). pre: entries validated by the caller. */
 int pmi_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t count,
                     const struct pmi_range *extra, uint32_t nextra) {
+    if (!nextra || !count) return redo_commit_log(h, entries, count, extra, nextra);
+    uint32_t nchecks = 0;
+    for (uint32_t i = 0; i < nextra; i++) nchecks += (uint32_t)((extra[i].size + CHECK_SIZE_MAX - 1) / CHECK_SIZE_MAX);
+    if ((uint64_t)count + nchecks > h->lane_capacity) return PM_E_TOO_BIG;
+    struct pmd_redo_entry local[64], *e = count + nchecks <= 64 ? local : malloc((count + nchecks) * sizeof *e);
+    if (!e) return PM_E_NOMEM;
+    memcpy(e, entries, count * sizeof *e);
+    uint32_t n = count;
+    for (uint32_t i = 0; i < nextra; i++)
+        for (uint64_t off = extra[i].off, left = extra[i].size; left; ) {
+            uint64_t part = left > CHECK_SIZE_MAX ? CHECK_SIZE_MAX : left;
+            uint32_t crc = pm_crc32c(0, h->base + off, part);
+            e[n++] = (struct pmd_redo_entry){(off & ~7ull) | PMD_REDO_OP_CHECK,
+                                             ((off & 7) << 61) | (part << 32) | crc};
+            off += part; left -= part;
+        }
+    int rc = redo_commit_log(h, e, n, extra, nextra);
+    if (e != local) free(e);
+    return rc;
+}
+
+static int redo_commit_log(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t count,
+                           const struct pmi_range *extra, uint32_t nextra) {
     if (count == 0) {
         if (nextra) pmi_persist_ranges(h, extra, nextra);  /* durable: the caller's data */
         return PM_OK;
@@ -236,8 +273,15 @@ int pm_redo_recover(pm_heap *h, struct pm_recover_report *out) {
             out->lanes_discarded++;     /* torn or stale: the commit never reached its commit point */
             continue;
         }
-        for (uint32_t k = 0; k < count; k++)
+        int data_ok = 1;
+        for (uint32_t k = 0; k < count; k++) {
             if (!entry_is_valid(h, &e[k])) { free(s); out->lanes_replayed = i; return PM_E_CORRUPT; }
+            if ((e[k].off_op & PMD_REDO_OP_MASK) == PMD_REDO_OP_CHECK && !check_holds(h, &e[k])) data_ok = 0;
+        }
+        if (!data_ok) {
+            out->lanes_discarded++;     /* L5: its data never all reached the media (or a later commit reused it) */
+            continue;
+        }
         s[ns++] = (struct sealed){seq, i, count};
     }
     qsort(s, ns, sizeof *s, cmp_sealed);

@@ -35,7 +35,8 @@ def _record(path, seed: int, op_count: int):
     table = heap.root
     slots = [0] * SLOT_COUNT          # published offsets
     sizes = [0] * SLOT_COUNT          # requested sizes
-    models = [(tuple(slots), tuple(sizes))]
+    datas = [b""] * SLOT_COUNT        # bytes a transaction wrote at the start of the block
+    models = [(tuple(slots), tuple(sizes), tuple(datas))]
     for i in range(op_count):
         heap.mapping.trace_mark(2 * i)
         k = rng.randrange(SLOT_COUNT)
@@ -43,26 +44,27 @@ def _record(path, seed: int, op_count: int):
         kind = rng.choice(["alloc", "alloc", "free", "tx"])
         if kind == "alloc" and not slots[k]:
             size = rng.choice(SIZES)
-            slots[k], sizes[k] = heap.alloc_into(dest, size), size
+            slots[k], sizes[k], datas[k] = heap.alloc_into(dest, size), size, b""
         elif kind == "free" and slots[k]:
             heap.free_from(dest)
-            slots[k], sizes[k] = 0, 0
+            slots[k], sizes[k], datas[k] = 0, 0, b""
         else:  # replace slot k and fill another empty slot, atomically
             empty = [j for j in range(SLOT_COUNT) if not slots[j] and j != k]
             with heap.transaction() as tx:
                 size = rng.choice(SIZES)
                 new = tx.alloc(size)
-                tx.write(new, struct.pack("<Q", i) * 2)
+                data = struct.pack("<Q", i + 1) * 2
+                tx.write(new, data)
                 if slots[k]:
                     tx.free(slots[k])
                 tx.set(dest, new)
-                slots[k], sizes[k] = new, size
+                slots[k], sizes[k], datas[k] = new, size, data
                 if empty:
                     j = rng.choice(empty)
                     size_j = rng.choice(SIZES[:4])
-                    slots[j], sizes[j] = tx.alloc_into(table + 8 * j, size_j), size_j
+                    slots[j], sizes[j], datas[j] = tx.alloc_into(table + 8 * j, size_j), size_j, b""
         heap.mapping.trace_mark(2 * i + 1)
-        models.append((tuple(slots), tuple(sizes)))
+        models.append((tuple(slots), tuple(sizes), tuple(datas)))
     trace = heap.mapping.trace_take()
     grew = heap.mapping.size > 256 << 10
     heap.abandon()
@@ -79,10 +81,11 @@ def _check_image(img, point, table, models, class_size):
         slots = tuple(heap.load8(table + 8 * k) for k in range(SLOT_COUNT))
         match = [m for m in allowed if m[0] == slots]
         assert match, f"slots {slots} match neither the state before nor after the in-flight op"
-        sizes = match[0][1]
-        for off, size in zip(slots, sizes):
+        sizes, datas = match[0][1], match[0][2]
+        for off, size, data in zip(slots, sizes, datas):
             if off:
                 assert heap.block_size(off) == class_size(size), f"block {off} has the wrong class"
+                assert heap.read(off, len(data)) == data, f"block {off} lost the bytes its transaction wrote (L5)"
         fresh = [heap.alloc(s) for s in (24, 700, 9000, 70000)]
         assert not set(fresh) & set(slots), "a published block was handed out again"
         for off in fresh:

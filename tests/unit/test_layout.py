@@ -46,7 +46,8 @@ def test_H2_python_header_codec_matches_c_and_format_md():
 
 @pytest.mark.parametrize("name", ["FORMAT_VERSION", "HEADER_SIZE", "HEADER_A_OFF", "HEADER_B_OFF", "ROOT_OFF",
                                   "REDO_OFF", "OS_PAGE_SIZE", "PAGE_SIZE", "LANE_HDR_SIZE",
-                                  "REDO_ENTRY_SIZE", "REDO_OP_SET", "REDO_OP_OR", "REDO_OP_ANDNOT"])
+                                  "REDO_ENTRY_SIZE", "REDO_OP_SET", "REDO_OP_OR", "REDO_OP_ANDNOT",
+                                  "REDO_OP_CHECK"])
 def test_constants_have_the_same_value_in_c_and_python(name):
     assert getattr(layout, name) == _native.layout_constant(f"PMD_{name}")
 

@@ -3,10 +3,10 @@
 #ifndef PMD_STORE_H
 #define PMD_STORE_H
 
-#define PMD_STORE_MAGIC 0x31524F5453504D50  /* "PMSTOR1" + "1" read as a little-endian u64 */
+#define PMD_STORE_MAGIC 0x3145524F54534D50  /* "PMSTORE1" read as a little-endian u64 */
 #define PMD_STORE_VERSION 1
-#define PMD_OBJ_MAGIC 1112493392            /* "POBJ" read as a little-endian u32 */
-#define PMD_HEAD_MAGIC 1145588816           /* "PHED" read as a little-endian u32 */
+#define PMD_OBJ_MAGIC 1245859664            /* "POBJ" read as a little-endian u32 */
+#define PMD_HEAD_MAGIC 1145391184           /* "PHED" read as a little-endian u32 */
 #define PMD_OBJ_HDR_SIZE 64
 #define PMD_OBJ_MAX_HEIGHT 16
 #define PMD_OBJ_KEY_MAX 1024

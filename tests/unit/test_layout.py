@@ -95,3 +95,15 @@ def test_checker_header_table_matches_c():
     kinds = {"DESC_FREE": "PMD_DESC_FREE", "DESC_RUN": "PMD_DESC_RUN", "DESC_SPAN": "PMD_DESC_SPAN"}
     for py, c in kinds.items():
         assert getattr(rformat, py) == _native.layout_constant(c)
+
+
+@pytest.mark.parametrize("struct_name", ["pmd_store_super", "pmd_object"])
+def test_format_md_store_tables_match_the_c_structs(struct_name):
+    heading = {"pmd_store_super": "4.6 Store superblock", "pmd_object": r"4.7 Object record \(pmd_object\)"}
+    assert format_table(heading[struct_name]) == c_table(struct_name)
+
+
+def test_store_magics_spell_their_names():
+    assert _native.layout_constant("PMD_STORE_MAGIC").to_bytes(8, "little") == b"PMSTORE1"
+    assert _native.layout_constant("PMD_OBJ_MAGIC").to_bytes(4, "little") == b"POBJ"
+    assert _native.layout_constant("PMD_HEAD_MAGIC").to_bytes(4, "little") == b"PHED"

@@ -15,7 +15,7 @@ COND_NONE, COND_ABSENT, COND_ETAG = lib.PM_COND_NONE, lib.PM_COND_ABSENT, lib.PM
 _LIST_FIXED = struct.Struct("<QQ16s")
 
 
-def _check(rc: int, what: str, key: bytes = b"") -> None:
+def check(rc: int, what: str, key: bytes = b"") -> None:
     if rc >= 0:
         return
     k = key.decode("utf-8", "replace")
@@ -74,7 +74,7 @@ class Index:
             if rc == lib.PM_E_BUFFER:
                 buf = bytearray(info.value_size - min(start, info.value_size))
                 continue
-            _check(rc, "get", key)
+            check(rc, "get", key)
             want = info.value_size - min(start, info.value_size)
             if want != len(buf):
                 del buf[want:]
@@ -83,7 +83,7 @@ class Index:
     def head(self, key: bytes):
         info = ffi.new("struct pm_obj_info *")
         rc = lib.pm_index_get(self._x, key, len(key), 1 << 62, ffi.NULL, 0, 0, info)
-        _check(rc, "head", key)
+        check(rc, "head", key)
         return info
 
     def put(self, key: bytes, value, ctype: bytes, etag: bytes, mtime_ns: int, cond: int, match: bytes | None):
@@ -91,18 +91,40 @@ class Index:
         created = ffi.new("int *")
         rc = lib.pm_index_put(self._x, key, len(key), ctype, len(ctype), ffi.from_buffer(value), len(value),
                               etag, mtime_ns, cond, match or ffi.NULL, info, created)
-        _check(rc, "put", key)
+        check(rc, "put", key)
         return info, bool(created[0])
 
     def delete(self, key: bytes, cond: int, match: bytes | None) -> None:
-        _check(lib.pm_index_delete(self._x, key, len(key), cond, match or ffi.NULL), "delete", key)
+        check(lib.pm_index_delete(self._x, key, len(key), cond, match or ffi.NULL), "delete", key)
+
+    def apply(self, ops: list[tuple], atomic: bool) -> tuple[int, list[int]]:
+        """ops: (kind 0 put / 1 delete, key, value, ctype, etag, cond, match, mtime_ns).
+        One redo commit for all; returns (rc, per-op results) without raising."""
+        arr = ffi.new("struct pm_index_op[]", len(ops))
+        keep = []
+        for i, (kind, key, value, ctype, etag, cond, match, mtime) in enumerate(ops):
+            o = arr[i]
+            o.kind, o.cond, o.mtime_ns = kind, cond, mtime
+            buf = ffi.from_buffer(key)
+            keep.append(buf)
+            o.key, o.klen = buf, len(key)
+            if kind == 0:
+                v, c, e = ffi.from_buffer(value), ffi.from_buffer(ctype), ffi.from_buffer(etag)
+                keep += [v, c, e]
+                o.value, o.vlen, o.ctype, o.ctlen, o.etag = v, len(value), c, len(ctype), e
+            if match is not None:
+                m = ffi.from_buffer(match)
+                keep.append(m)
+                o.match_etag = m
+        rc = lib.pm_index_apply(self._x, arr, len(ops), int(atomic))
+        return rc, [arr[i].result for i in range(len(ops))]
 
     def list(self, after: bytes, prefix: bytes, limit: int):
         """[(key, content_type, size, mtime_ns, etag hex)] in key order."""
         cap = max(64 * 1024, limit * 1200)
         buf = bytearray(cap)
         n = ffi.new("uint32_t *")
-        _check(lib.pm_index_list(self._x, after, len(after), prefix, len(prefix), limit, ffi.from_buffer(buf),
+        check(lib.pm_index_list(self._x, after, len(after), prefix, len(prefix), limit, ffi.from_buffer(buf),
                                  cap, n), "list")
         out, pos = [], 0
         for _ in range(n[0]):

@@ -24,6 +24,7 @@ from typing import Self
 from allocator import Heap
 from allocator._native import NeedGrow
 from store import _index
+from store.batch import Batch, GroupCommitter
 from store.errors import InvalidKeyError, NoSuchKeyError, ObjectTooLargeError
 
 KEY_MAX_SIZE = 1024
@@ -77,6 +78,7 @@ class Store:
         self.verify_reads = verify_reads
         self.max_object_size = max_object_size
         self.report = {**dataclasses.asdict(heap.report), **{f"index_{k}": v for k, v in index.report.items()}}
+        self._group = GroupCommitter(self)
 
     @classmethod
     def open(cls, path, *, create: bool = True, initial_size: int = 64 << 20, max_size: int = 16 << 30,
@@ -110,6 +112,18 @@ class Store:
             raise
 
     # ------------------------------------------------------------ objects
+    @staticmethod
+    def _key(key) -> bytes:
+        return encode_key(key)
+
+    @staticmethod
+    def _cond(if_match: str | None, if_none_match: bool):
+        if if_none_match:
+            return _index.COND_ABSENT, None
+        if if_match is not None:
+            return _index.COND_ETAG, _etag_bytes(if_match)
+        return _index.COND_NONE, None
+
     def put(self, key, value, *, content_type: str | None = None, if_match: str | None = None,
             if_none_match: bool = False) -> ObjectInfo:
         """Store value under key (atomically replacing any old object); durable on return in sync mode."""
@@ -122,9 +136,21 @@ class Store:
         if len(ctype) > 255:
             raise ValueError("content_type must be at most 255 bytes of UTF-8")
         etag = hashlib.md5(mv).digest()
-        cond, match = (_index.COND_ABSENT, None) if if_none_match else \
-            (_index.COND_ETAG, _etag_bytes(if_match)) if if_match is not None else (_index.COND_NONE, None)
+        cond, match = self._cond(if_match, if_none_match)
         mtime = time.time_ns()
+        gc = self._group
+        try:
+            if gc.enter():              # another writer is in flight: share its commit
+                r = gc.submit((0, k, mv, ctype, etag, cond, match, mtime))
+                if isinstance(r, BaseException):
+                    raise r
+                _index.check(r, "put", k)
+                return self.head(k)
+            return self._put_one(k, mv, ctype, etag, mtime, cond, match)
+        finally:
+            gc.leave()
+
+    def _put_one(self, k, mv, ctype, etag, mtime, cond, match) -> ObjectInfo:
         while True:
             seen = self.heap.mapping.size
             try:
@@ -166,8 +192,22 @@ class Store:
     def delete(self, key, *, if_match: str | None = None) -> None:
         """Remove key (NoSuchKeyError if absent; PreconditionFailedError if if_match fails)."""
         k = encode_key(key)
-        cond, match = (_index.COND_ETAG, _etag_bytes(if_match)) if if_match is not None else (_index.COND_NONE, None)
-        self._index.delete(k, cond, match)
+        cond, match = self._cond(if_match, False)
+        gc = self._group
+        try:
+            if gc.enter():
+                r = gc.submit((1, k, b"", b"", b"", cond, match, 0))
+                if isinstance(r, BaseException):
+                    raise r
+                _index.check(r, "delete", k)
+            else:
+                self._index.delete(k, cond, match)
+        finally:
+            gc.leave()
+
+    def batch(self) -> Batch:
+        """`with store.batch() as b:` -- puts and deletes applied atomically, all or nothing."""
+        return Batch(self)
 
     def list(self, prefix: str = "", after: str | None = None, limit: int = 1000):
         """(infos, next_after): up to limit objects whose keys start with prefix and sort

@@ -462,3 +462,181 @@ int pm_index_list(pm_index *x, const uint8_t *after, uint32_t alen, const uint8_
         if (locked) return PM_E_CORRUPT;     /* impossible records with writers excluded */
     }
 }
+
+/* ------------------------------------------------------------------ many ops, one commit */
+
+/* An overlay of the words this commit will SET in records that already exist: the
+ * searches of later ops in the same commit read through it. */
+struct overlay { uint64_t cap, n; uint64_t *off, *val; };
+
+static uint64_t ov_load(pm_heap *h, const struct overlay *ov, uint64_t off) {
+    for (uint64_t i = off / 8 & (ov->cap - 1);; i = (i + 1) & (ov->cap - 1)) {
+        if (!ov->off[i]) return pm_load8(h, off);
+        if (ov->off[i] == off) return ov->val[i];
+    }
+}
+
+static void ov_set(struct overlay *ov, uint64_t off, uint64_t val) {
+    uint64_t i = off / 8 & (ov->cap - 1);
+    while (ov->off[i] && ov->off[i] != off) i = (i + 1) & (ov->cap - 1);
+    if (!ov->off[i]) ov->n++;
+    ov->off[i] = off; ov->val[i] = val;
+}
+
+struct batch {
+    pm_index *x;
+    struct overlay ov;
+    struct reservation *res; uint32_t nres;     /* new blocks */
+    struct reservation *fre; uint32_t nfree;    /* freed blocks */
+    struct pmd_redo_entry *e; uint32_t n, cap;  /* reservation and free entries */
+    struct pmi_range *data; uint32_t ndata;
+};
+
+static int is_new(const struct batch *b, uint64_t r) {
+    for (uint32_t k = 0; k < b->nres; k++) if (b->res[k].off == r) return 1;
+    return 0;
+}
+
+/* b_set -- next word `off` of record r := v: a plain store in a record this commit
+ * created (not yet published), an overlay SET otherwise. */
+static void b_set(struct batch *b, uint64_t r, uint64_t off, uint64_t v) {
+    if (is_new(b, r)) pmi_write(b->x->h, off, &v, 8);
+    else ov_set(&b->ov, off, v);
+}
+
+static uint64_t b_find(struct batch *b, const uint8_t *key, uint32_t klen, uint64_t preds[PMD_OBJ_MAX_HEIGHT]) {
+    pm_heap *h = b->x->h;
+    uint64_t r = b->x->head_off;
+    for (int lvl = PMD_OBJ_MAX_HEIGHT - 1; lvl >= 0; lvl--) {
+        for (;;) {
+            uint64_t nx = ov_load(h, &b->ov, next_word(r, (uint32_t)lvl));
+            if (!nx || key_cmp(h, nx, key, klen) >= 0) break;
+            r = nx;
+        }
+        preds[lvl] = r;
+    }
+    uint64_t nx = ov_load(h, &b->ov, next_word(preds[0], 0));
+    return nx && key_cmp(h, nx, key, klen) == 0 ? nx : 0;
+}
+
+/* b_op -- stage one op; returns 1 created, 0 replaced/deleted, or a negative code. */
+static int b_op(struct batch *b, struct pm_index_op *op) {
+    pm_index *x = b->x;
+    pm_heap *h = x->h;
+    uint64_t preds[PMD_OBJ_MAX_HEIGHT];
+    uint64_t old = b_find(b, op->key, op->klen, preds);
+    if (old && is_new(b, old)) return PM_E_ARG;                   /* a key twice in one commit */
+    if (op->kind == 1) {
+        if (!old) return op->cond == PM_COND_ETAG ? PM_E_PRECONDITION : PM_E_NOT_FOUND;
+        if (!cond_ok(h, old, op->cond, op->match_etag)) return PM_E_PRECONDITION;
+        if (b->n + 4 > b->cap) return PM_E_TOO_BIG;
+        int rc = free_entries(h, old, b->fre, &b->nfree, b->e, &b->n);
+        if (rc) return rc;
+        for (uint32_t l = 0; l < obj(h, old)->height; l++)
+            b_set(b, preds[l], next_word(preds[l], l), ov_load(h, &b->ov, next_word(old, l)));
+        return 0;
+    }
+    if (op->klen < 1 || op->klen > PMD_OBJ_KEY_MAX || op->ctlen > PMD_OBJ_CTYPE_MAX) return PM_E_ARG;
+    if (!cond_ok(h, old, op->cond, op->match_etag)) return PM_E_PRECONDITION;
+    if (b->n + 8 > b->cap) return PM_E_TOO_BIG;
+    uint32_t height = old ? obj(h, old)->height : random_height(x);
+    int inl = op->vlen <= PMD_OBJ_INLINE_MAX;
+    uint64_t meta = obj_meta_size(height, op->klen, op->ctlen);
+    uint32_t r0 = b->nres, n0 = b->n;
+    int rc = pmi_reserve(h, meta + (inl ? op->vlen : 0), &b->res[b->nres], b->e, &b->n);
+    if (rc) return rc;
+    b->nres++;
+    if (!inl && (rc = pmi_reserve(h, op->vlen, &b->res[b->nres], b->e, &b->n))) {
+        pmi_unreserve(h, &b->res[r0]); b->nres = r0; b->n = n0;
+        return rc;
+    }
+    if (!inl) b->nres++;
+    uint64_t r = b->res[r0].off, voff = inl ? r + meta : b->res[r0 + 1].off;
+    struct pmd_object o = {PMD_OBJ_MAGIC, (uint8_t)height, inl ? PMD_OBJ_FLAG_INLINE : 0, (uint16_t)op->klen,
+                           op->vlen, inl ? 0 : voff, op->mtime_ns, pm_crc32c(0, op->value, op->vlen),
+                           (uint16_t)op->ctlen, 0, {0}, 0, 0};
+    memcpy(o.etag, op->etag, 16);
+    pmi_write(h, r, &o, sizeof o);
+    for (uint32_t l = 0; l < height; l++) {
+        uint64_t nx = ov_load(h, &b->ov, next_word(old ? old : preds[l], l));
+        pmi_write(h, next_word(r, l), &nx, 8);
+    }
+    pmi_write(h, r + PMD_OBJ_HDR_SIZE + 8ull * height, op->key, op->klen);
+    pmi_write(h, r + PMD_OBJ_HDR_SIZE + 8ull * height + op->klen, op->ctype, op->ctlen);
+    o.hdr_crc32c = hdr_crc(h, r);
+    pmi_write(h, r + offsetof(struct pmd_object, hdr_crc32c), &o.hdr_crc32c, 4);
+    pmi_write(h, voff, op->value, op->vlen);
+    b->data[b->ndata++] = (struct pmi_range){r, meta + (inl ? op->vlen : 0)};
+    if (!inl) b->data[b->ndata++] = (struct pmi_range){voff, op->vlen};
+    if (old && (rc = free_entries(h, old, b->fre, &b->nfree, b->e, &b->n))) return rc;
+    for (uint32_t l = 0; l < height; l++) b_set(b, preds[l], next_word(preds[l], l), r);
+    return old ? 0 : 1;
+}
+
+/* pm_index_apply -- n puts and deletes (each key at most once) in ONE redo commit.
+ * atomic: the first failing op aborts all (nothing applied; its result says why).
+ * Otherwise failing ops (preconditions) are skipped and the rest commit: that is group
+ * commit, many writers' ops sharing one commit's barriers. */
+int pm_index_apply(pm_index *x, struct pm_index_op *ops, uint32_t n, int atomic) {
+    pm_heap *h = x->h;
+    uint32_t cap = h->lane_capacity;
+    struct batch b = {x, {0, 0, NULL, NULL}, NULL, 0, NULL, 0, NULL, 0, 0, NULL, 0};
+    b.ov.cap = 64;
+    while (b.ov.cap < 4ull * n * (PMD_OBJ_MAX_HEIGHT + 1)) b.ov.cap *= 2;
+    b.ov.off = calloc(b.ov.cap, 8); b.ov.val = calloc(b.ov.cap, 8);
+    b.res = malloc(2ull * n * sizeof *b.res); b.fre = malloc(2ull * n * sizeof *b.fre);
+    b.e = malloc(cap * sizeof *b.e); b.cap = cap; b.data = malloc(2ull * n * sizeof *b.data);
+    int rc = PM_OK;
+    if (!b.ov.off || !b.ov.val || !b.res || !b.fre || !b.e || !b.data) { rc = PM_E_NOMEM; goto done; }
+    pthread_mutex_lock(&x->wlock);
+    uint32_t applied = 0, created = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t res0 = b.nres, fre0 = b.nfree, n0 = b.n, d0 = b.ndata;
+        int r = b_op(&b, &ops[i]);
+        ops[i].result = r;
+        if (r < 0) {
+            /* undo this op's staging (its overlay SETs were made only on success) */
+            for (uint32_t k = res0; k < b.nres; k++) pmi_unreserve(h, &b.res[k]);
+            b.nres = res0; b.nfree = fre0; b.n = n0; b.ndata = d0;
+            if (atomic || r == PM_E_TOO_BIG || r == PM_E_NEED_GROW || r == PM_E_NOMEM) { rc = r; break; }
+            continue;
+        }
+        applied++;
+        created += r == 1;
+    }
+    if (!rc && applied) {
+        /* entries: reservations and frees, then the overlay's SETs */
+        if (b.n + b.ov.n > cap) rc = PM_E_TOO_BIG;
+        for (uint64_t i = 0; !rc && i < b.ov.cap; i++)
+            if (b.ov.off[i]) b.e[b.n++] = (struct pmd_redo_entry){b.ov.off[i] | PMD_REDO_OP_SET, b.ov.val[i]};
+        if (!rc) rc = pmi_redo_commit(h, b.e, b.n, b.data, b.ndata);   /* durable: all of the ops, or none */
+    }
+    if (rc) {
+        for (uint32_t k = 0; k < b.nres; k++) pmi_unreserve(h, &b.res[k]);
+        if (rc != PM_E_PRECONDITION && rc != PM_E_NOT_FOUND && rc != PM_E_ARG)
+            for (uint32_t i = 0; i < n; i++) if (ops[i].result >= 0) ops[i].result = rc;
+    } else if (applied) {
+        for (uint32_t k = 0; k < b.nres; k++) pmi_reserved_committed(h, &b.res[k]);
+        for (uint32_t i = 0; i < n; i++) {
+            if (ops[i].result < 0) continue;
+            if (ops[i].kind == 1) tab_del(x, ops[i].key, ops[i].klen);
+        }
+        /* new records: find each put's record through the level-0 list position */
+        for (uint32_t i = 0; i < n; i++) {
+            if (ops[i].result < 0 || ops[i].kind == 1) continue;
+            uint64_t preds[PMD_OBJ_MAX_HEIGHT];
+            uint64_t r = find_preds(x, ops[i].key, ops[i].klen, preds);
+            if (r) tab_put(x, ops[i].key, ops[i].klen, r);
+        }
+        atomic_fetch_add(&x->count, created);
+        uint32_t deleted = 0;
+        for (uint32_t i = 0; i < n; i++) deleted += ops[i].result == 0 && ops[i].kind == 1;
+        atomic_fetch_sub(&x->count, deleted);
+        atomic_fetch_add_explicit(&x->version, 1, memory_order_release);
+        for (uint32_t k = 0; k < b.nfree; k++) pmi_released(h, &b.fre[k]);
+    }
+    pthread_mutex_unlock(&x->wlock);
+done:
+    free(b.ov.off); free(b.ov.val); free(b.res); free(b.fre); free(b.e); free(b.data);
+    return rc;
+}

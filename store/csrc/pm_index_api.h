@@ -48,6 +48,24 @@ int pm_index_put(pm_index *x, const uint8_t *key, uint32_t klen, const uint8_t *
                  const uint8_t *value, uint64_t vlen, const uint8_t *etag, uint64_t mtime_ns,
                  int cond, const uint8_t *match_etag, struct pm_obj_info *info, int *created);
 int pm_index_delete(pm_index *x, const uint8_t *key, uint32_t klen, int cond, const uint8_t *match_etag);
+/* One operation of pm_index_apply. */
+struct pm_index_op {
+    const uint8_t *key;
+    uint32_t klen;
+    uint32_t kind;              /* 0 put, 1 delete */
+    const uint8_t *ctype;
+    uint32_t ctlen;
+    int32_t cond;               /* PM_COND_* */
+    const uint8_t *value;
+    uint64_t vlen;
+    const uint8_t *etag;        /* put: MD5 of the value */
+    const uint8_t *match_etag;  /* cond == PM_COND_ETAG */
+    uint64_t mtime_ns;
+    int32_t result;             /* out: 1 created, 0 replaced/deleted, or a negative PM_E_* code */
+    int32_t reserved;
+};
+
+int pm_index_apply(pm_index *x, struct pm_index_op *ops, uint32_t n, int atomic);
 int pm_index_list(pm_index *x, const uint8_t *after, uint32_t alen, const uint8_t *prefix, uint32_t plen,
                   uint32_t limit, uint8_t *buf, uint64_t cap, uint32_t *count);
 #endif

@@ -1,0 +1,175 @@
+"""Atomic batches: many puts and deletes applied in one redo commit, all or nothing.
+
+    with store.batch() as b:
+        b.put("a", b"1")
+        b.delete("b", if_match=etag)
+
+Preconditions are checked first, inside the commit: if any fails, nothing is applied
+and PreconditionFailedError names the key. Deleting an absent key without if_match is
+a no-op. A key may appear once per batch (the last operation on it wins).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Self
+
+from allocator._native import NeedGrow, lib
+from store import _index
+from store.errors import ObjectTooLargeError, PreconditionFailedError
+
+
+class Batch:
+    def __init__(self, store):
+        self._store = store
+        self._ops: dict[bytes, tuple] = {}
+        self._done = False
+        self.results: dict[str, str] = {}
+
+    def put(self, key, value, *, content_type: str | None = None, if_match: str | None = None,
+            if_none_match: bool = False) -> None:
+        st = self._store
+        k = st._key(key)
+        if len(value) > st.max_object_size:
+            raise ObjectTooLargeError(f"value of {len(value)} bytes exceeds max_object_size for key {k[:64]!r}")
+        cond, match = st._cond(if_match, if_none_match)
+        ctype = (content_type or "").encode("utf-8")
+        if len(ctype) > 255:
+            raise ValueError("content_type must be at most 255 bytes of UTF-8")
+        self._ops.pop(k, None)
+        self._ops[k] = (0, k, value, ctype, hashlib.md5(value).digest(), cond, match, time.time_ns())
+
+    def delete(self, key, *, if_match: str | None = None) -> None:
+        k = self._store._key(key)
+        cond, match = self._store._cond(if_match, False)
+        self._ops.pop(k, None)
+        self._ops[k] = (1, k, b"", b"", b"", cond, match, 0)
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def commit(self) -> dict[str, str]:
+        """Apply everything in one commit; returns {key: "created"|"replaced"|"deleted"|"absent"}."""
+        if self._done:
+            raise RuntimeError("batch already committed or discarded")
+        self._done = True
+        ops = list(self._ops.values())
+        if not ops:
+            return {}
+        st = self._store
+        while True:
+            seen = st.heap.mapping.size
+            rc, results = st._index.apply(ops, atomic=True)
+            if rc == lib.PM_E_NEED_GROW:
+                st.heap._grow(seen, sum(len(op[2]) + len(op[1]) + 512 for op in ops))
+                continue
+            break
+        for op, r in zip(ops, results):
+            if r == lib.PM_E_NOT_FOUND and op[0] == 1 and op[5] == _index.COND_NONE:
+                continue    # deleting an absent key is a no-op ...
+            if r < 0 and rc == lib.PM_OK:
+                rc = r
+        if rc == lib.PM_E_NOT_FOUND:
+            # ... so retry without those deletes (nothing was applied)
+            ops = [op for op, r in zip(ops, results) if not (r == lib.PM_E_NOT_FOUND and op[0] == 1)]
+            absent = {op[1] for op in self._ops.values()} - {op[1] for op in ops}
+            self._ops = {op[1]: op for op in ops}
+            self._done = False
+            out = self.commit() if ops else {}
+            out.update({k.decode(): "absent" for k in absent})
+            self.results = out
+            return out
+        if rc == lib.PM_E_PRECONDITION:
+            bad = next(op[1] for op, r in zip(ops, results) if r == lib.PM_E_PRECONDITION)
+            raise PreconditionFailedError(f"batch: precondition failed for key {bad.decode()!r}; nothing was "
+                                          "applied")
+        _index.check(rc, "batch of", f"{len(ops)} operations".encode())
+        names = {1: "created", 0: "replaced"}
+        self.results = {op[1].decode(): ("deleted" if op[0] == 1 else names[r]) for op, r in zip(ops, results)}
+        return self.results
+
+    def discard(self) -> None:
+        self._done = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+class GroupCommitter:
+    """Concurrent writers share commits: one leader applies everyone's queued operations
+    (distinct keys) in one redo commit, so one set of barriers covers many writers."""
+
+    MAX_GROUP = 64
+
+    def __init__(self, store):
+        import threading
+        self._store = store
+        self._cv = threading.Condition()
+        self._queue: list[list] = []      # [op tuple, result or None]
+        self._leader = False
+        self._count_lock = threading.Lock()
+        self.active = 0                   # writers in put/delete; > 0 means commits can be shared
+
+    def enter(self) -> bool:
+        """Count a writer in; True if another was already in flight (then share its commit)."""
+        with self._count_lock:
+            self.active += 1
+            return self.active > 1
+
+    def leave(self) -> None:
+        with self._count_lock:
+            self.active -= 1
+
+    def submit(self, op: tuple) -> int:
+        """Apply one op (as Index.apply takes it); returns its result code (never raises)."""
+        slot = [op, None]
+        with self._cv:
+            self._queue.append(slot)
+            while slot[1] is None and self._leader:
+                self._cv.wait()
+            if slot[1] is not None:
+                return slot[1]
+            self._leader = True
+            group, keys, rest = [], set(), []
+            for s in self._queue:
+                if len(group) < self.MAX_GROUP and s[0][1] not in keys:
+                    group.append(s)
+                    keys.add(s[0][1])
+                else:
+                    rest.append(s)
+            self._queue = rest
+        try:
+            results = self._run([s[0] for s in group])
+        except BaseException as e:   # noqa: BLE001 - every waiter must learn the outcome
+            results = [e] * len(group)
+        with self._cv:
+            for s, r in zip(group, results):
+                s[1] = r
+            self._leader = False
+            self._cv.notify_all()
+        if slot[1] is None:             # our op did not fit in the group: go again
+            return self.submit(op)
+        return slot[1]
+
+    def _run(self, ops: list[tuple]) -> list:
+        st = self._store
+        while True:
+            seen = st.heap.mapping.size
+            rc, results = st._index.apply(ops, atomic=False)
+            if rc == lib.PM_E_NEED_GROW:
+                try:
+                    st.heap._grow(seen, sum(len(op[2]) + len(op[1]) + 512 for op in ops))
+                except Exception as e:  # noqa: BLE001 - HeapFullError for everyone in the group
+                    return [e] * len(ops)
+                continue
+            return results
+
+
+__all__ = ["Batch", "GroupCommitter", "NeedGrow"]

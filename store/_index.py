@@ -6,6 +6,7 @@ Offsets and buffers only; C return codes become the store's exceptions here.
 from __future__ import annotations
 
 import struct
+import threading
 
 from allocator import _native
 from allocator._native import ffi, lib
@@ -13,6 +14,19 @@ from store.errors import CorruptObjectError, NoSuchKeyError, PreconditionFailedE
 
 COND_NONE, COND_ABSENT, COND_ETAG = lib.PM_COND_NONE, lib.PM_COND_ABSENT, lib.PM_COND_ETAG
 _LIST_FIXED = struct.Struct("<QQ16s")
+SCRATCH_SIZE = 64 * 1024
+
+
+class _Scratch(threading.local):
+    """Per-thread C buffers, so the hot paths allocate nothing per call."""
+
+    def __init__(self):
+        self.info = ffi.new("struct pm_obj_info *")
+        self.created = ffi.new("int *")
+        self.buf = ffi.new("uint8_t[]", SCRATCH_SIZE)
+
+
+_scratch = _Scratch()
 
 
 def check(rc: int, what: str, key: bytes = b"") -> None:
@@ -65,34 +79,36 @@ class Index:
     def count(self) -> int:
         return lib.pm_index_count(self._x)
 
-    def get(self, key: bytes, start: int = 0, size_hint: int = 4096, verify: bool = True):
-        """(value bytes from `start`, info); one C call for values up to size_hint."""
-        info = ffi.new("struct pm_obj_info *")
-        buf = bytearray(size_hint)
-        while True:
-            rc = lib.pm_index_get(self._x, key, len(key), start, ffi.from_buffer(buf), len(buf), int(verify), info)
-            if rc == lib.PM_E_BUFFER:
-                buf = bytearray(info.value_size - min(start, info.value_size))
-                continue
-            check(rc, "get", key)
-            want = info.value_size - min(start, info.value_size)
-            if want != len(buf):
-                del buf[want:]
-            return buf, info
+    def get(self, key: bytes, start: int = 0, verify: bool = True):
+        """(value bytes from `start`, info); one C call for values up to 64 KiB (the info
+        struct is this thread's scratch: read it before the next call)."""
+        sc = _scratch
+        info = sc.info
+        rc = lib.pm_index_get(self._x, key, len(key), start, sc.buf, SCRATCH_SIZE, verify, info)
+        if rc >= 0:
+            return ffi.buffer(sc.buf, info.value_size - min(start, info.value_size))[:], info
+        while rc == lib.PM_E_BUFFER:    # large value: a buffer of its size, then one copy into it
+            buf = bytearray(info.value_size - min(start, info.value_size))
+            rc = lib.pm_index_get(self._x, key, len(key), start, ffi.from_buffer(buf), len(buf), verify, info)
+            if rc >= 0 and len(buf) == info.value_size - min(start, info.value_size):
+                return buf, info
+        check(rc, "get", key)
+        raise AssertionError("unreachable")
 
     def head(self, key: bytes):
-        info = ffi.new("struct pm_obj_info *")
+        info = _scratch.info
         rc = lib.pm_index_get(self._x, key, len(key), 1 << 62, ffi.NULL, 0, 0, info)
-        check(rc, "head", key)
+        if rc < 0:
+            check(rc, "head", key)
         return info
 
     def put(self, key: bytes, value, ctype: bytes, etag: bytes, mtime_ns: int, cond: int, match: bytes | None):
-        info = ffi.new("struct pm_obj_info *")
-        created = ffi.new("int *")
+        sc = _scratch
         rc = lib.pm_index_put(self._x, key, len(key), ctype, len(ctype), ffi.from_buffer(value), len(value),
-                              etag, mtime_ns, cond, match or ffi.NULL, info, created)
-        check(rc, "put", key)
-        return info, bool(created[0])
+                              etag, mtime_ns, cond, match or ffi.NULL, sc.info, sc.created)
+        if rc < 0:
+            check(rc, "put", key)
+        return sc.info, bool(sc.created[0])
 
     def delete(self, key: bytes, cond: int, match: bytes | None) -> None:
         check(lib.pm_index_delete(self._x, key, len(key), cond, match or ffi.NULL), "delete", key)

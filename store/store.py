@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import time
 from pathlib import Path
-from typing import Self
+from typing import NamedTuple, Self
 
 from allocator import Heap
-from allocator._native import NeedGrow
+from allocator._native import NeedGrow, ffi
 from store import _index
 from store.batch import Batch, GroupCommitter
 from store.errors import InvalidKeyError, NoSuchKeyError, ObjectTooLargeError
@@ -30,11 +31,10 @@ from store.errors import InvalidKeyError, NoSuchKeyError, ObjectTooLargeError
 KEY_MAX_SIZE = 1024
 DEFAULT_MAX_OBJECT_SIZE = 64 << 20
 DURABILITY_BACKENDS = {"sync": "auto", "os": "none"}
-_CONTROL = set(range(0x20)) | {0x7F}
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 
-@dataclasses.dataclass(frozen=True)
-class ObjectInfo:
+class ObjectInfo(NamedTuple):
     key: str
     size: int               # bytes
     etag: str               # hex MD5 of the value
@@ -48,7 +48,7 @@ def encode_key(key: str | bytes) -> bytes:
     raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
     if not 1 <= len(raw) <= KEY_MAX_SIZE:
         raise InvalidKeyError(f"key must be 1..{KEY_MAX_SIZE} bytes of UTF-8, not {len(raw)} bytes")
-    if _CONTROL.intersection(raw):
+    if _CONTROL.search(raw):
         raise InvalidKeyError(f"key {raw[:64]!r} contains a control character (0x00-0x1F or 0x7F)")
     if not isinstance(key, str):
         try:
@@ -151,13 +151,21 @@ class Store:
             gc.leave()
 
     def _put_one(self, k, mv, ctype, etag, mtime, cond, match) -> ObjectInfo:
+        try:
+            info, _ = self._index.put(k, mv, ctype, etag, mtime, cond, match)
+            return self._info(k, info)
+        except NeedGrow:
+            return self._put_growing(k, mv, ctype, etag, mtime, cond, match)
+
+    def _put_growing(self, k, mv, ctype, etag, mtime, cond, match) -> ObjectInfo:
+        """Slow path: grow the file (HeapFullError at max_size) and retry."""
         while True:
-            seen = self.heap.mapping.size
+            self.heap._grow(self.heap.mapping.size, len(mv) + len(k) + 512)
             try:
                 info, _ = self._index.put(k, mv, ctype, etag, mtime, cond, match)
                 return self._info(k, info)
-            except NeedGrow:    # slow path: grow the file (HeapFullError at max_size), retry
-                self.heap._grow(seen, len(mv) + len(k) + 512)
+            except NeedGrow:
+                continue
 
     def get(self, key, *, zero_copy: bool = False):
         """(value, ObjectInfo). zero_copy: a read-only memoryview into the heap, valid until
@@ -173,7 +181,7 @@ class Store:
                     raise CorruptObjectError(f"get {k!r}: the stored value fails its CRC32C (I4); not returned")
             return view, self._info(k, info)
         buf, info = self._index.get(k, verify=self.verify_reads)
-        return bytes(buf), self._info(k, info)
+        return (buf if isinstance(buf, bytes) else bytes(buf)), self._info(k, info)
 
     def get_range(self, key, start: int, end: int | None = None):
         """(value[start:end], ObjectInfo); end is exclusive and clamped to the size."""
@@ -182,7 +190,7 @@ class Store:
         k = encode_key(key)
         buf, info = self._index.get(k, start=start, verify=self.verify_reads)
         if end is not None and end - start < len(buf):
-            del buf[end - start:]
+            buf = buf[:end - start]
         return bytes(buf), self._info(k, info)
 
     def head(self, key) -> ObjectInfo:
@@ -240,10 +248,12 @@ class Store:
                 return
 
     # ------------------------------------------------------------ lifecycle
-    def _info(self, k: bytes, info) -> ObjectInfo:
-        ct = bytes(info.ctype[0:info.ctype_size]).decode("utf-8", "replace") or None
-        return ObjectInfo(k.decode("utf-8"), info.value_size, bytes(info.etag).hex(), ct, info.mtime_ns,
-                          info.value_crc32c)
+    @staticmethod
+    def _info(k: bytes, info) -> ObjectInfo:
+        n = info.ctype_size
+        ct = ffi.buffer(info.ctype, n)[:].decode("utf-8", "replace") if n else None
+        return ObjectInfo(k.decode("utf-8"), info.value_size, ffi.buffer(info.etag, 16)[:].hex(), ct,
+                          info.mtime_ns, info.value_crc32c)
 
     def stats(self) -> dict:
         return {"objects": len(self), "heap": self.heap.stats(), "recovery": self.report}

@@ -138,8 +138,9 @@ class GroupCommitter:
                 return slot[1]
             self._leader = True
             group, keys, rest = [], set(), []
+            limit = min(self.MAX_GROUP, max(1, self._store.heap.mapping.redo_capacity // 24))
             for s in self._queue:
-                if len(group) < self.MAX_GROUP and s[0][1] not in keys:
+                if len(group) < limit and s[0][1] not in keys:
                     group.append(s)
                     keys.add(s[0][1])
                 else:

@@ -31,6 +31,10 @@ from store.errors import InvalidKeyError, NoSuchKeyError, ObjectTooLargeError
 KEY_MAX_SIZE = 1024
 DEFAULT_MAX_OBJECT_SIZE = 64 << 20
 DURABILITY_BACKENDS = {"sync": "auto", "os": "none"}
+# Writers are serialised in the index, so few lanes suffice; large lanes let one commit
+# carry a whole batch (about 8 entries per operation: 1000 operations fit).
+STORE_LANE_COUNT = 4
+STORE_LANE_SIZE = 256 << 10
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 
@@ -95,7 +99,8 @@ class Store:
             if not create:
                 raise FileNotFoundError(f"{path}: no such store (pass create=True to make one)")
             path.parent.mkdir(parents=True, exist_ok=True)
-            heap = Heap.create(path, size=initial_size, max_size=max_size, backend=backend)
+            heap = Heap.create(path, size=initial_size, max_size=max_size, backend=backend,
+                               lane_count=STORE_LANE_COUNT, lane_size=STORE_LANE_SIZE)
         else:
             heap = Heap.open(path, backend=backend)
         try:

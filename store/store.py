@@ -106,7 +106,10 @@ class Store:
         try:
             t0 = time.perf_counter()
             if heap.root == 0:          # new, or a crash between heap and index creation
-                _index.Index.create(heap.mapping)
+                try:
+                    _index.Index.create(heap.mapping)
+                except NeedGrow:
+                    heap._grow_and_retry(lambda: _index.Index.create(heap.mapping), 4096)
             index = _index.Index(heap.mapping, heap.root)
             store = cls(heap, index, durability=durability, verify_reads=verify_reads,
                         max_object_size=max_object_size)

@@ -290,36 +290,33 @@ int64_t pm_alloc_into(pm_heap *h, uint64_t dest, uint64_t size) {
     return (int64_t)res.off;
 }
 
-/* pm_free_from -- free the block whose offset the word at dest holds and clear the word,
- * in one redo commit. */
-int pm_free_from(pm_heap *h, uint64_t dest) {
-    if (!h->alloc) return PM_E_ARG;
-    if (!dest_is_valid(h, dest)) return PM_E_RANGE;
+/* free_block -- one commit: free the block at off and, if dest, clear the word at dest. */
+static int free_block(pm_heap *h, uint64_t off, uint64_t dest) {
     struct pmd_redo_entry e[2];
     uint32_t n = 0;
     struct reservation res;
-    int rc = pmi_locate(h, pm_load8(h, dest), &res, e, &n);
+    int rc = pmi_locate(h, off, &res, e, &n);
     if (rc) return rc;
-    e[n++] = ent(PMD_REDO_OP_SET, dest, 0);
+    if (dest) e[n++] = ent(PMD_REDO_OP_SET, dest, 0);
     rc = pmi_redo_commit(h, e, n, NULL, 0);
     if (rc) return rc;
     pmi_released(h, &res);
     return PM_OK;
 }
 
+/* pm_free_from -- free the block whose offset the word at dest holds and clear the word,
+ * in one redo commit. */
+int pm_free_from(pm_heap *h, uint64_t dest) {
+    if (!h->alloc) return PM_E_ARG;
+    if (!dest_is_valid(h, dest)) return PM_E_RANGE;
+    return free_block(h, pm_load8(h, dest), dest);
+}
+
 /* pm_free -- free the block at off (which nothing published, or whose publisher the
  * caller clears itself). */
 int pm_free(pm_heap *h, uint64_t off) {
     if (!h->alloc) return PM_E_ARG;
-    struct pmd_redo_entry e[1];
-    uint32_t n = 0;
-    struct reservation res;
-    int rc = pmi_locate(h, off, &res, e, &n);
-    if (rc) return rc;
-    rc = pmi_redo_commit(h, e, n, NULL, 0);
-    if (rc) return rc;
-    pmi_released(h, &res);
-    return PM_OK;
+    return free_block(h, off, 0);
 }
 
 /* pm_block_size -- usable bytes of the allocated block at off, or a negative PM_E_* code. */

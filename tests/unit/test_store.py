@@ -1,0 +1,650 @@
+"""The object store (store/store.py over store/_index.py and csrc/index.c): put/get
+roundtrips inline and out of line, metadata (etag, CRC32C, content type, mtime), keys,
+conditional puts and deletes, ranges, listing and pagination, reopen after a clean close
+and after a process crash, checksummed reads (I4), a full heap, zero-copy views, and the
+independent checker's view of the blocks a store holds (I3).
+
+Every refusal checks that nothing changed: the old value is still there, byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+
+import pytest
+
+from allocator._native import crc32c
+from recovery.check import check_heap, format_report
+from store import Store
+from store.errors import (
+    CorruptObjectError,
+    HeapFullError,
+    InvalidKeyError,
+    NoSuchKeyError,
+    ObjectTooLargeError,
+    PreconditionFailedError,
+)
+
+INLINE_MAX = 4096
+SIZES = [0, 1, 100, 4096, 4097, 70_000, 1 << 20]
+WRONG_ETAG = "0" * 32
+
+
+def _open(path, **kw) -> Store:
+    kw.setdefault("initial_size", 4 << 20)
+    kw.setdefault("max_size", 64 << 20)
+    kw.setdefault("durability", "os")
+    return Store.open(path, **kw)
+
+
+def _value(seed: int, n: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def _contents(s: Store) -> dict[str, bytes]:
+    return {k: s.get(k)[0] for k in s}
+
+
+def _flip(path, off: int) -> None:
+    """Invert one byte of the file at off with plain file I/O."""
+    with open(path, "r+b") as f:
+        f.seek(off)
+        b = f.read(1)
+        f.seek(off)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+# ---------------------------------------------------------------- roundtrip and metadata
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_put_get_roundtrip_with_metadata(tmp_path, size):
+    value = _value(size, size)
+    with _open(tmp_path / "s.heap") as s:
+        t0 = time.time_ns()
+        info = s.put("obj/x", value, content_type="application/x-test")
+        t1 = time.time_ns()
+        assert info.key == "obj/x"
+        assert info.size == size
+        assert info.etag == hashlib.md5(value).hexdigest()
+        assert info.checksum == crc32c(value)
+        assert info.content_type == "application/x-test"
+        assert t0 <= info.last_modified <= t1, (t0, info.last_modified, t1)
+        got, ginfo = s.get("obj/x")
+        assert type(got) is bytes
+        assert got == value, f"get returned {len(got)} bytes differing from the {size} put"
+        assert ginfo == info
+        assert s.head("obj/x") == info
+        assert len(s) == 1
+
+
+def test_content_type_absent_is_none_and_too_long_is_refused(tmp_path):
+    with _open(tmp_path / "s.heap") as s:
+        assert s.put("a", b"x").content_type is None
+        assert s.get("a")[1].content_type is None
+        assert s.put("b", b"y", content_type="t/" + "é" * 126).content_type == "t/" + "é" * 126  # 254 B
+        with pytest.raises(ValueError):
+            s.put("a", b"new", content_type="x" * 256)
+        assert s.get("a")[0] == b"x"
+
+
+def test_bytes_like_values_are_stored(tmp_path):
+    with _open(tmp_path / "s.heap") as s:
+        s.put("ba", bytearray(b"abc"))
+        s.put("mv", memoryview(b"0123456789")[2:6])
+        assert s.get("ba")[0] == b"abc"
+        assert s.get("mv")[0] == b"2345"
+
+
+@pytest.mark.parametrize("sizes", [(100, 200), (100, 70_000), (70_000, 100), (70_000, 5000), (4097, 4096)])
+def test_replace_returns_new_info_and_get_returns_new_value(tmp_path, sizes):
+    old, new = _value(1, sizes[0]), _value(2, sizes[1])
+    with _open(tmp_path / "s.heap") as s:
+        s.put("k0", b"neighbour")
+        i1 = s.put("k", old, content_type="a/old")
+        i2 = s.put("k", new, content_type="a/new")
+        assert i2.size == len(new) and i2.etag == hashlib.md5(new).hexdigest()
+        assert i2.checksum == crc32c(new) and i2.content_type == "a/new"
+        assert i2.last_modified >= i1.last_modified
+        assert i2.etag != i1.etag
+        assert s.get("k") == (new, i2)
+        assert len(s) == 2 and list(s) == ["k", "k0"]
+        assert s.get("k0")[0] == b"neighbour"
+
+
+# ---------------------------------------------------------------- keys
+
+
+@pytest.mark.parametrize("key", ["a", b"a", "x" * 1024, b"y" * 1024, "日本/語", "€" * 341, "a b~!"])
+def test_valid_keys_roundtrip(tmp_path, key):
+    with _open(tmp_path / "s.heap") as s:
+        info = s.put(key, b"v")
+        text = key if isinstance(key, str) else key.decode()
+        assert info.key == text
+        assert s.get(key)[0] == b"v"
+        assert s.get(text)[0] == b"v"          # str and bytes name the same object
+        assert s.get(text.encode())[0] == b"v"
+        assert list(s) == [text]
+
+
+@pytest.mark.parametrize("key", ["", b"", "x" * 1025, b"y" * 1025, "€" * 342, "é" * 513],
+                         ids=["empty", "empty-bytes", "1025", "1025-bytes", "342-euro-1026B", "513-eacute-1026B"])
+def test_key_length_is_counted_in_utf8_bytes(tmp_path, key):
+    with _open(tmp_path / "s.heap") as s:
+        with pytest.raises(InvalidKeyError):
+            s.put(key, b"v")
+        assert len(s) == 0
+
+
+@pytest.mark.parametrize("ch", [*range(0x20), 0x7F], ids=lambda c: f"0x{c:02X}")
+def test_control_characters_anywhere_in_the_key_are_refused(tmp_path, ch):
+    c = chr(ch)
+    with _open(tmp_path / "s.heap") as s:
+        s.put("ab", b"v")
+        for key in (c, c + "ab", "a" + c + "b", "ab" + c):
+            for k in (key, key.encode()):
+                with pytest.raises(InvalidKeyError):
+                    s.put(k, b"bad")
+                with pytest.raises(InvalidKeyError):
+                    s.get(k)
+                with pytest.raises(InvalidKeyError):
+                    s.delete(k)
+                assert k not in s
+        assert len(s) == 1 and s.get("ab")[0] == b"v"
+
+
+@pytest.mark.parametrize("key", [b"\xff", b"a\xc3", b"\xc3\x28", b"\xed\xa0\x80", b"\xc0\xaf", b"ok/\xf8\x88\x80\x80\x80"])
+def test_invalid_utf8_key_bytes_are_refused(tmp_path, key):
+    with _open(tmp_path / "s.heap") as s:
+        with pytest.raises(InvalidKeyError):
+            s.put(key, b"v")
+        assert len(s) == 0
+
+
+def test_str_key_that_is_not_encodable_as_utf8_is_an_invalid_key(tmp_path):
+    """A lone surrogate has no UTF-8 form: the key is invalid (InvalidKeyError, which the
+    service maps to 400), not an unexpected UnicodeEncodeError."""
+    with _open(tmp_path / "s.heap") as s:
+        try:
+            s.put("a\ud800b", b"v")
+        except InvalidKeyError:
+            pass
+        except Exception as e:      # noqa: BLE001 -- report exactly what escaped
+            pytest.fail(f"put('a\\ud800b') raised {type(e).__name__}: {e}; expected InvalidKeyError")
+        else:
+            pytest.fail("put('a\\ud800b') stored a key with no UTF-8 form; expected InvalidKeyError")
+        assert len(s) == 0
+
+
+# ---------------------------------------------------------------- size limit
+
+
+def test_value_above_max_object_size_is_refused_and_nothing_stored(tmp_path):
+    with _open(tmp_path / "s.heap", max_object_size=10_000) as s:
+        assert s.put("edge", bytes(10_000)).size == 10_000
+        with pytest.raises(ObjectTooLargeError):
+            s.put("big", bytes(10_001))
+        assert "big" not in s and len(s) == 1
+        s.put("k", b"old")
+        with pytest.raises(ObjectTooLargeError):
+            s.put("k", bytes(10_001))
+        assert s.get("k")[0] == b"old"
+
+
+def test_default_max_object_size_is_64_mib(tmp_path):
+    with _open(tmp_path / "s.heap") as s:
+        assert s.max_object_size == 64 << 20
+        with pytest.raises(ObjectTooLargeError):
+            s.put("big", memoryview(bytearray((64 << 20) + 1)))
+        assert len(s) == 0
+
+
+# ---------------------------------------------------------------- conditions
+
+
+def test_if_none_match_on_existing_key_fails_and_keeps_old_value(tmp_path):
+    with _open(tmp_path / "s.heap") as s:
+        info = s.put("k", b"old", if_none_match=True)
+        with pytest.raises(PreconditionFailedError):
+            s.put("k", b"new", if_none_match=True)
+        assert s.get("k") == (b"old", info)
+
+
+def test_if_match_wrong_etag_fails_right_etag_replaces(tmp_path):
+    with _open(tmp_path / "s.heap") as s:
+        info = s.put("k", b"old")
+        for wrong in (WRONG_ETAG, hashlib.md5(b"other").hexdigest(), "not-hex", ""):
+            with pytest.raises(PreconditionFailedError):
+                s.put("k", b"new", if_match=wrong)
+            assert s.get("k") == (b"old", info)
+        new = s.put("k", b"new", if_match=info.etag)
+        assert s.get("k") == (b"new", new)
+        newer = s.put("k", b"newer", if_match=f'"{new.etag}"')    # the quoted HTTP form
+        assert s.get("k")[0] == b"newer" and newer.etag == hashlib.md5(b"newer").hexdigest()
+
+
+def test_if_match_on_absent_key_fails_and_creates_nothing(tmp_path):
+    with _open(tmp_path / "s.heap") as s:
+        with pytest.raises(PreconditionFailedError):
+            s.put("k", b"new", if_match=hashlib.md5(b"new").hexdigest())
+        assert "k" not in s and len(s) == 0
+
+
+def test_delete_absent_key_raises_no_such_key(tmp_path):
+    with _open(tmp_path / "s.heap") as s:
+        s.put("a", b"1")
+        with pytest.raises(NoSuchKeyError) as ei:
+            s.delete("b")
+        assert isinstance(ei.value, KeyError)
+        with pytest.raises(NoSuchKeyError):
+            s.get("b")
+        with pytest.raises(NoSuchKeyError):
+            s.head("b")
+        s.delete("a")
+        with pytest.raises(NoSuchKeyError):
+            s.delete("a")
+        assert len(s) == 0
+
+
+def test_delete_with_if_match(tmp_path):
+    with _open(tmp_path / "s.heap") as s:
+        info = s.put("k", b"value")
+        with pytest.raises(PreconditionFailedError):
+            s.delete("k", if_match=WRONG_ETAG)
+        assert s.get("k") == (b"value", info)
+        s.delete("k", if_match=info.etag)
+        assert "k" not in s and len(s) == 0
+        with pytest.raises(PreconditionFailedError):
+            s.delete("k", if_match=info.etag)      # absent: the condition cannot hold
+
+
+# ---------------------------------------------------------------- ranges
+
+
+@pytest.mark.parametrize("size", [100, 4096, 70_000])
+def test_get_range(tmp_path, size):
+    value = _value(size, size)
+    with _open(tmp_path / "s.heap") as s:
+        info = s.put("k", value)
+        cases = [(0, None), (0, size), (5, 17), (size - 1, None), (size, None), (size + 10, None),
+                 (size + 10, size + 20), (3, size + 1000), (7, 7), (0, 1), (size // 2, size // 2 + 4097)]
+        for start, end in cases:
+            got, ginfo = s.get_range("k", start, end)
+            assert got == value[start:end], f"get_range({start}, {end}) of {size} bytes: {len(got)} bytes, wrong"
+            assert ginfo == info
+        for start, end in [(-1, None), (-1, 5), (10, 9)]:
+            with pytest.raises(ValueError):
+                s.get_range("k", start, end)
+        with pytest.raises(NoSuchKeyError):
+            s.get_range("absent", 0, 1)
+
+
+def test_get_range_of_empty_value(tmp_path):
+    with _open(tmp_path / "s.heap") as s:
+        s.put("e", b"")
+        assert s.get_range("e", 0)[0] == b""
+        assert s.get_range("e", 5, 10)[0] == b""
+
+
+# ---------------------------------------------------------------- listing
+
+LIST_KEYS = ["B", "Z", "a", "a.", "a/b", "a/b/c", "a/c", "a0", "ab", "b", "é", "éa", "€", "日本", "a/é", "a/B",
+             "ø/x", "😀", "\ufffd"]
+
+
+def _bsorted(keys) -> list[str]:
+    return sorted(keys, key=lambda k: k.encode())
+
+
+def _fill(s: Store, keys) -> None:
+    for k in keys:
+        s.put(k, k.encode() * 2, content_type=f"t/{len(k)}")
+
+
+def _paginate(s: Store, prefix: str = "", limit: int = 1000, after=None) -> list[str]:
+    out, pages = [], 0
+    while True:
+        infos, after = s.list(prefix=prefix, after=after, limit=limit)
+        pages += 1
+        assert len(infos) <= limit
+        if after is not None:
+            assert len(infos) == limit, f"a non-last page holds {len(infos)} < limit {limit} objects"
+            assert after == infos[-1].key
+        out += [i.key for i in infos]
+        if after is None:
+            return out
+        assert pages < 10_000
+
+
+def test_list_is_in_bytewise_key_order_with_metadata(tmp_path):
+    with _open(tmp_path / "s.heap") as s:
+        _fill(s, LIST_KEYS)
+        infos, nxt = s.list()
+        assert nxt is None
+        assert [i.key for i in infos] == _bsorted(LIST_KEYS)
+        for i in infos:
+            h = s.head(i.key)
+            assert (i.size, i.etag, i.content_type, i.last_modified) == \
+                (h.size, h.etag, h.content_type, h.last_modified), f"list and head disagree on {i.key!r}"
+        assert list(s) == _bsorted(LIST_KEYS)
+
+
+@pytest.mark.parametrize("prefix", ["", "a", "a/", "a/b", "a/b/", "é", "€", "日", "zz", "A", "a/b/c/d"])
+def test_list_prefix_filters(tmp_path, prefix):
+    with _open(tmp_path / "s.heap") as s:
+        _fill(s, LIST_KEYS)
+        want = _bsorted(k for k in LIST_KEYS if k.encode().startswith(prefix.encode()))
+        infos, nxt = s.list(prefix=prefix)
+        assert [i.key for i in infos] == want and nxt is None
+        for limit in (1, 2, 3):
+            assert _paginate(s, prefix, limit) == want
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 5, 7, 18, 19, 20, 1000])
+def test_list_pagination_visits_every_key_once(tmp_path, limit):
+    with _open(tmp_path / "s.heap") as s:
+        _fill(s, LIST_KEYS)
+        assert _paginate(s, limit=limit) == _bsorted(LIST_KEYS)
+
+
+def test_list_after_a_key_not_in_the_store(tmp_path):
+    with _open(tmp_path / "s.heap") as s:
+        _fill(s, LIST_KEYS)
+        for after in ["a/bb", "A", "a/", "zzz", "\u00e0", "a/b/c/d", "0", "ø", "😀😀"]:
+            want = [k for k in _bsorted(LIST_KEYS) if k.encode() > after.encode()]
+            infos, nxt = s.list(after=after)
+            assert [i.key for i in infos] == want and nxt is None, f"list(after={after!r})"
+            assert _paginate(s, limit=2, after=after) == want, f"paginated list(after={after!r})"
+
+
+def test_list_with_prefix_and_after_together(tmp_path):
+    """Every (prefix, after) pair, including an `after` that sorts before the prefix's
+    range (a proper prefix of the prefix, like after='a', prefix='a/'): the result is
+    exactly the keys that start with prefix and sort after `after`."""
+    keys = ["a", "a!", "a-", "a.", "a/1", "a/2", "a/2/x", "a0", "b", "b/1"]
+    with _open(tmp_path / "s.heap") as s:
+        _fill(s, keys)
+        bad = []
+        for prefix in ["", "a", "a/", "a/2", "b/", "c"]:
+            for after in [None, "0", "a", "a!", "a/", "a/1", "a/15", "a/2", "a0", "b", "z"]:
+                want = [k for k in _bsorted(keys) if k.startswith(prefix) and (after is None or k > after)]
+                got = [i.key for i in s.list(prefix=prefix, after=after)[0]]
+                if got != want:
+                    bad.append(f"list(prefix={prefix!r}, after={after!r}) returned {got}, expected {want}")
+        assert not bad, f"{len(bad)} wrong listings, e.g.:\n" + "\n".join(bad[:6])
+
+
+def test_list_pages_of_long_keys_with_long_content_types_are_complete(tmp_path):
+    """Keys of 1024 bytes with 255-byte content types: every page must hold `limit`
+    objects (or be the last page), and pagination must visit all keys."""
+    keys = [f"{i:04d}" + "k" * 1020 for i in range(60)]
+    with _open(tmp_path / "s.heap") as s:
+        for k in keys:
+            s.put(k, b"v", content_type="c" * 255)
+        seen, after, pages = [], None, 0
+        while True:
+            infos, after = s.list(after=after, limit=50)
+            pages += 1
+            seen += [i.key for i in infos]
+            if after is None:
+                break
+        assert len(seen) == len(keys), (
+            f"paginating with limit=50 visited {len(seen)} of 60 keys in {pages} page(s) "
+            f"(missing {min(set(keys) - set(seen))[:8]}...): a page came back short "
+            "with next_after=None")
+        assert seen == keys
+        assert len(list(s)) == 60
+
+
+def test_list_limit_bounds(tmp_path):
+    with _open(tmp_path / "s.heap") as s:
+        s.put("a", b"")
+        for bad in (0, -1, 100_001):
+            with pytest.raises(ValueError):
+                s.list(limit=bad)
+        assert s.list(limit=100_000)[0][0].key == "a"
+
+
+def test_len_contains_iter_across_pages(tmp_path):
+    keys = [f"k/{i:05d}" for i in range(1100)]      # more than one 1000-object page
+    with _open(tmp_path / "s.heap") as s:
+        assert len(s) == 0 and list(s) == [] and "k/00000" not in s
+        for k in keys:
+            s.put(k, k.encode())
+        assert len(s) == 1100
+        assert list(s) == keys
+        assert "k/00500" in s and b"k/00500" in s and "k/99999" not in s
+        assert "" not in s and "a\x00" not in s      # invalid keys are simply absent
+        for k in keys[::3]:
+            s.delete(k)
+        left = [k for i, k in enumerate(keys) if i % 3]
+        assert len(s) == len(left) and list(s) == left and "k/00000" not in s
+
+
+# ---------------------------------------------------------------- reopen and crash
+
+
+def _populate(s: Store, seed: int) -> dict[str, bytes]:
+    rng = random.Random(seed)
+    model: dict[str, bytes] = {}
+    for i in range(300):
+        k = f"p/{rng.randrange(120):03d}"
+        if k in model and rng.random() < 0.3:
+            s.delete(k)
+            del model[k]
+        else:
+            v = rng.randbytes(rng.choice([0, 10, 900, 4096, 4097, 20_000]))
+            s.put(k, v, content_type=f"c/{i}")
+            model[k] = v
+    return model
+
+
+def test_reopen_preserves_everything(tmp_path):
+    seed = random.randrange(1 << 32)
+    print(f"seed {seed}")
+    path = tmp_path / "s.heap"
+    with _open(path) as s:
+        model = _populate(s, seed)
+        infos = {k: s.head(k) for k in model}
+    with _open(path, create=False) as s:
+        assert len(s) == len(model)
+        assert _contents(s) == model
+        assert {k: s.head(k) for k in model} == infos
+        s.put("after/reopen", b"more")
+        assert s.get("after/reopen")[0] == b"more"
+
+
+def test_abandon_then_open_preserves_every_acknowledged_change(tmp_path):
+    seed = random.randrange(1 << 32)
+    print(f"seed {seed}")
+    path = tmp_path / "s.heap"
+    s = _open(path)
+    model = _populate(s, seed)
+    infos = {k: s.head(k) for k in model}
+    s.abandon()
+    assert s.closed
+    with _open(path, create=False) as s:
+        assert _contents(s) == model
+        assert {k: s.head(k) for k in model} == infos
+        model2 = _populate(s, seed + 1)
+        s2_infos = {k: s.head(k) for k in model2}
+        s.abandon()
+    with _open(path, create=False) as s:
+        got = _contents(s)
+        for k in model2:
+            assert got[k] == model2[k] and s.head(k) == s2_infos[k]
+
+
+def test_open_missing_without_create_fails(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        _open(tmp_path / "none.heap", create=False)
+    assert not (tmp_path / "none.heap").exists()
+    with pytest.raises(ValueError):
+        _open(tmp_path / "x.heap", durability="fast")
+
+
+def test_sync_durability_roundtrip_and_reopen(tmp_path):
+    path = tmp_path / "s.heap"
+    with _open(path, durability="sync") as s:
+        assert s.durability == "sync"
+        small, big = _value(1, 300), _value(2, 9000)
+        s.put("small", small)
+        s.put("big", big)
+        s.put("gone", b"x")
+        s.delete("gone")
+    s = _open(path, durability="sync", create=False)
+    assert _contents(s) == {"big": big, "small": small}
+    s.put("small", b"replaced")
+    s.abandon()
+    with _open(path, durability="sync", create=False) as s:
+        assert _contents(s) == {"big": big, "small": b"replaced"}
+
+
+# ---------------------------------------------------------------- checksummed reads (I4)
+
+
+def _corrupt_one(tmp_path, size: int, *, flip_at: int | None = None):
+    path = tmp_path / "s.heap"
+    value = _value(size, size)
+    with _open(path) as s:
+        s.put("before", b"neighbour-a")
+        s.put("k", value)
+        s.put("zafter", b"neighbour-z")
+        info = s._index.head(b"k")
+        assert info.value_size == size
+        value_off = info.value_off
+    i = size // 2 if flip_at is None else flip_at
+    _flip(path, value_off + i)
+    flipped = bytearray(value)
+    flipped[i] ^= 0xFF
+    return path, value, bytes(flipped)
+
+
+@pytest.mark.corrupts_heap
+@pytest.mark.parametrize("size", [1, 100, 4096, 4097, 70_000])
+def test_I4_flipped_value_byte_is_never_returned(tmp_path, size):
+    path, value, _ = _corrupt_one(tmp_path, size)
+    with _open(path, create=False) as s:
+        with pytest.raises(CorruptObjectError):
+            got = s.get("k")[0]
+            pytest.fail(f"get returned {'the original' if got == value else 'flipped'} bytes of a corrupt value")
+        with pytest.raises(CorruptObjectError):
+            s.get("k", zero_copy=True)
+        ranges = [(0, None), (0, 1), (size // 2, size // 2 + 1), (size, None)]
+        if size > 2:
+            ranges.append((size - 1, None))      # a range away from the flipped byte: still refused
+        for start, end in ranges:
+            with pytest.raises(CorruptObjectError):
+                s.get_range("k", start, end)
+        # metadata and other objects are unaffected
+        assert s.head("k").size == size
+        assert s.get("before")[0] == b"neighbour-a"
+        assert s.get("zafter")[0] == b"neighbour-z"
+        assert len(s) == 3
+        # a replace heals the key
+        s.put("k", b"fresh")
+        assert s.get("k")[0] == b"fresh"
+
+
+@pytest.mark.corrupts_heap
+@pytest.mark.parametrize("size", [100, 70_000])
+def test_I4_verify_reads_off_returns_the_flipped_bytes(tmp_path, size):
+    path, value, flipped = _corrupt_one(tmp_path, size)
+    with _open(path, create=False, verify_reads=False) as s:
+        got, info = s.get("k")
+        assert got == flipped and got != value
+        assert info.checksum == crc32c(value) != crc32c(got)
+        assert bytes(s.get("k", zero_copy=True)[0]) == flipped
+        assert s.get_range("k", size // 2, size // 2 + 1)[0] == flipped[size // 2:size // 2 + 1]
+
+
+# ---------------------------------------------------------------- heap full
+
+
+def test_heap_full_keeps_every_acknowledged_object_and_recovers_after_deletes(tmp_path):
+    seed = random.randrange(1 << 32)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    path = tmp_path / "s.heap"
+    with _open(path, initial_size=2 << 20, max_size=4 << 20) as s:
+        acked: dict[str, bytes] = {}
+        i = 0
+        with pytest.raises(HeapFullError):
+            while True:
+                i += 1
+                assert i < 10_000, "the heap never filled"
+                k = f"fill/{i:05d}"
+                v = rng.randbytes(rng.choice([50, 3000, 20_000, 60_000]))
+                s.put(k, v)
+                acked[k] = v
+        assert f"fill/{i:05d}" not in s, "the refused put stored its key"
+        assert len(acked) > 10
+        assert len(s) == len(acked)
+        assert _contents(s) == acked
+        # replacing with a bigger value may be refused; the old one stays
+        k0 = next(iter(acked))
+        try:
+            s.put(k0, bytes(200_000))
+            acked[k0] = bytes(200_000)
+        except HeapFullError:
+            pass
+        assert s.get(k0)[0] == acked[k0]
+        for k in list(acked)[: len(acked) // 2]:
+            s.delete(k)
+            del acked[k]
+        for j in range(5):
+            k = f"again/{j}"
+            v = rng.randbytes(20_000)
+            s.put(k, v)
+            acked[k] = v
+        assert _contents(s) == acked
+    with _open(path, create=False) as s:
+        assert _contents(s) == acked
+
+
+# ---------------------------------------------------------------- zero copy
+
+
+@pytest.mark.parametrize("size", [0, 100, 70_000])
+def test_zero_copy_view_is_read_only_and_equals_the_bytes(tmp_path, size):
+    value = _value(size, size)
+    with _open(tmp_path / "s.heap") as s:
+        info = s.put("k", value)
+        view, vinfo = s.get("k", zero_copy=True)
+        assert isinstance(view, memoryview)
+        assert view.readonly
+        assert view == value and bytes(view) == value
+        assert vinfo == info
+        if size:
+            with pytest.raises(TypeError):
+                view[0] = 0
+        assert s.get("k")[0] == value
+        del view
+
+
+# ---------------------------------------------------------------- the checker's view (I3)
+
+
+def test_I3_checker_finds_exactly_the_blocks_the_store_holds(tmp_path):
+    seed = random.randrange(1 << 32)
+    print(f"seed {seed}")
+    path = tmp_path / "s.heap"
+    with _open(path) as s:
+        model = _populate(s, seed)
+        expected = {s.heap.root, s.heap.load8(s.heap.root + 16)}   # superblock, head
+        for k in model:
+            info = s._index.head(k.encode())
+            expected.add(info.rec_off)
+            if info.value_size > INLINE_MAX:
+                assert info.value_off != info.rec_off
+                expected.add(info.value_off)
+        large = sum(1 for v in model.values() if len(v) > INLINE_MAX)
+        assert large and large < len(model)
+    rep = check_heap(path)
+    assert rep.ok, format_report(rep)
+    assert len(rep.blocks) == 2 + len(model) + large, (
+        f"checker sees {len(rep.blocks)} blocks; the store holds 2 + {len(model)} records + {large} values")
+    assert set(rep.blocks) == expected, (f"leaked {sorted(set(rep.blocks) - expected)[:5]}, "
+                                         f"missing {sorted(expected - set(rep.blocks))[:5]}")

@@ -90,10 +90,16 @@ class Index:
         while rc == lib.PM_E_BUFFER:    # large value: a buffer of its size, then one copy into it
             buf = bytearray(info.value_size - min(start, info.value_size))
             rc = lib.pm_index_get(self._x, key, len(key), start, ffi.from_buffer(buf), len(buf), verify, info)
-            if rc >= 0 and len(buf) == info.value_size - min(start, info.value_size):
-                return buf, info
+            if rc >= 0:
+                want = info.value_size - min(start, info.value_size)
+                if want == len(buf):
+                    return buf, info
+                if want < len(buf):     # replaced meanwhile by a smaller value: it fits
+                    del buf[want:]
+                    return buf, info
+                rc = lib.PM_E_BUFFER    # replaced by a larger one: again
         check(rc, "get", key)
-        raise AssertionError("unreachable")
+        raise AssertionError(f"pm_index_get returned {rc}")
 
     def head(self, key: bytes):
         info = _scratch.info
@@ -137,7 +143,7 @@ class Index:
 
     def list(self, after: bytes, prefix: bytes, limit: int):
         """[(key, content_type, size, mtime_ns, etag hex)] in key order."""
-        cap = max(64 * 1024, limit * 1200)
+        cap = limit * lib.PM_LIST_ENTRY_MAX
         buf = bytearray(cap)
         n = ffi.new("uint32_t *")
         check(lib.pm_index_list(self._x, after, len(after), prefix, len(prefix), limit, ffi.from_buffer(buf),

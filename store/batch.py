@@ -128,36 +128,36 @@ class GroupCommitter:
             self.active -= 1
 
     def submit(self, op: tuple) -> int:
-        """Apply one op (as Index.apply takes it); returns its result code (never raises)."""
+        """Apply one op (as Index.apply takes it); returns its result code, or the exception
+        that failed its group (never raises)."""
         slot = [op, None]
         with self._cv:
             self._queue.append(slot)
-            while slot[1] is None and self._leader:
-                self._cv.wait()
-            if slot[1] is not None:
-                return slot[1]
-            self._leader = True
-            group, keys, rest = [], set(), []
-            limit = min(self.MAX_GROUP, max(1, self._store.heap.mapping.redo_capacity // 24))
-            for s in self._queue:
-                if len(group) < limit and s[0][1] not in keys:
-                    group.append(s)
-                    keys.add(s[0][1])
-                else:
-                    rest.append(s)
-            self._queue = rest
-        try:
-            results = self._run([s[0] for s in group])
-        except BaseException as e:   # noqa: BLE001 - every waiter must learn the outcome
-            results = [e] * len(group)
-        with self._cv:
-            for s, r in zip(group, results):
-                s[1] = r
-            self._leader = False
-            self._cv.notify_all()
-        if slot[1] is None:             # our op did not fit in the group: go again
-            return self.submit(op)
-        return slot[1]
+        while True:
+            with self._cv:
+                while slot[1] is None and self._leader:
+                    self._cv.wait()
+                if slot[1] is not None:
+                    return slot[1]
+                self._leader = True     # lead one group; our slot is still queued
+                group, keys, rest = [], set(), []
+                limit = min(self.MAX_GROUP, max(1, self._store.heap.mapping.redo_capacity // 24))
+                for s in self._queue:
+                    if len(group) < limit and s[0][1] not in keys:
+                        group.append(s)
+                        keys.add(s[0][1])
+                    else:
+                        rest.append(s)
+                self._queue = rest
+            try:
+                results = self._run([s[0] for s in group])
+            except BaseException as e:  # noqa: BLE001 - every waiter must learn the outcome
+                results = [e] * len(group)
+            with self._cv:
+                for s, r in zip(group, results):
+                    s[1] = r
+                self._leader = False
+                self._cv.notify_all()
 
     def _run(self, ops: list[tuple]) -> list:
         st = self._store

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import NamedTuple, Self
 
 from allocator import Heap
-from allocator._native import NeedGrow, ffi
+from allocator._native import NeedGrow, crc32c, ffi
 from store import _index
 from store.batch import Batch, GroupCommitter
 from store.errors import InvalidKeyError, NoSuchKeyError, ObjectTooLargeError
@@ -49,7 +49,10 @@ class ObjectInfo(NamedTuple):
 
 def encode_key(key: str | bytes) -> bytes:
     """The key's bytes, or InvalidKeyError: 1..1024 bytes of UTF-8, no C0 control or DEL."""
-    raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+    try:
+        raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+    except UnicodeEncodeError:
+        raise InvalidKeyError(f"key {key[:64]!r} cannot be encoded as UTF-8") from None
     if not 1 <= len(raw) <= KEY_MAX_SIZE:
         raise InvalidKeyError(f"key must be 1..{KEY_MAX_SIZE} bytes of UTF-8, not {len(raw)} bytes")
     if _CONTROL.search(raw):
@@ -153,7 +156,7 @@ class Store:
                 if isinstance(r, BaseException):
                     raise r
                 _index.check(r, "put", k)
-                return self.head(k)
+                return ObjectInfo(k.decode("utf-8"), len(mv), etag.hex(), content_type or None, mtime, crc32c(mv))
             return self._put_one(k, mv, ctype, etag, mtime, cond, match)
         finally:
             gc.leave()

@@ -78,6 +78,42 @@ static int key_cmp(pm_heap *h, uint64_t r, const uint8_t *key, uint32_t klen) {
     return c ? c : (o->key_size > klen) - (o->key_size < klen);
 }
 
+/* snap -- readers: copy record r's header once and check it against the heap's bounds,
+ * so a record rewritten under a reader can make it retry but never read out of bounds.
+ * Sets *key to the record's key. */
+static int snap(pm_heap *h, uint64_t r, struct pmd_object *o, const uint8_t **key) {
+    uint64_t size = pm_heap_size(h);
+    if (r < PMD_ROOT_OFF || r % 8 || r + PMD_OBJ_HDR_SIZE > size) return 0;
+    memcpy(o, h->base + r, sizeof *o);
+    if (o->height < 1 || o->height > PMD_OBJ_MAX_HEIGHT || o->key_size > PMD_OBJ_KEY_MAX ||
+        o->ctype_size > PMD_OBJ_CTYPE_MAX) return 0;
+    uint64_t meta = obj_meta_size(o->height, o->key_size, o->ctype_size);
+    if (r + meta > size) return 0;
+    uint64_t vo = o->flags & PMD_OBJ_FLAG_INLINE ? r + meta : o->value_off;
+    if (vo > size || o->value_size > size - vo) return 0;
+    *key = h->base + r + PMD_OBJ_HDR_SIZE + 8ull * o->height;
+    return 1;
+}
+
+static int bytes_cmp(const uint8_t *a, uint32_t alen, const uint8_t *b, uint32_t blen) {
+    int c = memcmp(a, b, alen < blen ? alen : blen);
+    return c ? c : (alen > blen) - (alen < blen);
+}
+
+/* fill_info_snap -- info from a validated snapshot (readers). */
+static void fill_info_snap(pm_heap *h, uint64_t r, const struct pmd_object *o, const uint8_t *key,
+                           struct pm_obj_info *info) {
+    info->rec_off = r;
+    info->value_off = o->flags & PMD_OBJ_FLAG_INLINE ? r + obj_meta_size(o->height, o->key_size, o->ctype_size)
+                                                     : o->value_off;
+    info->value_size = o->value_size;
+    info->mtime_ns = o->mtime_ns;
+    info->value_crc32c = o->value_crc32c;
+    info->ctype_size = o->ctype_size;
+    memcpy(info->etag, o->etag, 16);
+    memcpy(info->ctype, key + o->key_size, o->ctype_size);
+}
+
 static void fill_info(pm_heap *h, uint64_t r, struct pm_obj_info *info) {
     const struct pmd_object *o = obj(h, r);
     info->rec_off = r;
@@ -108,15 +144,18 @@ static void tab_free_all(struct tab *t) {
     while (t) { struct tab *r = t->retired; free((void *)t->hash); free((void *)t->rec); free(t); t = r; }
 }
 
-/* tab_find -- the slot holding key, or -1. Safe for readers (validated by the caller). */
-static int64_t tab_find(pm_heap *h, struct tab *t, const uint8_t *key, uint32_t klen, uint32_t hv) {
+/* tab_find -- the slot holding key, or -1; *rec gets the record it checked. Safe for
+ * readers: the record is read through a bounds-checked snapshot. */
+static int64_t tab_find(pm_heap *h, struct tab *t, const uint8_t *key, uint32_t klen, uint32_t hv, uint64_t *rec) {
     uint64_t mask = t->cap - 1, i = hv & mask;
     for (uint64_t probe = 0; probe < t->cap; probe++, i = (i + 1) & mask) {
         uint32_t s = atomic_load_explicit(&t->hash[i], memory_order_acquire);
         if (s == 0) return -1;
         if (s != hv) continue;
         uint64_t r = atomic_load_explicit(&t->rec[i], memory_order_acquire);
-        if (r && rec_ok(h, r) && key_cmp(h, r, key, klen) == 0) return (int64_t)i;
+        struct pmd_object o;
+        const uint8_t *k;
+        if (r && snap(h, r, &o, &k) && bytes_cmp(k, o.key_size, key, klen) == 0) { *rec = r; return (int64_t)i; }
     }
     return -1;
 }
@@ -125,7 +164,8 @@ static int64_t tab_find(pm_heap *h, struct tab *t, const uint8_t *key, uint32_t 
 static int tab_put(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t r) {
     struct tab *t = atomic_load(&x->tab);
     uint32_t hv = key_hash(key, klen);
-    int64_t i = tab_find(x->h, t, key, klen, hv);
+    uint64_t found;
+    int64_t i = tab_find(x->h, t, key, klen, hv, &found);
     if (i >= 0) { atomic_store_explicit(&t->rec[i], r, memory_order_release); return PM_OK; }
     if ((x->used + 1) * 10 > t->cap * 7) {     /* grow (and drop tombstones) at 70% */
         struct tab *n = tab_new(t->cap * 2);
@@ -153,7 +193,8 @@ static int tab_put(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t r) {
 
 static void tab_del(pm_index *x, const uint8_t *key, uint32_t klen) {
     struct tab *t = atomic_load(&x->tab);
-    int64_t i = tab_find(x->h, t, key, klen, key_hash(key, klen));
+    uint64_t found;
+    int64_t i = tab_find(x->h, t, key, klen, key_hash(key, klen), &found);
     if (i < 0) return;
     atomic_store_explicit(&t->rec[i], 0, memory_order_release);
     atomic_store_explicit(&t->hash[i], TOMB, memory_order_release);
@@ -295,12 +336,14 @@ int pm_index_get(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t start,
         if (locked) pthread_mutex_lock(&x->wlock);
         uint64_t v1 = atomic_load_explicit(&x->version, memory_order_acquire);
         struct tab *t = atomic_load_explicit(&x->tab, memory_order_acquire);
-        int64_t i = tab_find(h, t, key, klen, hv);
+        uint64_t r = 0;
+        struct pmd_object o;
+        const uint8_t *k;
         int rc;
-        if (i < 0) rc = PM_E_NOT_FOUND;
+        if (tab_find(h, t, key, klen, hv, &r) < 0) rc = PM_E_NOT_FOUND;
+        else if (!snap(h, r, &o, &k)) rc = PM_E_NOT_FOUND;   /* rewritten under us: the version check retries */
         else {
-            uint64_t r = atomic_load_explicit(&t->rec[i], memory_order_acquire);
-            fill_info(h, r, info);
+            fill_info_snap(h, r, &o, k, info);
             uint64_t want = start >= info->value_size ? 0 : info->value_size - start;
             if (want > cap) rc = PM_E_BUFFER;
             else {
@@ -412,33 +455,34 @@ out:
 static int64_t list_walk(pm_index *x, const uint8_t *after, uint32_t alen, const uint8_t *prefix, uint32_t plen,
                          uint32_t limit, uint8_t *buf, uint64_t cap) {
     pm_heap *h = x->h;
+    /* start at the later of `after` (exclusive) and `prefix` (inclusive), bytewise */
     const uint8_t *from = alen ? after : prefix;
     uint32_t flen = alen ? alen : plen;
-    if (alen && plen && memcmp(prefix, after, plen < alen ? plen : alen) > 0) from = prefix, flen = plen;
+    if (alen && plen && bytes_cmp(prefix, plen, after, alen) > 0) from = prefix, flen = plen;
     uint64_t r = x->head_off, steps = 0, max_steps = 4 * (atomic_load(&x->count) + 64) + 4ull * limit;
+    struct pmd_object o;
+    const uint8_t *k;
     for (int lvl = PMD_OBJ_MAX_HEIGHT - 1; lvl >= 0; lvl--)   /* last record < from */
         for (;;) {
             uint64_t nx = pm_load8(h, next_word(r, (uint32_t)lvl));
             if (!nx) break;
-            if (!rec_ok(h, nx) || ++steps > max_steps) return -1;
-            if (key_cmp(h, nx, from, flen) >= 0) break;
+            if (!snap(h, nx, &o, &k) || (uint32_t)lvl >= o.height || ++steps > max_steps) return -1;
+            if (bytes_cmp(k, o.key_size, from, flen) >= 0) break;
             r = nx;
         }
     uint64_t used = 0;
     int64_t count = 0;
     for (r = pm_load8(h, next_word(r, 0)); r && count < limit; r = pm_load8(h, next_word(r, 0))) {
-        if (!rec_ok(h, r) || ++steps > max_steps) return -1;
-        const struct pmd_object *o = obj(h, r);
-        const uint8_t *k = obj_key(h, r);
-        if (alen && from == after && key_cmp(h, r, after, alen) == 0) continue;   /* after is exclusive */
-        if (plen && (o->key_size < plen || memcmp(k, prefix, plen))) break;
-        uint64_t need = 2 + o->key_size + 2 + o->ctype_size + 8 + 8 + 16;
-        if (used + need > cap) break;
+        if (!snap(h, r, &o, &k) || ++steps > max_steps) return -1;
+        if (alen && from == after && bytes_cmp(k, o.key_size, after, alen) == 0) continue;   /* exclusive */
+        if (plen && (o.key_size < plen || memcmp(k, prefix, plen))) break;
+        uint64_t need = 2 + o.key_size + 2 + o.ctype_size + 8 + 8 + 16;
+        if (used + need > cap) return -2;       /* the caller's buffer holds LIST_ENTRY_MAX per entry */
         uint8_t *p = buf + used;
-        uint16_t ks = o->key_size, cs = o->ctype_size;
+        uint16_t ks = o.key_size, cs = o.ctype_size;
         memcpy(p, &ks, 2); memcpy(p + 2, k, ks); p += 2 + ks;
         memcpy(p, &cs, 2); memcpy(p + 2, k + ks, cs); p += 2 + cs;
-        memcpy(p, &o->value_size, 8); memcpy(p + 8, &o->mtime_ns, 8); memcpy(p + 16, o->etag, 16);
+        memcpy(p, &o.value_size, 8); memcpy(p + 8, &o.mtime_ns, 8); memcpy(p + 16, o.etag, 16);
         used += need;
         count++;
     }
@@ -458,6 +502,7 @@ int pm_index_list(pm_index *x, const uint8_t *after, uint32_t alen, const uint8_
         atomic_thread_fence(memory_order_acquire);
         uint64_t v2 = atomic_load_explicit(&x->version, memory_order_relaxed);
         if (locked) pthread_mutex_unlock(&x->wlock);
+        if (n == -2) return PM_E_BUFFER;
         if (n >= 0 && (v1 == v2 || locked)) { *count = (uint32_t)n; return PM_OK; }
         if (locked) return PM_E_CORRUPT;     /* impossible records with writers excluded */
     }

@@ -107,14 +107,79 @@ static int run_collect(struct pmi_run *r) {
     return 0;
 }
 
+/* take_run_if_empty -- unlink *pp into got[] if its run has no allocated block. */
+static int take_run_if_empty(struct pmi_run **pp, struct pmi_run **got, uint32_t *n) {
+    struct pmi_run *r = *pp;
+    if (atomic_load(&r->used) != 0) return 0;
+    *pp = r->link;
+    got[(*n)++] = r;
+    return 1;
+}
+
+/* runs_reclaim -- slow path when no free pages are left: the pages of empty runs (in the
+ * class pools and this thread's own) go back to the free spans, their descriptors cleared
+ * by one redo commit. Other threads' runs are left alone (only an owner allocates).
+ * Returns the pages reclaimed. */
+static uint32_t runs_reclaim(pm_heap *h, struct pmi_theap *t) {
+    struct pmi_alloc *a = h->alloc;
+    struct pmi_run *got[64];
+    uint32_t n = 0;
+    pthread_mutex_lock(&a->pool_lock);
+    for (uint32_t c = 0; c < PMD_CLASS_COUNT && n < 64; c++)
+        for (struct pmi_run **pp = &a->pool[c]; *pp && n < 64;)
+            if (!take_run_if_empty(pp, got, &n)) pp = &(*pp)->link;
+    pthread_mutex_unlock(&a->pool_lock);
+    for (uint32_t c = 0; t && c < PMD_CLASS_COUNT && n < 64; c++)
+        for (struct pmi_run **pp = &t->owned[c]; *pp && n < 64;) {
+            struct pmi_run *r = *pp;
+            if (take_run_if_empty(pp, got, &n)) { if (t->current[c] == r) t->current[c] = NULL; }
+            else pp = &r->link;
+        }
+    if (!n) return 0;
+    struct pmd_redo_entry e[64];
+    for (uint32_t k = 0; k < n; k++) e[k] = ent(PMD_REDO_OP_SET, desc_off(a, got[k]->head), 0);
+    if (pmi_redo_commit(h, e, n, NULL, 0)) {     /* durable: these pages are free (P1) */
+        pthread_mutex_lock(&a->pool_lock);       /* failed (EIO): keep the runs as they were */
+        for (uint32_t k = 0; k < n; k++) {
+            atomic_store(&got[k]->owner, NULL);
+            got[k]->link = a->pool[got[k]->cls];
+            a->pool[got[k]->cls] = got[k];
+        }
+        pthread_mutex_unlock(&a->pool_lock);
+        return 0;
+    }
+    uint32_t pages = 0;
+    pthread_mutex_lock(&a->span_lock);
+    for (uint32_t k = 0; k < n; k++) {
+        pages += got[k]->pages;
+        pmi_span_insert(a, got[k]->head, got[k]->pages);
+        free(got[k]->next);
+        free(got[k]);
+    }
+    pthread_mutex_unlock(&a->span_lock);
+    return pages;
+}
+
+/* take_pages -- pages from the free spans, reclaiming empty runs if there are none. */
+static uint32_t take_pages(pm_heap *h, uint32_t pages) {
+    struct pmi_alloc *a = h->alloc;
+    for (int attempt = 0;; attempt++) {
+        pthread_mutex_lock(&a->span_lock);
+        uint32_t head = pmi_span_take(a, pages);
+        if (head != PMI_NO_PAGE)
+            for (uint32_t i = 0; i < pages; i++) a->slots[head + i].head = head;
+        pthread_mutex_unlock(&a->span_lock);
+        if (head != PMI_NO_PAGE || attempt || !runs_reclaim(h, pthread_getspecific(a->theap_key)))
+            return head;
+    }
+}
+
 /* run_format -- a new run of class cls from free pages: its bitmap is zeroed durably while
  * no descriptor names it; the descriptor rides the run's first allocation commit. */
 static int run_format(pm_heap *h, struct pmi_theap *t, uint32_t cls, struct pmi_run **out) {
     struct pmi_alloc *a = h->alloc;
     uint32_t pages = pmi_class_pages(cls);
-    pthread_mutex_lock(&a->span_lock);
-    uint32_t head = pmi_span_take(a, pages);
-    pthread_mutex_unlock(&a->span_lock);
+    uint32_t head = take_pages(h, pages);
     if (head == PMI_NO_PAGE) return PM_E_NEED_GROW;
     struct pmi_run *r = run_new(a, head, cls);
     if (!r) {
@@ -202,11 +267,7 @@ int pmi_reserve(pm_heap *h, uint64_t size, struct reservation *res, struct pmd_r
     uint64_t pages64 = (size + PMD_PAGE_SIZE - 1) / PMD_PAGE_SIZE;
     if (pages64 > a->page_max) return PM_E_NEED_GROW;
     uint32_t pages = (uint32_t)pages64;
-    pthread_mutex_lock(&a->span_lock);
-    uint32_t head = pmi_span_take(a, pages);
-    if (head != PMI_NO_PAGE)
-        for (uint32_t i = 0; i < pages; i++) a->slots[head + i].head = head;
-    pthread_mutex_unlock(&a->span_lock);
+    uint32_t head = take_pages(h, pages);
     if (head == PMI_NO_PAGE) return PM_E_NEED_GROW;
     *res = (struct reservation){page_off(a, head), NULL, head, pages};
     e[(*n)++] = ent(PMD_REDO_OP_SET, desc_off(a, head), desc_span(pages));

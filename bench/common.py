@@ -95,13 +95,15 @@ def median(values) -> float:
 
 
 def run_timed(make_worker: Callable[[int], Callable[[int], None]], thread_count: int,
-              duration_s: float) -> TimedRun:
+              duration_s: float, max_count: int | None = None) -> TimedRun:
     """Run `thread_count` workers for about duration_s; count the ops they complete.
 
     make_worker(thread_idx) returns work(n), which does n ops in a tight loop (so the
     per-op cost is the bench's, not this runner's). Workers are built before the clock
     starts and released together; n grows until one chunk takes ~1 ms, so the clock
     is read rarely and the run overshoots by at most a chunk.
+    max_count (optional): each thread also stops after that many ops (work never gets
+    an n that would pass it), for workloads with a finite supply of keys or bytes.
     """
     workers = [make_worker(i) for i in range(thread_count)]
     gate = threading.Barrier(thread_count)
@@ -111,9 +113,10 @@ def run_timed(make_worker: Callable[[int], Callable[[int], None]], thread_count:
         gate.wait()
         start = now = time.perf_counter()
         deadline = start + duration_s
-        while now < deadline:
-            work(chunk_count)
-            done_count += chunk_count
+        while now < deadline and (max_count is None or done_count < max_count):
+            n = chunk_count if max_count is None else min(chunk_count, max_count - done_count)
+            work(n)
+            done_count += n
             last, now = now, time.perf_counter()
             if now - last < _CHUNK_TARGET_S and chunk_count < _CHUNK_MAX_COUNT:
                 chunk_count *= 2

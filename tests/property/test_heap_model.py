@@ -194,10 +194,13 @@ class HeapModel(RuleBasedStateMachine):
         if st0["file_size"] + size > MAX_SIZE:
             event("growth: no room below max_size")
             return
+        runs_before = sum(c["runs"] for c in st0["classes"])
         off = self.heap.alloc(size)
-        assert self.heap.mapping.size > st0["file_size"], "an allocation larger than any free span did not grow"
-        assert self.heap.file.header.file_size == self.heap.mapping.size
         self._new_block(off, size, seed)
+        runs_after = sum(c["runs"] for c in self.heap.stats()["classes"])
+        assert self.heap.mapping.size > st0["file_size"] or runs_after < runs_before, (
+            "an allocation larger than any free span neither grew the heap nor reclaimed an empty run")
+        assert self.heap.file.header.file_size == self.heap.mapping.size
 
     # ------------------------------------------------------------ invariants
     @invariant()

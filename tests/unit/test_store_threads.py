@@ -20,6 +20,8 @@ import struct
 import threading
 import time
 
+import pytest
+
 from store import Store
 from store.errors import NoSuchKeyError
 
@@ -66,11 +68,12 @@ def _decode(value: bytes, kidx: int, what: str) -> tuple[int | None, str | None]
     return v, None
 
 
-def test_threads_readers_never_see_torn_values_and_last_write_wins(tmp_path):
+@pytest.mark.parametrize("group_commit", [False, True], ids=["direct", "group-commit"])
+def test_threads_readers_never_see_torn_values_and_last_write_wins(tmp_path, group_commit):
     seed = random.randrange(1 << 32)
     print(f"seed {seed}")
     path = tmp_path / "s.heap"
-    s = Store.open(path, initial_size=4 << 20, max_size=64 << 20, durability="os")
+    s = Store.open(path, initial_size=4 << 20, max_size=64 << 20, durability="os", group_commit=group_commit)
     key_locks = [threading.Lock() for _ in KEYS]
     last: list[int | None] = [None] * KEY_COUNT       # last acknowledged version; None = absent
     next_version = [1] * KEY_COUNT
@@ -261,12 +264,14 @@ def test_threads_get_of_a_large_value_racing_a_replace_returns_one_whole_version
         assert not errors, f"{len(errors)} errors (seed {seed}, {gets[0]} gets), e.g.:\n" + "\n".join(errors[:5])
 
 
-def test_threads_concurrent_puts_of_one_key_each_return_their_own_info(tmp_path):
+@pytest.mark.parametrize("group_commit", [False, True], ids=["direct", "group-commit"])
+def test_threads_concurrent_puts_of_one_key_each_return_their_own_info(tmp_path, group_commit):
     """put returns the ObjectInfo of the object it stored (its etag, size, content type),
     even when other writers put the same key at the same time (shared group commits)."""
     seed = random.randrange(1 << 32)
     print(f"seed {seed}")
-    with Store.open(tmp_path / "s.heap", initial_size=4 << 20, max_size=64 << 20, durability="os") as s:
+    with Store.open(tmp_path / "s.heap", initial_size=4 << 20, max_size=64 << 20, durability="os",
+                    group_commit=group_commit) as s:
         puts = [0]
 
         def writer_for(wid):

@@ -24,7 +24,7 @@ SIZES = [0, 30, 100, 900, 5000, 20000]
 
 def _record(path, seed: int, op_count: int):
     rng = random.Random(seed)
-    with Store.open(path, initial_size=256 << 10, max_size=8 << 20, backend="none") as s:
+    with Store.open(path, initial_size=256 << 10, max_size=16 << 20, backend="none") as s:
         for k in KEYS[:3]:
             s.put(k, k.encode() * 3)
     base = path.read_bytes()
@@ -35,7 +35,11 @@ def _record(path, seed: int, op_count: int):
     for i in range(op_count):
         s.heap.mapping.trace_mark(2 * i)
         k = rng.choice(KEYS)
-        if rng.random() < 0.25:     # an atomic batch of 2-3 puts and deletes
+        if i == op_count // 2:      # a value larger than the free space: the heap grows mid-workload
+            v = rng.randbytes(s.heap.mapping.size)
+            s.put(k, v)
+            model[k] = v
+        elif rng.random() < 0.25:     # an atomic batch of 2-3 puts and deletes
             with s.batch() as b:
                 for kk in rng.sample(KEYS, rng.randint(2, 3)):
                     if kk in model and rng.random() < 0.4:
@@ -56,6 +60,7 @@ def _record(path, seed: int, op_count: int):
         models.append(dict(model))
     trace = s.heap.mapping.trace_take()
     s.abandon()
+    assert any(e.kind == crashsim.TRACE_GROW for e in crashsim.parse_trace(trace)), "the workload must grow"
     return base, trace, models
 
 

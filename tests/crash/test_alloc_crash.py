@@ -17,7 +17,7 @@ import struct
 
 import pytest
 
-from allocator import Heap, layout
+from allocator import Heap, HeapFullError, layout
 from recovery import crashsim
 from recovery.check import check_heap
 
@@ -117,4 +117,56 @@ def test_P1_P4_allocator_ops_survive_every_crash_point(tmp_path, seed, crash_tot
 
     res = crashsim.explore(base, trace, check, workdir=tmp_path, max_subsets=24, seed=seed)
     crash_totals.add(f"allocator ops (seed {seed})", res)
+    assert not res.violations, "\n".join(map(str, res.violations[:5]))
+
+
+def test_P1_reclaiming_empty_runs_is_crash_safe(tmp_path, crash_totals):
+    """A heap at its maximum size, full of 9000-byte runs that are then emptied: the next
+    large allocation must reclaim them (one commit clears their descriptors). At every
+    crash point the pages are either still runs (empty) or free, never both or lost."""
+    path = tmp_path / "r.heap"
+    with Heap.create(path, size=1 << 20, max_size=1 << 20, lane_count=2, backend="none") as heap:
+        table = heap.alloc_into(layout.ROOT_OFF, 8 * 64)
+        k = 0
+        try:
+            while k < 64:
+                heap.alloc_into(table + 8 * k, 9000)
+                k += 1
+        except HeapFullError:   # the heap is full of 9000-byte runs
+            pass
+        assert k > 8, "the heap must hold several runs"
+        for j in range(k):
+            heap.free_from(table + 8 * j)
+    base = path.read_bytes()
+    heap = Heap.open(path, backend="none", trace=True)
+    runs_before = sum(c["runs"] for c in heap.stats()["classes"])
+    heap.mapping.trace_mark(0)
+    big = heap.alloc_into(table, 400_000)           # needs the runs' pages back
+    heap.mapping.trace_mark(1)
+    assert sum(c["runs"] for c in heap.stats()["classes"]) < runs_before, "no run was reclaimed"
+    trace = heap.mapping.trace_take()
+    heap.abandon()
+    models = [{"big": 0}, {"big": big}]
+
+    def check(img, point):
+        acked = sum(1 for m in point.marks if m % 2 == 1)
+        started = sum(1 for m in point.marks if m % 2 == 0)
+        allowed = [models[acked]["big"]] + ([models[acked + 1]["big"]] if started > acked else [])
+        with Heap.open(img, backend="none") as h:
+            got = h.load8(table)
+            assert got in allowed, f"slot holds {got}, expected one of {allowed}"
+            try:
+                fresh = h.alloc(9000)
+            except HeapFullError:
+                assert got, "before the big allocation the emptied runs must serve 9000 bytes"
+            else:
+                assert fresh != got
+                h.free(fresh)
+        rep = check_heap(img)
+        assert rep.ok, "; ".join(map(str, rep.findings[:3]))
+        assert set(rep.blocks) == {table} | ({got} if got else set())
+
+    res = crashsim.explore(base, trace, check, workdir=tmp_path, max_subsets=32, seed=41)
+    crash_totals.add("run reclaim", res)
+    assert res.points > 4
     assert not res.violations, "\n".join(map(str, res.violations[:5]))

@@ -27,7 +27,10 @@ serve: install
 	$(BIN)/pmstore heap info --create $(HEAP)
 
 bench: install
-	$(BIN)/python bench/redo.py --quick --json
+	$(BIN)/python bench/redo.py --quick --json > bench-redo.json
+	$(BIN)/python bench/alloc.py --quick --json > bench-alloc.json
+	$(BIN)/python bench/store.py --quick --json > bench-store.json
+	@echo "wrote bench-redo.json bench-alloc.json bench-store.json (plot: $(BIN)/python bench/plot.py FILE)"
 
 lint: install
 	$(BIN)/ruff check allocator recovery store service tests bench

@@ -177,7 +177,6 @@ class HeapFile:
                 os.posix_fallocate(fd, 0, file_size)
             except OSError as e:
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    from allocator.errors import HeapFullError
                     raise HeapFullError(f"{path}: no space for a {file_size}-byte heap on this file system") from e
                 raise
             m = _native.Mapping(fd, file_size, file_size, "none" if backend == "none" else "msync")

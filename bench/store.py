@@ -21,6 +21,7 @@ removed afterwards.
 
 from __future__ import annotations
 
+import abc
 import bisect
 import contextlib
 import gc
@@ -93,37 +94,45 @@ def make_keys(prefix: str, count: int, as_bytes: bool) -> list:
 
 
 # ---------------------------------------------------------------- systems
-class System:
+class System(abc.ABC):
     """One store under test: setup/teardown plus per-op callables the timed loops call."""
 
     name = ""
     key_bytes = False
     path_kinds: tuple[str, ...] = tuple(PATH_KINDS)
 
+    @abc.abstractmethod
     def backend(self, path_kind: str) -> str:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def setup(self, d: Path, path_kind: str, fixture: list, value: bytes) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def putter(self, thread_idx: int):
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def getter(self):
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def deleter(self):
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def lister(self):
         """page(prefix, after) -> (objects on the page, the last key or None at the end)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def value_size(self, key) -> int:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def count(self) -> int:
-        raise NotImplementedError
+        ...
 
     def persist_count(self) -> int | None:
         return None

@@ -107,3 +107,11 @@ def test_store_magics_spell_their_names():
     assert _native.layout_constant("PMD_STORE_MAGIC").to_bytes(8, "little") == b"PMSTORE1"
     assert _native.layout_constant("PMD_OBJ_MAGIC").to_bytes(4, "little") == b"POBJ"
     assert _native.layout_constant("PMD_HEAD_MAGIC").to_bytes(4, "little") == b"PHED"
+
+
+def test_store_info_unpack_matches_the_c_struct():
+    from store.store import _INFO_HEAD
+    t = _native.ffi.typeof("struct pm_obj_info")
+    names = [n for n, _ in t.fields][:7]
+    assert names == ["rec_off", "value_off", "value_size", "mtime_ns", "value_crc32c", "ctype_size", "etag"]
+    assert _INFO_HEAD.size == _native.ffi.offsetof(t, "ctype")

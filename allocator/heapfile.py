@@ -24,6 +24,7 @@ from allocator import _native, layout
 from allocator.errors import (
     CorruptHeapError,
     ForeignFileError,
+    HeapFullError,
     HeapLockedError,
     TruncatedHeapError,
     UnsupportedVersionError,

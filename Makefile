@@ -24,7 +24,7 @@ test-long: install
 
 serve: install
 	@mkdir -p $(dir $(HEAP))
-	$(BIN)/pmstore heap info --create $(HEAP)
+	$(BIN)/pmstore store info --create $(HEAP)
 
 bench: install
 	$(BIN)/python bench/redo.py --quick --json > bench-redo.json

@@ -151,3 +151,20 @@ def test_heap_info_error_shows_path_verbatim(runner, tmp_path):
     res = runner.invoke(app, ["heap", "info", str(p)])
     assert res.exit_code == 2
     assert "[bold]heap" in _flat(res.stderr)
+
+
+def test_store_info_creates_opens_and_reports(runner, tmp_path):
+    """`make serve`'s job until the REST service exists: create or open the store, print its state."""
+    p = tmp_path / "s.heap"
+    assert runner.invoke(app, ["store", "info", str(p)]).exit_code == 2      # missing, no --create
+    res = runner.invoke(app, ["store", "info", str(p), "--create", "--size", "4MiB", "--max-size", "64MiB", "--json"])
+    assert res.exit_code == 0, res.output
+    state = json.loads(res.stdout)
+    assert state["objects"] == 0 and state["was_clean"] is True
+    from store import Store
+    with Store.open(p, durability="os") as s:
+        s.put("a", b"1")
+        s.put("b", b"2")
+    state = json.loads(runner.invoke(app, ["store", "info", str(p), "--json"]).stdout)
+    assert state["objects"] == 2 and state["live_blocks"] >= 4
+    assert runner.invoke(app, ["check", str(p)]).exit_code == 0

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 HEAP   ?= data/pmstore.heap
 
-.PHONY: install test test-long serve bench lint clean
+.PHONY: install test serve bench lint clean
 
 $(STAMP): pyproject.toml setup.py allocator/_build.py $(wildcard allocator/csrc/*.c allocator/csrc/*.h store/csrc/*.c store/csrc/*.h)
 	PYTHON=$(PYTHON) sh tools/system-deps.sh
@@ -17,10 +17,7 @@ $(STAMP): pyproject.toml setup.py allocator/_build.py $(wildcard allocator/csrc/
 install: $(STAMP)
 
 test: install
-	$(BIN)/pytest -q -m "not long"
-
-test-long: install
-	$(BIN)/pytest -q -m long
+	$(BIN)/pytest -q
 
 serve: install
 	@mkdir -p $(dir $(HEAP))

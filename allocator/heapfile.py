@@ -1,4 +1,4 @@
-"""The heap file: create, lock, validate, map, recover and close (FORMAT.md H1-H6, L1-L4).
+"""The heap file: create, lock, validate, map, recover and close (FORMAT.md H1-H6, L1-L5).
 
 `HeapFile` owns the file descriptor, the flock, the two header copies and the redo
 lanes. Layers above (the allocator, the store) build on its `commit` and byte access.
@@ -6,7 +6,7 @@ lanes. Layers above (the allocator, the store) build on its `commit` and byte ac
 Crash safety: create writes a complete heap under a temporary name and renames it
 into place, so `path` never names a half-made heap. A header update writes copy A,
 persists, then copy B, persists; open takes the newest copy whose CRC holds (H4).
-Invariants: H1-H6 are checked here at open; L1-L4 by redo.c's recovery.
+Invariants: H1-H6 are checked here at open; L1-L5 by redo.c's recovery.
 """
 
 from __future__ import annotations

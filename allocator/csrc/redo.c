@@ -1,7 +1,7 @@
 /* redo.c -- redo lanes: commit a list of 8-byte word updates atomically.
  *
- * FORMAT.md "Redo lanes" and "Commit protocol"; invariants L1-L4. A commit costs two
- * persist barriers: (1) entries + seal, the commit point; (2) the applied words. The
+ * FORMAT.md 4.3 and 7.1-7.2; invariants L1-L5. A commit costs two
+ * persist barriers: (1) entries + seal (+ CHECKed data), the commit point; (2) the applied words. The
  * lane is invalidated by a plain store that the next commit point of any lane makes
  * durable, so a stale seal never outlives a later commit that depends on it.
  * pmi_redo_apply is the one apply function: commit and recovery both call it.

@@ -65,28 +65,14 @@ class Batch:
                 st.heap._grow(seen, sum(len(op[2]) + len(op[1]) + 512 for op in ops))
                 continue
             break
-        for op, r in zip(ops, results):
-            if r == lib.PM_E_NOT_FOUND and op[0] == 1 and op[5] == _index.COND_NONE:
-                continue    # deleting an absent key is a no-op ...
-            if r < 0 and rc == lib.PM_OK:
-                rc = r
-        if rc == lib.PM_E_NOT_FOUND:
-            # ... so retry without those deletes (nothing was applied)
-            ops = [op for op, r in zip(ops, results) if not (r == lib.PM_E_NOT_FOUND and op[0] == 1)]
-            absent = {op[1] for op in self._ops.values()} - {op[1] for op in ops}
-            self._ops = {op[1]: op for op in ops}
-            self._done = False
-            out = self.commit() if ops else {}
-            out.update({k.decode(): "absent" for k in absent})
-            self.results = out
-            return out
         if rc == lib.PM_E_PRECONDITION:
             bad = next(op[1] for op, r in zip(ops, results) if r == lib.PM_E_PRECONDITION)
             raise PreconditionFailedError(f"batch: precondition failed for key {bad.decode()!r}; nothing was "
                                           "applied")
         _index.check(rc, "batch of", f"{len(ops)} operations".encode())
         names = {1: "created", 0: "replaced"}
-        self.results = {op[1].decode(): ("deleted" if op[0] == 1 else names[r]) for op, r in zip(ops, results)}
+        self.results = {op[1].decode(): ("absent" if r == lib.PM_E_NOT_FOUND else "deleted" if op[0] == 1
+                                         else names[r]) for op, r in zip(ops, results)}
         return self.results
 
     def discard(self) -> None:

@@ -27,7 +27,7 @@ from allocator import Heap
 from allocator._native import NeedGrow, crc32c, ffi
 from store import _index
 from store.batch import Batch, GroupCommitter
-from store.errors import InvalidKeyError, NoSuchKeyError, ObjectTooLargeError
+from store.errors import CorruptObjectError, InvalidKeyError, NoSuchKeyError, ObjectTooLargeError
 
 KEY_MAX_SIZE = 1024
 DEFAULT_MAX_OBJECT_SIZE = 64 << 20
@@ -172,21 +172,12 @@ class Store:
             gc.leave()
 
     def _put_one(self, k, mv, ctype, etag, mtime, cond, match) -> ObjectInfo:
+        def put():
+            return self._info(k, self._index.put(k, mv, ctype, etag, mtime, cond, match)[0])
         try:
-            info, _ = self._index.put(k, mv, ctype, etag, mtime, cond, match)
-            return self._info(k, info)
-        except NeedGrow:
-            return self._put_growing(k, mv, ctype, etag, mtime, cond, match)
-
-    def _put_growing(self, k, mv, ctype, etag, mtime, cond, match) -> ObjectInfo:
-        """Slow path: grow the file (HeapFullError at max_size) and retry."""
-        while True:
-            self.heap._grow(self.heap.mapping.size, len(mv) + len(k) + 512)
-            try:
-                info, _ = self._index.put(k, mv, ctype, etag, mtime, cond, match)
-                return self._info(k, info)
-            except NeedGrow:
-                continue
+            return put()
+        except NeedGrow:    # slow path: grow the file (HeapFullError at max_size) and retry
+            return self.heap._grow_and_retry(put, len(mv) + len(k) + 512)
 
     def get(self, key, *, zero_copy: bool = False):
         """(value, ObjectInfo). zero_copy: a read-only memoryview into the heap, valid until
@@ -195,11 +186,8 @@ class Store:
         if zero_copy:
             info = self._index.head(k)
             view = self.heap.view(info.value_off, info.value_size)
-            if self.verify_reads:
-                from allocator._native import crc32c
-                if crc32c(view) != info.value_crc32c:
-                    from store.errors import CorruptObjectError
-                    raise CorruptObjectError(f"get {k!r}: the stored value fails its CRC32C (I4); not returned")
+            if self.verify_reads and crc32c(view) != info.value_crc32c:
+                raise CorruptObjectError(f"get {k!r}: the stored value fails its CRC32C (I4); not returned")
             return view, self._info(k, info)
         buf, info = self._index.get(k, verify=self.verify_reads)
         return (buf if isinstance(buf, bytes) else bytes(buf)), self._info(k, info)

@@ -619,7 +619,8 @@ static int b_op(struct batch *b, struct pm_index_op *op) {
 }
 
 /* pm_index_apply -- n puts and deletes (each key at most once) in ONE redo commit.
- * atomic: the first failing op aborts all (nothing applied; its result says why).
+ * atomic: the first failing op aborts all (nothing applied; its result says why); an
+ * unconditional delete of an absent key is skipped (result PM_E_NOT_FOUND), not a failure.
  * Otherwise failing ops (preconditions) are skipped and the rest commit: that is group
  * commit, many writers' ops sharing one commit's barriers. */
 int pm_index_apply(pm_index *x, struct pm_index_op *ops, uint32_t n, int atomic) {
@@ -643,7 +644,12 @@ int pm_index_apply(pm_index *x, struct pm_index_op *ops, uint32_t n, int atomic)
             /* undo this op's staging (its overlay SETs were made only on success) */
             for (uint32_t k = res0; k < b.nres; k++) pmi_unreserve(h, &b.res[k]);
             b.nres = res0; b.nfree = fre0; b.n = n0; b.ndata = d0;
-            if (atomic || r == PM_E_TOO_BIG || r == PM_E_NEED_GROW || r == PM_E_NOMEM) { rc = r; break; }
+            /* in a batch, deleting an absent key without if_match is a no-op, not a failure */
+            int absent_delete = r == PM_E_NOT_FOUND && ops[i].kind == 1 && ops[i].cond == PM_COND_NONE;
+            if ((atomic && !absent_delete) || r == PM_E_TOO_BIG || r == PM_E_NEED_GROW || r == PM_E_NOMEM) {
+                rc = r;
+                break;
+            }
             continue;
         }
         applied++;

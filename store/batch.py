@@ -15,7 +15,7 @@ import hashlib
 import time
 from typing import Self
 
-from allocator._native import NeedGrow, lib
+from allocator._native import lib
 from store import _index
 from store.errors import ObjectTooLargeError, PreconditionFailedError
 
@@ -57,14 +57,7 @@ class Batch:
         ops = list(self._ops.values())
         if not ops:
             return {}
-        st = self._store
-        while True:
-            seen = st.heap.mapping.size
-            rc, results = st._index.apply(ops, atomic=True)
-            if rc == lib.PM_E_NEED_GROW:
-                st.heap._grow(seen, sum(len(op[2]) + len(op[1]) + 512 for op in ops))
-                continue
-            break
+        rc, results = apply_growing(self._store, ops, atomic=True)
         if rc == lib.PM_E_PRECONDITION:
             bad = next(op[1] for op, r in zip(ops, results) if r == lib.PM_E_PRECONDITION)
             raise PreconditionFailedError(f"batch: precondition failed for key {bad.decode()!r}; nothing was "
@@ -146,17 +139,20 @@ class GroupCommitter:
                 self._cv.notify_all()
 
     def _run(self, ops: list[tuple]) -> list:
-        st = self._store
-        while True:
-            seen = st.heap.mapping.size
-            rc, results = st._index.apply(ops, atomic=False)
-            if rc == lib.PM_E_NEED_GROW:
-                try:
-                    st.heap._grow(seen, sum(len(op[2]) + len(op[1]) + 512 for op in ops))
-                except Exception as e:  # noqa: BLE001 - HeapFullError for everyone in the group
-                    return [e] * len(ops)
-                continue
-            return results
+        try:
+            return apply_growing(self._store, ops, atomic=False)[1]
+        except Exception as e:  # noqa: BLE001 - HeapFullError for everyone in the group
+            return [e] * len(ops)
 
 
-__all__ = ["Batch", "GroupCommitter", "NeedGrow"]
+def apply_growing(st, ops: list[tuple], atomic: bool) -> tuple[int, list[int]]:
+    """Index.apply, growing the heap (HeapFullError at max_size) while it runs out of pages."""
+    while True:
+        seen = st.heap.mapping.size
+        rc, results = st._index.apply(ops, atomic=atomic)
+        if rc != lib.PM_E_NEED_GROW:
+            return rc, results
+        st.heap._grow(seen, sum(len(op[2]) + len(op[1]) + 512 for op in ops))
+
+
+__all__ = ["Batch", "GroupCommitter", "apply_growing"]

@@ -243,6 +243,24 @@ static int free_entries(pm_heap *h, uint64_t r, struct reservation *res, uint32_
     return rc;
 }
 
+/* record_write -- writer: an object record at r (and its value at voff) with plain
+ * stores; made durable, and published, by the caller's commit (FORMAT.md 4.7, 7.9). */
+static void record_write(pm_heap *h, uint64_t r, uint64_t voff, uint32_t height, const uint64_t *nexts,
+                         const uint8_t *key, uint32_t klen, const uint8_t *ctype, uint32_t ctlen,
+                         const uint8_t *value, uint64_t vlen, uint32_t vcrc, const uint8_t *etag, uint64_t mtime_ns) {
+    int inl = vlen <= PMD_OBJ_INLINE_MAX;
+    struct pmd_object o = {PMD_OBJ_MAGIC, (uint8_t)height, inl ? PMD_OBJ_FLAG_INLINE : 0, (uint16_t)klen,
+                           vlen, inl ? 0 : voff, mtime_ns, vcrc, (uint16_t)ctlen, 0, {0}, 0, 0};
+    memcpy(o.etag, etag, 16);
+    pmi_write(h, r, &o, sizeof o);
+    pmi_write(h, r + PMD_OBJ_HDR_SIZE, nexts, 8ull * height);
+    pmi_write(h, r + PMD_OBJ_HDR_SIZE + 8ull * height, key, klen);
+    pmi_write(h, r + PMD_OBJ_HDR_SIZE + 8ull * height + klen, ctype, ctlen);
+    o.hdr_crc32c = hdr_crc(h, r);
+    pmi_write(h, r + offsetof(struct pmd_object, hdr_crc32c), &o.hdr_crc32c, 4);
+    pmi_write(h, voff, value, vlen);
+}
+
 /* ------------------------------------------------------------------ API */
 
 /* pm_index_create -- a new store in the heap: superblock and head record, published in
@@ -388,19 +406,9 @@ int pm_index_put(pm_index *x, const uint8_t *key, uint32_t klen, const uint8_t *
         nres++;
     }
     uint64_t r = res[0].off, voff = inl ? r + meta : res[1].off;
-    struct pmd_object o = {PMD_OBJ_MAGIC, (uint8_t)height, inl ? PMD_OBJ_FLAG_INLINE : 0, (uint16_t)klen,
-                           vlen, inl ? 0 : voff, mtime_ns, vcrc, (uint16_t)ctlen, 0, {0}, 0, 0};
-    memcpy(o.etag, etag, 16);
     uint64_t nexts[PMD_OBJ_MAX_HEIGHT];
-    for (uint32_t l = 0; l < height; l++)
-        nexts[l] = old ? pm_load8(h, next_word(old, l)) : pm_load8(h, next_word(preds[l], l));
-    pmi_write(h, r, &o, sizeof o);
-    pmi_write(h, r + PMD_OBJ_HDR_SIZE, nexts, 8ull * height);
-    pmi_write(h, r + PMD_OBJ_HDR_SIZE + 8ull * height, key, klen);
-    pmi_write(h, r + PMD_OBJ_HDR_SIZE + 8ull * height + klen, ctype, ctlen);
-    o.hdr_crc32c = hdr_crc(h, r);
-    pmi_write(h, r + offsetof(struct pmd_object, hdr_crc32c), &o.hdr_crc32c, 4);
-    pmi_write(h, voff, value, vlen);
+    for (uint32_t l = 0; l < height; l++) nexts[l] = pm_load8(h, next_word(old ? old : preds[l], l));
+    record_write(h, r, voff, height, nexts, key, klen, ctype, ctlen, value, vlen, vcrc, etag, mtime_ns);
     for (uint32_t l = 0; l < height; l++)
         e[n++] = (struct pmd_redo_entry){next_word(preds[l], l) | PMD_REDO_OP_SET, r};
     if (old && (rc = free_entries(h, old, fre, &nfree, e, &n))) goto unreserve;
@@ -597,20 +605,10 @@ static int b_op(struct batch *b, struct pm_index_op *op) {
     }
     if (!inl) b->nres++;
     uint64_t r = b->res[r0].off, voff = inl ? r + meta : b->res[r0 + 1].off;
-    struct pmd_object o = {PMD_OBJ_MAGIC, (uint8_t)height, inl ? PMD_OBJ_FLAG_INLINE : 0, (uint16_t)op->klen,
-                           op->vlen, inl ? 0 : voff, op->mtime_ns, pm_crc32c(0, op->value, op->vlen),
-                           (uint16_t)op->ctlen, 0, {0}, 0, 0};
-    memcpy(o.etag, op->etag, 16);
-    pmi_write(h, r, &o, sizeof o);
-    for (uint32_t l = 0; l < height; l++) {
-        uint64_t nx = ov_load(h, &b->ov, next_word(old ? old : preds[l], l));
-        pmi_write(h, next_word(r, l), &nx, 8);
-    }
-    pmi_write(h, r + PMD_OBJ_HDR_SIZE + 8ull * height, op->key, op->klen);
-    pmi_write(h, r + PMD_OBJ_HDR_SIZE + 8ull * height + op->klen, op->ctype, op->ctlen);
-    o.hdr_crc32c = hdr_crc(h, r);
-    pmi_write(h, r + offsetof(struct pmd_object, hdr_crc32c), &o.hdr_crc32c, 4);
-    pmi_write(h, voff, op->value, op->vlen);
+    uint64_t nexts[PMD_OBJ_MAX_HEIGHT];
+    for (uint32_t l = 0; l < height; l++) nexts[l] = ov_load(h, &b->ov, next_word(old ? old : preds[l], l));
+    record_write(h, r, voff, height, nexts, op->key, op->klen, op->ctype, op->ctlen, op->value, op->vlen,
+                 pm_crc32c(0, op->value, op->vlen), op->etag, op->mtime_ns);
     b->data[b->ndata++] = (struct pmi_range){r, meta + (inl ? op->vlen : 0)};
     if (!inl) b->data[b->ndata++] = (struct pmi_range){voff, op->vlen};
     if (old && (rc = free_entries(h, old, b->fre, &b->nfree, b->e, &b->n))) return rc;

@@ -151,5 +151,10 @@ def check(path: Path, json_out: bool = typer.Option(False, "--json", help="print
     raise typer.Exit(1 if rep.findings else 0)
 
 
+from service import cli_remote  # noqa: E402  (the commands register onto `app`, defined above)
+
+cli_remote.register(app)
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

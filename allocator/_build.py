@@ -2,7 +2,7 @@
 
 The cdef is read from csrc/pmd.h and csrc/pm_api.h, so the declarations Python sees
 are the ones the C compiler sees. Knobs: PMSTORE_DEBUG=1 builds with asserts and -O0; PMSTORE_MUTANT=<name> builds a
-deliberately broken protocol (crash-suite teeth; never for real use): noinval.
+deliberately broken protocol (crash-suite teeth; never for real use): see MUTANTS.
 """
 
 import os
@@ -14,7 +14,9 @@ from cffi import FFI
 CSRC = pathlib.Path(__file__).parent / "csrc"
 STORE_CSRC = pathlib.Path(__file__).parent.parent / "store" / "csrc"
 STORE_SOURCES = ["index.c"]   # the store's C hot path (index lookup, object copy) in the same extension
-MUTANTS = {"": "", "noinval": "-DPMSTORE_MUTANT_NOINVAL"}
+# Each mutant removes one barrier or reorders one commit step (recovery/mutants.py runs them).
+MUTANTS = {"": "", **{m: f"-DPMSTORE_MUTANT_{m.upper()}" for m in
+                      ("noinval", "noapplyfence", "nocheck", "nodata", "applyfirst")}}
 SOURCES = ["pmem.c", "crc32c.c", "trace.c", "redo.c", "classes.c", "span.c", "alloc.c"]
 
 

@@ -19,7 +19,8 @@ except ImportError as exc:  # pragma: no cover - the message is the point
     ) from exc
 
 BACKENDS = {"auto": lib.PM_BACKEND_AUTO, "msync": lib.PM_BACKEND_MSYNC,
-            "flush": lib.PM_BACKEND_FLUSH, "none": lib.PM_BACKEND_NONE}
+            "flush": lib.PM_BACKEND_FLUSH, "none": lib.PM_BACKEND_NONE,
+            "private": lib.PM_BACKEND_PRIVATE}
 BACKEND_NAMES = {v: k for k, v in BACKENDS.items()}
 
 TRACE_WRITE = lib.PM_TRACE_WRITE

@@ -3,8 +3,9 @@
 Reads the file through recovery/format.py (a transcription of FORMAT.md) and never
 calls allocator code, so an allocator bug cannot hide itself (STYLE.md principle 7).
 Checks H1-H6 (header copies), L1-L3 (redo lanes), R1 (root word) and P1-P5 (page
-descriptors and run bitmaps); returns every finding with its invariant ID, offset and
-a message, plus the set of allocated blocks for reachability checks by the layers above.
+descriptors and run bitmaps), then, when the root names a store superblock, the index
+and objects (I1-I5, recovery/check_store.py); returns every finding with its invariant
+ID, offset and a message, plus the set of allocated blocks.
 
 A heap "at rest" (closed cleanly, or opened and recovered) has empty lanes and two
 equal header copies; `at_rest=False` accepts what a crash may leave (sealed lanes, one
@@ -19,6 +20,7 @@ import os
 import struct
 from pathlib import Path
 
+from recovery import check_store
 from recovery import format as fmt
 
 
@@ -40,6 +42,10 @@ class Report:
     blocks: dict[int, int] = dataclasses.field(default_factory=dict)  # block offset -> usable bytes
     runs: int = 0
     spans: int = 0
+    objects: int = 0
+    value_bytes: int = 0
+    store: object = None    # check_store.StoreWalk of a store heap, else None
+    file_size: int = 0
 
     @property
     def ok(self) -> bool:
@@ -55,19 +61,33 @@ def _header_copy(buf, off: int) -> tuple[dict, bool]:
     return f, f["crc32c"] == fmt.crc32c(raw[:fmt.HEADER_CRC_COVERS])
 
 
-def check_heap(path, *, at_rest: bool = True) -> Report:
+def check_heap(path, *, at_rest: bool = True, verify_values: bool = True) -> Report:
     """Check the heap file at `path`; the file is only read."""
-    rep = Report(str(path))
     size = os.path.getsize(path)
     if size < fmt.HEADER_COPIES["B"] + fmt.HEADER_SIZE:
+        rep = Report(str(path))
         rep.add("H5", 0, f"file is {size} bytes, too short for two header copies")
         return rep
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        _check(buf, size, rep, at_rest)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        view = memoryview(m)    # zero-copy slices for the CRCs
+        try:
+            return check_image(view, at_rest=at_rest, verify_values=verify_values, name=str(path))
+        finally:
+            view.release()
+
+
+def check_image(buf, *, at_rest: bool = True, verify_values: bool = True, name: str = "<image>") -> Report:
+    """Check a heap image held in memory (a bytes-like object: a file's mapping, or the
+    live mapping of an open heap, which is at rest once recovery has run)."""
+    rep = Report(name, file_size=len(buf))
+    if len(buf) < fmt.HEADER_COPIES["B"] + fmt.HEADER_SIZE:
+        rep.add("H5", 0, f"file is {len(buf)} bytes, too short for two header copies")
+        return rep
+    _check(buf, len(buf), rep, at_rest, verify_values)
     return rep
 
 
-def _check(buf, size: int, rep: Report, at_rest: bool) -> None:
+def _check(buf, size: int, rep: Report, at_rest: bool, verify_values: bool = True) -> None:
     copies = {name: _header_copy(buf, off) for name, off in fmt.HEADER_COPIES.items()}
     good = {n: c for n, (c, ok) in copies.items() if ok and c["magic"] == fmt.MAGIC}
     for n, (c, ok) in copies.items():
@@ -90,6 +110,8 @@ def _check(buf, size: int, rep: Report, at_rest: bool) -> None:
     root = struct.unpack_from("<Q", buf, fmt.ROOT_OFF)[0]
     if root and not h["data_off"] <= root < h["file_size"]:
         rep.add("R1", fmt.ROOT_OFF, f"root word {root} is outside the data area")
+    elif check_store.is_store(buf, root):
+        rep.store = check_store.check_store(buf, root, rep.blocks, rep, verify_values=verify_values)
 
 
 def _check_header_fields(h: dict, size: int, rep: Report) -> None:
@@ -207,9 +229,10 @@ decode_desc = fmt.decode_desc
 def format_report(rep: Report) -> str:
     """Stable text: one line per finding, then a summary line."""
     lines = [str(f) for f in rep.findings]
+    store = f", store of {rep.objects} objects ({rep.value_bytes} value bytes)" if rep.store else ""
     lines.append(f"{rep.path}: {len(rep.findings)} findings, {len(rep.blocks)} allocated blocks "
-                 f"({rep.runs} runs, {rep.spans} large objects)")
+                 f"({rep.runs} runs, {rep.spans} spans){store}")
     return "\n".join(lines)
 
 
-__all__ = ["Finding", "Path", "Report", "check_heap", "format_report"]
+__all__ = ["Finding", "Path", "Report", "check_heap", "check_image", "format_report"]

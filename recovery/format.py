@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import struct
 
+import crc32c as _crc32c_lib
+
 MAGIC = b"PMSTHEAP"
 FORMAT_VERSION = 1
 HEADER_SIZE = 256
@@ -56,8 +58,15 @@ def decode_desc(d: int) -> tuple[int, int, int, int]:
     return d & 0xFF, (d >> 8) & 0xFF, (d >> 16) & 0xFFFF_FFFF, d >> 48
 
 
-def crc32c(data: bytes, crc: int = 0) -> int:
-    """Table-driven CRC32C, pure Python (slow but independent of the C core)."""
+def crc32c(data, crc: int = 0) -> int:
+    """CRC32C (Castagnoli) of data, continuing from crc: the PyPI `crc32c` package, a C
+    implementation independent of pmstore's own core. tests/unit/test_layout.py checks it
+    against crc32c_reference."""
+    return _crc32c_lib.crc32c(data, crc)
+
+
+def crc32c_reference(data: bytes, crc: int = 0) -> int:
+    """Table-driven CRC32C, pure Python: the definition the fast one is tested against."""
     crc ^= 0xFFFF_FFFF
     for b in data:
         crc = _TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
@@ -75,3 +84,29 @@ def _make_table():
 
 
 _TABLE = _make_table()
+
+
+# FORMAT.md 4.6: the store superblock (the root word of a store heap points at it).
+STORE_MAGIC = b"PMSTORE1"
+STORE_VERSION = 1
+SUPER_STRUCT = struct.Struct("<8sII QQ 32s")          # magic, version, reserved0, head_off, created_ns, reserved
+SUPER_HEAD_OFF = 16                                   # offset of head_off inside the superblock
+# FORMAT.md 4.7: object record header (pmd_object), then next[height], key, content type,
+# padding to 8, and the value when inline.
+OBJ_MAGIC = b"POBJ"
+HEAD_MAGIC = b"PHED"
+OBJ_HDR_STRUCT = struct.Struct("<4sBBHQQQIHH16sII")
+OBJ_HDR_FIELDS = ("magic", "height", "flags", "key_size", "value_size", "value_off", "mtime_ns",
+                  "value_crc32c", "ctype_size", "reserved0", "etag", "hdr_crc32c", "reserved1")
+OBJ_HDR_SIZE = 64
+OBJ_HDR_CRC_COVERS = 56          # hdr_crc32c covers bytes [0, 56), then the key and the content type
+OBJ_MAX_HEIGHT = 16
+OBJ_KEY_MAX = 1024
+OBJ_CTYPE_MAX = 255
+OBJ_INLINE_MAX = 4096
+OBJ_FLAG_INLINE = 1
+
+
+def obj_meta_size(height: int, key_size: int, ctype_size: int) -> int:
+    """Bytes of a record before its inline value: header, next pointers, key, content type, padded to 8."""
+    return (OBJ_HDR_SIZE + 8 * height + key_size + ctype_size + 7) & ~7

@@ -1,4 +1,5 @@
-"""The `pmstore` command line: `heap create|info`, `store info`, `check`. Subcommands grow with the issues."""
+"""The `pmstore` command line: `heap create|info`, `store info`, `check [--repair]`, `crashtest`; the server and
+client commands live in service/cli_remote.py."""
 
 from __future__ import annotations
 
@@ -133,25 +134,104 @@ def store_info(path: Path, create: bool = typer.Option(False, "--create", help="
 @app.command("check")
 def check(path: Path, json_out: bool = typer.Option(False, "--json", help="print findings as JSON"),
           crashed: bool = typer.Option(False, "--crashed", help="accept what a crash leaves (sealed lanes, "
-                                       "one stale header copy) instead of requiring a heap at rest")):
-    """Check a heap file with the independent checker (reads only). Exit 0 clean, 1 findings, 2 unreadable."""
+                                       "one stale header copy) instead of requiring a heap at rest"),
+          repair: bool = typer.Option(False, "--repair", help="fix what can be fixed without losing acknowledged "
+                                      "data (invalid entries go to PATH.quarantine/), then check again"),
+          no_values: bool = typer.Option(False, "--no-values", help="skip the value checksums (I4)")):
+    """Check a heap file with the independent checker. Exit 0 clean, 1 findings, 2 unreadable.
+
+    Reads only, unless --repair: then normal recovery runs first (header copy, redo lanes),
+    broken index entries are quarantined, the index relinked and leaked blocks freed;
+    every action is reported and the exit status describes the repaired file."""
     from recovery.check import check_heap, format_report
+    actions = None
     try:
-        rep = check_heap(path, at_rest=not crashed)
+        if repair:
+            from recovery.repair import UnrepairableError
+            from recovery.repair import repair as do_repair
+            try:
+                rr = do_repair(path)
+            except UnrepairableError as e:
+                _fail(f"{path}: cannot repair: {e}")
+            except PmstoreError as e:
+                _fail(f"{path}: {e}")
+            actions = {"actions": rr.actions, "quarantined": rr.quarantined, "quarantine_dir": rr.quarantine_dir,
+                       "findings_before": len(rr.before)}
+        rep = check_heap(path, at_rest=not crashed or repair, verify_values=not no_values)
     except OSError as e:
         _fail(f"{path}: {e.strerror or e}")
     if json_out:
-        print(json.dumps({"path": str(path), "findings": [
+        out = {"path": str(path), "findings": [
             {"invariant": f.invariant, "off": f.off, "message": f.message} for f in rep.findings],
-            "blocks": len(rep.blocks), "runs": rep.runs, "spans": rep.spans}))
+            "blocks": len(rep.blocks), "runs": rep.runs, "spans": rep.spans, "objects": rep.objects,
+            "value_bytes": rep.value_bytes, "file_size": rep.file_size}
+        print(json.dumps({**out, "repair": actions} if actions is not None else out))
     else:
+        if actions is not None:
+            for line in actions["actions"] or ["nothing to repair"]:
+                print(f"repair: {line}")
         print(format_report(rep))
     if rep.header is None and rep.findings:
         raise typer.Exit(2)
     raise typer.Exit(1 if rep.findings else 0)
 
 
-from service import cli_remote  # noqa: E402  (the commands register onto `app`, defined above)
+@app.command("crashtest")
+def crashtest(quick: bool = typer.Option(False, "--quick", help="a few workloads (seconds)"),
+              long: bool = typer.Option(False, "--long", help="many more workloads and subsets (minutes)"),
+              json_out: bool = typer.Option(False, "--json", help="print the totals as one JSON object"),
+              mutants: bool = typer.Option(True, "--mutants/--no-mutants",
+                                           help="also build each mutant C core and expect the quick plan to catch it"),
+              workers: int = typer.Option(0, help="explorer processes (0: one per CPU, at most 4)")):
+    """Crash-injection suite: every crash state of randomized store and redo workloads is
+    recovered and checked against a model and the independent checker. Exit 1 on any
+    violation or uncaught mutant."""
+    from rich.progress import Progress
+
+    from recovery import crashtest as ct
+    from recovery import mutants as mt
+    if quick and long:
+        _fail("--quick and --long exclude each other")
+    plan_name = "quick" if quick else "long" if long else "default"
+    t0 = time.perf_counter()
+    err = Console(stderr=True)
+    with Progress(console=err, transient=True, disable=json_out and not err.is_terminal) as bar:
+        task = bar.add_task(f"crash states ({plan_name})", total=None)
+
+        def step(i, n, res):
+            bar.update(task, completed=i + 1, total=n, description=f"crash states ({plan_name}): {res.states} more")
+        tot = ct.run(ct.PLANS[plan_name], workers=workers or None, progress=step)
+        results = []
+        if mutants and mt.compiler_available():
+            mtask = bar.add_task("mutants", total=len(mt.MUTANTS))
+            results = mt.run_all(progress=lambda r: bar.advance(mtask))
+    caught = sum(r.caught for r in results)
+    out = {"plan": plan_name, "workloads": tot.workloads, "crash_states": tot.crash_states,
+           "persist_points": tot.persist_points, "violations": len(tot.violations),
+           "mutants": len(results), "mutants_caught": caught,
+           "mutant_results": {r.name: {"caught": r.caught, "violations": r.violations, "crash_states": r.crash_states,
+                                       "breaks": r.description, "error": r.error} for r in results},
+           "seconds": round(time.perf_counter() - t0, 1)}
+    if mutants and not results:
+        out["mutants_skipped"] = "no C compiler: mutants need to build the C core"
+    if json_out:
+        print(json.dumps(out))
+    else:
+        console.print(f"{out['crash_states']} crash states at {out['persist_points']} persist points "
+                      f"({out['workloads']} workloads): {out['violations']} violations")
+        for v in tot.violations[:5]:
+            console.print(f"  [red]violation[/red] {escape(str(v))}")
+        for r in results:
+            mark = "[green]caught[/green]" if r.caught else "[red]NOT caught[/red]"
+            console.print(f"mutant {r.name}: {mark} ({r.violations} violations in {r.crash_states} states) "
+                          f"-- {escape(r.description)}")
+        if results:
+            console.print(f"{caught}/{len(results)} mutants caught")
+        console.print(f"{out['seconds']} s")
+    raise typer.Exit(1 if tot.violations or caught < len(results) else 0)
+
+
+from service import cli_remote
 
 cli_remote.register(app)
 

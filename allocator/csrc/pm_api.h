@@ -34,6 +34,7 @@
 #define PM_BACKEND_MSYNC 1
 #define PM_BACKEND_FLUSH 2
 #define PM_BACKEND_NONE 3   /* tests only: barriers are counted, nothing is flushed */
+#define PM_BACKEND_PRIVATE 4 /* copy-on-write mapping: writes never reach the file (crash simulator, inspection) */
 
 #define PM_TRACE_WRITE 1
 #define PM_TRACE_FLUSH 2

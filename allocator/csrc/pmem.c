@@ -62,6 +62,10 @@ static int fail_errno(void) {
  * the flush backend may be used, so a DAX file gets CPU-cache persistence. */
 static int map_file(pm_heap *h, uint64_t off, uint64_t size, int try_sync) {
     void *want = h->base + off, *p = MAP_FAILED;
+    if (h->backend == PM_BACKEND_PRIVATE) {
+        p = mmap(want, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, h->fd, (off_t)off);
+        return p == MAP_FAILED ? fail_errno() : PM_OK;
+    }
     if (try_sync) {
         p = mmap(want, size, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC | MAP_FIXED, h->fd, (off_t)off);
         if (p != MAP_FAILED) h->is_dax = 1;
@@ -77,7 +81,7 @@ static int map_file(pm_heap *h, uint64_t off, uint64_t size, int try_sync) {
 /* pm_heap_map -- reserve reserve_size bytes of address space, map map_size bytes of fd.
  * pre: the file is at least map_size bytes; the caller holds the heap's lock. */
 int pm_heap_map(int fd, uint64_t map_size, uint64_t reserve_size, int backend, pm_heap **out) {
-    if (map_size == 0 || map_size % PMD_OS_PAGE_SIZE || reserve_size < map_size || backend < 0 || backend > 3)
+    if (map_size == 0 || map_size % PMD_OS_PAGE_SIZE || reserve_size < map_size || backend < 0 || backend > 4)
         return PM_E_ARG;
     pm_heap *h = aligned_alloc(64, (sizeof *h + 63) & ~(size_t)63);
     if (!h) return PM_E_NOMEM;
@@ -90,6 +94,7 @@ int pm_heap_map(int fd, uint64_t map_size, uint64_t reserve_size, int backend, p
     void *r = mmap(NULL, reserve_size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (r == MAP_FAILED) { int e = fail_errno(); free(h); return e; }
     h->base = r;
+    h->backend = backend;   /* map_file needs to know PRIVATE; AUTO is resolved below */
     int rc = map_file(h, 0, map_size, backend == PM_BACKEND_AUTO || backend == PM_BACKEND_FLUSH);
     if (rc) { munmap(r, reserve_size); free(h); return rc; }
     atomic_store(&h->map_size, map_size);
@@ -117,6 +122,7 @@ void pm_heap_unmap(pm_heap *h) {
 int pm_heap_grow(pm_heap *h, uint64_t new_size) {
     uint64_t old = atomic_load(&h->map_size);
     if (new_size <= old || new_size > h->reserve_size || new_size % PMD_OS_PAGE_SIZE) return PM_E_ARG;
+    if (h->backend == PM_BACKEND_PRIVATE) return PM_E_ARG;   /* would have to extend the file it must not touch */
     int e = posix_fallocate(h->fd, (off_t)old, (off_t)(new_size - old));
     if (e) { errno = e; return fail_errno(); }
     if (h->backend != PM_BACKEND_NONE && fdatasync(h->fd)) return fail_errno();   /* durable: the new file size */

@@ -79,6 +79,14 @@ static int check_holds(pm_heap *h, const struct pmd_redo_entry *e) {
 /* pmi_redo_apply -- the one apply function: perform the entries with 8-byte stores, then
  * one barrier. Idempotent: entries are absolute sets and bit set/clear (L2). */
 static void pmi_redo_apply(pm_heap *h, const struct pmd_redo_entry *e, uint32_t n) {
+#ifdef PMSTORE_MUTANT_NOAPPLYFENCE
+    for (uint32_t i = 0; i < n; i++) {   /* mutant: the applied words are never made durable here */
+        uint64_t op = e[i].off_op & PMD_REDO_OP_MASK, off = e[i].off_op & ~(uint64_t)PMD_REDO_OP_MASK;
+        if (op == PMD_REDO_OP_SET) pmi_store8(h, off, e[i].value);
+        else if (op != PMD_REDO_OP_CHECK) pmi_rmw8(h, off, e[i].value, op == PMD_REDO_OP_OR);
+    }
+    return;
+#endif
     struct pmi_range local[32], *r = n <= 32 ? local : malloc(n * sizeof *r);
     for (uint32_t i = 0; i < n; i++) {
         uint64_t op = e[i].off_op & PMD_REDO_OP_MASK, off = e[i].off_op & ~(uint64_t)PMD_REDO_OP_MASK;
@@ -210,6 +218,9 @@ static int redo_commit_log(pm_heap *h, const struct pmd_redo_entry *entries, uin
     pmi_write(h, lo + PMD_LANE_HDR_SIZE, entries, (uint64_t)count * PMD_REDO_ENTRY_SIZE);
     pmi_store8(h, lo + 8, seq);
     pmi_store8(h, lo, ((uint64_t)seal_crc(lane, seq, count, entries) << 32) | count);
+#ifdef PMSTORE_MUTANT_APPLYFIRST
+    pmi_redo_apply(h, entries, count);   /* mutant: steps reordered, the words are applied before the commit point */
+#endif
 
     /* step 2: one barrier over this lane, the caller's data, and the seal words of lanes
      * whose invalidation (step 5 of an earlier commit) may not be durable yet (L4). */
@@ -220,6 +231,9 @@ static int redo_commit_log(pm_heap *h, const struct pmd_redo_entry *entries, uin
     size_t nr = 1, ns = 0;
     uint64_t snap[16]; uint32_t snap_lane[16];
     r[0].off = lo; r[0].size = PMD_LANE_HDR_SIZE + (uint64_t)count * PMD_REDO_ENTRY_SIZE;
+#ifdef PMSTORE_MUTANT_NODATA
+    nextra = 0;     /* mutant: the published data is left out of the commit-point barrier */
+#endif
     if (nextra && nr + nextra <= cap) { memcpy(r + 1, extra, nextra * sizeof *r); nr += nextra; }
     else if (nextra) pmi_persist_ranges(h, extra, nextra);  /* durable: the caller's data (no DRAM to merge) */
     pending_invalidations(h, lane, r, &nr, cap, snap, snap_lane, &ns);
@@ -236,7 +250,9 @@ static int redo_commit_log(pm_heap *h, const struct pmd_redo_entry *entries, uin
     for (size_t k = 0; seen && k < ns; k++) seen[snap_lane[k]] = snap[k];   /* durable now, for this thread */
 
     /* steps 3-4: apply and persist the words */
+#ifndef PMSTORE_MUTANT_APPLYFIRST
     pmi_redo_apply(h, entries, count);
+#endif
     if (pmi_failed(h)) { atomic_store_explicit(&h->lanes[lane].busy, 0, memory_order_release); return PM_E_IO; }
 
     /* step 5: invalidate; durable at the next commit point of any lane */
@@ -278,6 +294,9 @@ int pm_redo_recover(pm_heap *h, struct pm_recover_report *out) {
             if (!entry_is_valid(h, &e[k])) { free(s); out->lanes_replayed = i; return PM_E_CORRUPT; }
             if ((e[k].off_op & PMD_REDO_OP_MASK) == PMD_REDO_OP_CHECK && !check_holds(h, &e[k])) data_ok = 0;
         }
+#ifdef PMSTORE_MUTANT_NOCHECK
+        data_ok = 1;    /* mutant: L5 ignored, a commit whose data never all reached the media is replayed */
+#endif
         if (!data_ok) {
             out->lanes_discarded++;     /* L5: its data never all reached the media (or a later commit reused it) */
             continue;

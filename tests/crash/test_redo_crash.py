@@ -9,65 +9,20 @@ invalidation of one lane must be made durable by another lane's commit point (L4
 
 from __future__ import annotations
 
+import os
 import random
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from allocator import HeapFile, layout
-from recovery import crashsim
+from recovery import crashsim, crashtest
 
-OPS = (layout.REDO_OP_SET, layout.REDO_OP_OR, layout.REDO_OP_ANDNOT)
+WORKERS = min(4, os.cpu_count() or 1)
 
-
-def _apply(model: dict[int, int], entries) -> dict[int, int]:
-    out = dict(model)
-    for op, off, v in entries:
-        old = out[off]
-        out[off] = v if op == layout.REDO_OP_SET else old | v if op == layout.REDO_OP_OR else old & ~v
-    return out
-
-
-def _record(path, seed, commit_count):
-    base = path.read_bytes()
-    rng = random.Random(seed)
-    hf = HeapFile.open(path, backend="none", trace=True)
-    words = sorted({hf.header.data_off + rng.randrange(3 * 4096 // 8) * 8 for _ in range(24)})
-    models = [{w: 0 for w in words}]
-    workers = [ThreadPoolExecutor(1) for _ in range(3)]
-    try:
-        for i in range(commit_count):
-            chosen = rng.sample(words, rng.randint(1, 6))
-            entries = [(rng.choice(OPS), w, rng.getrandbits(64)) for w in chosen]
-            hf.mapping.trace_mark(2 * i)
-            workers[i % 3].submit(hf.commit, entries).result()
-            hf.mapping.trace_mark(2 * i + 1)
-            models.append(_apply(models[-1], entries))
-        mapping = hf.mapping
-        hf.update_header(clean_shutdown=1)      # the close path's header write, still traced
-        trace = mapping.trace_take()
-        hf.abandon()
-    finally:
-        for w in workers:
-            w.shutdown()
-    return base, trace, words, models
-
-
-def _expected(point: crashsim.CrashPoint, models):
-    acked = sum(1 for m in point.marks if m % 2 == 1)
-    started = sum(1 for m in point.marks if m % 2 == 0)
-    allowed = [models[acked]]
-    if started > acked:
-        allowed.append(models[acked + 1])
-    return acked, allowed
-
-
-def _read_words(path, words):
-    hf = HeapFile.open(path, backend="none")
-    try:
-        return {w: hf.mapping.load8(w) for w in words}
-    finally:
-        hf.abandon()
+_record = crashtest.record_redo
+_expected = crashtest.allowed_states
+_read_words = crashtest.read_words
 
 
 def make_heap(tmp_path):
@@ -77,18 +32,9 @@ def make_heap(tmp_path):
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
-def test_L1_L4_redo_commits_all_or_nothing_at_every_crash_point(tmp_path, seed, crash_totals):
-    path = make_heap(tmp_path)
-    base, trace, words, models = _record(path, seed, commit_count=20)
-    redo_words = words
-
-    def check(img, point):
-        acked, allowed = _expected(point, models)
-        got = _read_words(img, redo_words)
-        assert got in allowed, f"after {acked} acknowledged commits the words match no allowed state"
-
-    res = crashsim.explore(base, trace, check, workdir=tmp_path, max_subsets=256, seed=seed)
-    crash_totals.add("redo commits", res)
+def test_L1_L4_redo_commits_all_or_nothing_at_every_crash_point(tmp_path_factory, seed, crash_totals):
+    res = crashtest.run_redo(seed, 20, 256, crashtest.fast_workdir(tmp_path_factory), workers=WORKERS)
+    crash_totals.add(f"redo commits (seed {seed})", res)
     assert res.points > 3 * 20 * 2
     assert not res.violations, "\n".join(map(str, res.violations[:5]))
 
@@ -98,10 +44,11 @@ def test_L2_recovery_survives_a_crash_during_recovery(tmp_path, crash_totals, wo
     """Crash images taken mid-commit are recovered with tracing on; every crash point
     inside that recovery must recover to the same words (replay is idempotent, and
     lanes are emptied in seq order so a stale lane never outlives a newer one)."""
-    path = make_heap(tmp_path)
+    path = tmp_path / "redo.heap"
     if workload == "random":
         base, trace, words, _models = _record(path, seed=7, commit_count=10)
     else:
+        path = make_heap(tmp_path)
         base, trace, words, _models = _record_lane_reuse(path)
     events = crashsim.parse_trace(trace)
     replay = crashsim.Replay(base, events, crashsim.MODELS["64B"])

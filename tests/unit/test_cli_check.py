@@ -24,7 +24,7 @@ def _heap(tmp_path):
 def test_check_clean_heap_exits_0(tmp_path):
     r = runner.invoke(app, ["check", str(_heap(tmp_path))])
     assert r.exit_code == 0, r.output
-    assert "0 findings, 1 allocated blocks (1 runs, 0 large objects)" in r.output
+    assert "0 findings, 1 allocated blocks (1 runs, 0 spans)" in r.output
 
 
 @pytest.mark.corrupts_heap

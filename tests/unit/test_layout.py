@@ -115,3 +115,23 @@ def test_store_info_unpack_matches_the_c_struct():
     names = [n for n, _ in t.fields][:7]
     assert names == ["rec_off", "value_off", "value_size", "mtime_ns", "value_crc32c", "ctype_size", "etag"]
     assert _INFO_HEAD.size == _native.ffi.offsetof(t, "ctype")
+
+
+def test_checker_store_transcription_matches_c():
+    assert rformat.OBJ_HDR_FIELDS == tuple(n for _, _, n in c_table("pmd_object"))
+    assert rformat.OBJ_HDR_STRUCT.size == rformat.OBJ_HDR_SIZE == _native.ffi.sizeof("struct pmd_object")
+    assert rformat.OBJ_HDR_CRC_COVERS == _native.ffi.offsetof("struct pmd_object", "hdr_crc32c")
+    assert rformat.SUPER_STRUCT.size == _native.ffi.sizeof("struct pmd_store_super")
+    assert rformat.SUPER_HEAD_OFF == _native.ffi.offsetof("struct pmd_store_super", "head_off")
+    for name in ("OBJ_MAX_HEIGHT", "OBJ_KEY_MAX", "OBJ_CTYPE_MAX", "OBJ_INLINE_MAX", "OBJ_FLAG_INLINE",
+                 "STORE_VERSION"):
+        assert getattr(rformat, name) == _native.layout_constant(f"PMD_{name}"), name
+    assert rformat.STORE_MAGIC == _native.layout_constant("PMD_STORE_MAGIC").to_bytes(8, "little")
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 63, 64, 1000, 5000])
+def test_checker_crc32c_matches_the_reference_and_c(size):
+    data = bytes(range(256)) * 20
+    data = data[:size]
+    assert rformat.crc32c(data) == rformat.crc32c_reference(data) == _native.crc32c(data)
+    assert rformat.crc32c(data[size // 2:], rformat.crc32c(data[:size // 2])) == rformat.crc32c(data)

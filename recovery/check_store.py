@@ -1,0 +1,203 @@
+"""Independent store checker: the index and the objects, re-derived from raw bytes.
+
+Runs after recovery/check.py has found the allocated blocks (P1-P5). Reads the
+superblock, the head and every object record through recovery/format.py and checks
+I1 (level 0 visits every object once in strictly increasing key order; level l > 0 is
+an ordered sublist of level l - 1 holding exactly the records taller than l), I2 (record
+fields and header CRC), I3 (the allocated blocks are exactly the reachable ones: each
+reachable once, none leaked), I4 (value CRC32C) and I5 (the superblock). Never calls
+store or allocator code.
+
+`walk` returns what it found (records in key order, bad entries, leaked blocks) so
+recovery/repair.py can act on the same facts the checker reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+from recovery import format as fmt
+
+_U64 = struct.Struct("<Q")
+
+
+@dataclasses.dataclass
+class Record:
+    off: int
+    key: bytes
+    height: int
+    value_off: int          # where the value bytes are (inside the record when inline)
+    value_size: int
+    value_block: int        # the value's own block, 0 when inline
+    hdr: dict
+
+
+@dataclasses.dataclass
+class BadEntry:
+    """A next pointer that leads to something that is not a valid record."""
+    invariant: str
+    pred_off: int           # the record (or head) holding the pointer
+    level: int
+    target_off: int
+    message: str
+    record: Record | None = None  # the target, when it parsed as a record (e.g. a bad value CRC)
+
+
+@dataclasses.dataclass
+class StoreWalk:
+    super_off: int
+    head_off: int = 0
+    records: list[Record] = dataclasses.field(default_factory=list)   # level 0, key order, valid only
+    bad: list[BadEntry] = dataclasses.field(default_factory=list)
+    level_errors: list[tuple[int, int, str]] = dataclasses.field(default_factory=list)  # (level, off, message)
+    reachable: dict[int, int] = dataclasses.field(default_factory=dict)  # block -> references
+    leaked: list[int] = dataclasses.field(default_factory=list)
+    value_bytes: int = 0
+
+
+def is_store(buf, root: int) -> bool:
+    return bool(root) and bytes(buf[root:root + 8]) == fmt.STORE_MAGIC
+
+
+def _record(buf, off: int, blocks: dict[int, int], *, head: bool = False) -> tuple[Record | None, str, str]:
+    """Parse and validate the record at off: (record, "", "") or (None, invariant, message)."""
+    block_size = blocks.get(off)
+    if block_size is None:
+        return None, "P4", f"record {off} is not an allocated block (dangling pointer)"
+    if block_size < fmt.OBJ_HDR_SIZE:
+        return None, "I2", f"record {off}: block of {block_size} bytes is smaller than a record header"
+    hdr = dict(zip(fmt.OBJ_HDR_FIELDS, fmt.OBJ_HDR_STRUCT.unpack_from(buf, off)))
+    want = fmt.HEAD_MAGIC if head else fmt.OBJ_MAGIC
+    if hdr["magic"] != want:
+        return None, "I2", f"record {off}: magic {hdr['magic']!r}, expected {want!r}"
+    h, ks, cs = hdr["height"], hdr["key_size"], hdr["ctype_size"]
+    if head and (h != fmt.OBJ_MAX_HEIGHT or ks):
+        return None, "I2", f"head {off}: height {h}, key_size {ks} (expected {fmt.OBJ_MAX_HEIGHT}, 0)"
+    if not head and not (1 <= h <= fmt.OBJ_MAX_HEIGHT and 1 <= ks <= fmt.OBJ_KEY_MAX and cs <= fmt.OBJ_CTYPE_MAX):
+        return None, "I2", f"record {off}: height {h}, key_size {ks}, ctype_size {cs} out of range"
+    meta = fmt.obj_meta_size(h, ks, cs)
+    if meta > block_size:
+        return None, "I2", f"record {off}: {meta} bytes of header, pointers and key overrun its {block_size}-byte block"
+    key_at = off + fmt.OBJ_HDR_SIZE + 8 * h
+    crc = fmt.crc32c(buf[key_at:key_at + ks + cs], fmt.crc32c(buf[off:off + fmt.OBJ_HDR_CRC_COVERS]))
+    if crc != hdr["hdr_crc32c"]:
+        return None, "I2", f"record {off}: header CRC32C {hdr['hdr_crc32c']:#010x}, computed {crc:#010x}"
+    size = hdr["value_size"]
+    if head:
+        vblock = voff = size = 0
+    elif hdr["flags"] & fmt.OBJ_FLAG_INLINE:
+        vblock, voff = 0, off + meta
+        if meta + size > block_size:
+            return None, "I2", f"record {off}: inline value of {size} bytes overruns its block"
+    else:
+        vblock = voff = hdr["value_off"]
+        vsize = blocks.get(voff)
+        if vsize is None:
+            return None, "P4", f"record {off}: value_off {voff} is not an allocated block (dangling pointer)"
+        if size > vsize:
+            return None, "I2", f"record {off}: value of {size} bytes overruns its {vsize}-byte block"
+    key = bytes(buf[key_at:key_at + ks])
+    return Record(off, key, h, voff, size, vblock, hdr), "", ""
+
+
+def _next(buf, rec_off: int, level: int) -> int:
+    return _U64.unpack_from(buf, rec_off + fmt.OBJ_HDR_SIZE + 8 * level)[0]
+
+
+def walk(buf, root: int, blocks: dict[int, int], *, verify_values: bool = True) -> StoreWalk:
+    """Walk the index of the store whose superblock is at root; blocks: allocated block -> size."""
+    w = StoreWalk(root)
+    w.reachable[root] = 1
+    if blocks.get(root, 0) < fmt.SUPER_STRUCT.size:
+        w.bad.append(BadEntry("I5", 0, 0, root, f"superblock {root} is not an allocated block of >= 64 bytes"))
+        return w
+    _, version, _, head, _, _ = fmt.SUPER_STRUCT.unpack_from(buf, root)
+    if version != fmt.STORE_VERSION:
+        w.bad.append(BadEntry("I5", 0, 0, root, f"superblock version {version}, expected {fmt.STORE_VERSION}"))
+        return w
+    hrec, inv, msg = _record(buf, head, blocks, head=True)
+    if hrec is None:
+        w.bad.append(BadEntry("I5" if inv == "P4" else inv, root, 0, head, f"head: {msg}"))
+        return w
+    w.head_off = head
+    w.reachable[head] = 1
+    _walk_level0(buf, w, blocks, verify_values)
+    _walk_upper(buf, w)
+    return w
+
+
+def _walk_level0(buf, w: StoreWalk, blocks: dict[int, int], verify_values: bool) -> None:
+    pred, prev_key, limit = w.head_off, None, len(blocks) + 1
+    r = _next(buf, pred, 0)
+    while r:
+        if len(w.records) >= limit or r in w.reachable:
+            w.bad.append(BadEntry("I1", pred, 0, r, f"level 0 revisits block {r} (a cycle)"))
+            return
+        rec, inv, msg = _record(buf, r, blocks)
+        if rec is None:
+            w.bad.append(BadEntry(inv, pred, 0, r, msg))
+            return
+        if prev_key is not None and rec.key <= prev_key:
+            w.bad.append(BadEntry("I1", pred, 0, r, f"record {r}: key {rec.key[:40]!r} does not follow "
+                                                   f"{prev_key[:40]!r} in bytewise order", rec))
+            return
+        if verify_values:
+            crc = fmt.crc32c(buf[rec.value_off:rec.value_off + rec.value_size])
+            if crc != rec.hdr["value_crc32c"]:
+                w.bad.append(BadEntry("I4", pred, 0, r, f"record {r} (key {rec.key[:40]!r}): value CRC32C "
+                                                       f"{rec.hdr['value_crc32c']:#010x}, computed {crc:#010x}", rec))
+                return
+        w.reachable[r] = w.reachable.get(r, 0) + 1
+        if rec.value_block:
+            w.reachable[rec.value_block] = w.reachable.get(rec.value_block, 0) + 1
+        w.records.append(rec)
+        w.value_bytes += rec.value_size
+        prev_key, pred, r = rec.key, r, _next(buf, r, 0)
+
+
+def _walk_upper(buf, w: StoreWalk) -> None:
+    """I1 for levels 1..15: each is the ordered list of exactly the records taller than it."""
+    order = {rec.off: i for i, rec in enumerate(w.records)}
+    truncated = bool(w.bad)   # level 0 stopped early: records past the break are unknown
+    for level in range(1, fmt.OBJ_MAX_HEIGHT):
+        want = [rec.off for rec in w.records if rec.height > level]
+        got, last, r = [], -1, _next(buf, w.head_off, level)
+        while r:
+            i = order.get(r)
+            if i is None:
+                if not truncated:
+                    w.level_errors.append((level, r, f"level {level} reaches {r}, which is not on level 0"))
+                break
+            if i <= last or len(got) > len(w.records):
+                w.level_errors.append((level, r, f"level {level} is out of key order at record {r}"))
+                break
+            got.append(r)
+            last, r = i, _next(buf, r, level)
+        else:
+            if got != want:
+                missing = sorted(set(want) - set(got))[:3]
+                w.level_errors.append((level, w.head_off, (f"level {level} links {len(got)} records, expected the "
+                                                          f"{len(want)} taller than {level} (missing {missing})")))
+            continue
+        if got != want[:len(got)]:
+            w.level_errors.append((level, w.head_off, f"level {level} skips records taller than {level}"))
+
+
+def check_store(buf, root: int, blocks: dict[int, int], rep, *, verify_values: bool = True) -> StoreWalk:
+    """Add every store finding to rep (recovery/check.py Report) and return the walk."""
+    w = walk(buf, root, blocks, verify_values=verify_values)
+    for b in w.bad:
+        rep.add(b.invariant, b.target_off, b.message)
+    for level, off, msg in w.level_errors:
+        rep.add("I1", off, msg)
+    for blk, refs in w.reachable.items():
+        if refs > 1:
+            rep.add("I3", blk, f"block {blk} is referenced {refs} times")
+    if not w.bad:   # with a broken chain, unreached records are not known to be leaks
+        w.leaked = sorted(set(blocks) - set(w.reachable))
+        for blk in w.leaked:
+            rep.add("I3", blk, f"block {blk} ({blocks[blk]} bytes) is allocated but unreachable from the index (leak)")
+    rep.objects = len(w.records)
+    rep.value_bytes = w.value_bytes
+    return w

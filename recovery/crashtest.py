@@ -1,0 +1,270 @@
+"""Whole-store crash injection: randomized workloads x every crash state.
+
+A workload (put, replace, delete, atomic batch, inline and out-of-line values, tall
+towers, growth mid-workload) runs once on a traced heap; the crash simulator then
+materialises every image a power failure could leave (recovery/crashsim.py: every
+persist point x subsets of dirty units at 8 B, 64 B and 4 KiB/512 B). Each image is
+opened through normal recovery (copy-on-write, so the image file is never written),
+compared with the model (every acknowledged operation present with exact bytes, the
+in-flight one all or nothing), and checked by the independent checker (I1-I5, P1-P5,
+which includes "no leak, no dangling pointer").
+
+Multi-lane redo workloads (three threads, four lanes: L1-L5) run alongside, because the
+store serialises its writers and so never exercises one lane's invalidation riding
+another lane's commit point. Used by tests/crash and `pmstore crashtest`. This module drives the
+store to record workloads; the checker it calls (recovery/check.py) never does.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from recovery import crashsim
+from recovery.check import check_image
+
+KEYS = [f"k/{i:02d}" for i in range(12)]
+SIZES = [0, 30, 100, 900, 5000, 20000]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How much to explore: workload seeds x operations, subsets per crash point."""
+    seeds: tuple[int, ...]
+    op_count: int
+    max_subsets: int
+
+
+PLANS = {
+    "quick": Plan(seeds=(101, 102), op_count=10, max_subsets=8),
+    "default": Plan(seeds=tuple(range(31, 59)), op_count=20, max_subsets=48),
+    "long": Plan(seeds=tuple(range(1000, 1064)), op_count=24, max_subsets=48),
+}
+REDO_LANES = 4
+REDO_THREADS = 3
+
+
+# ------------------------------------------------------------------ redo commits, several lanes
+def record_redo(path: Path, seed: int, commit_count: int) -> tuple[bytes, bytes, list[int], list[dict]]:
+    """Random multi-word redo commits (SET, OR, ANDNOT) from three threads in turn, so
+    they use different lanes and one lane's lazy invalidation must be made durable by
+    another lane's commit point (L4). Returns (base image, trace, words, models)."""
+    from allocator import HeapFile, layout
+    path.unlink(missing_ok=True)
+    HeapFile.create(path, size=128 << 10, max_size=128 << 10, lane_count=REDO_LANES, backend="none").close()
+    base = path.read_bytes()
+    rng = random.Random(seed)
+    ops = (layout.REDO_OP_SET, layout.REDO_OP_OR, layout.REDO_OP_ANDNOT)
+    hf = HeapFile.open(path, backend="none", trace=True)
+    words = sorted({hf.header.data_off + rng.randrange(3 * 4096 // 8) * 8 for _ in range(24)})
+    models = [{w: 0 for w in words}]
+    workers = [ThreadPoolExecutor(1) for _ in range(REDO_THREADS)]
+    try:
+        for i in range(commit_count):
+            entries = [(rng.choice(ops), w, rng.getrandbits(64)) for w in rng.sample(words, rng.randint(1, 6))]
+            hf.mapping.trace_mark(2 * i)
+            workers[i % REDO_THREADS].submit(hf.commit, entries).result()
+            hf.mapping.trace_mark(2 * i + 1)
+            models.append(apply_entries(models[-1], entries))
+        mapping = hf.mapping
+        hf.update_header(clean_shutdown=1)      # the close path's header write, still traced
+        trace = mapping.trace_take()
+        hf.abandon()
+    finally:
+        for w in workers:
+            w.shutdown()
+    return base, trace, words, models
+
+
+def apply_entries(model: dict[int, int], entries) -> dict[int, int]:
+    """The model of a redo commit: SET, OR, ANDNOT on 64-bit words."""
+    from allocator import layout
+    out = dict(model)
+    for op, off, v in entries:
+        old = out[off]
+        out[off] = v if op == layout.REDO_OP_SET else old | v if op == layout.REDO_OP_OR else old & ~v
+    return out
+
+
+def allowed_states(point: crashsim.CrashPoint, models: list) -> tuple[int, list]:
+    """(operations acknowledged before the crash, the states recovery may show):
+    marks 2i and 2i+1 bracket operation i."""
+    acked = sum(1 for mk in point.marks if mk % 2 == 1)
+    started = sum(1 for mk in point.marks if mk % 2 == 0)
+    return acked, [models[acked]] + ([models[acked + 1]] if started > acked else [])
+
+
+def read_words(path: Path, words: list[int], *, backend: str = "private") -> dict[int, int]:
+    """The words after recovery (copy-on-write by default: the file is left as it was)."""
+    from allocator import HeapFile
+    hf = HeapFile.open(path, backend=backend)
+    try:
+        return {w: hf.mapping.load8(w) for w in words}
+    finally:
+        hf.abandon()
+
+
+def run_redo(seed: int, commit_count: int, max_subsets: int, workdir: Path, *, workers: int = 1) -> crashsim.Result:
+    base, trace, words, models = record_redo(workdir / f"r{seed}.heap", seed, commit_count)
+
+    def check(img, point):
+        acked, allowed = allowed_states(point, models)
+        assert read_words(img, words) in allowed, f"after {acked} acknowledged commits the words match no allowed state"
+    return crashsim.explore(base, trace, check, workdir=workdir, max_subsets=max_subsets, seed=seed,
+                            private=True, workers=workers)
+
+
+# ------------------------------------------------------------------ store workloads
+
+
+def record_workload(path: Path, seed: int, op_count: int) -> tuple[bytes, bytes, list[dict]]:
+    """Run a random store workload on a traced heap: (base image, trace, models).
+    models[i] is the store's content after i operations; marks 2i / 2i+1 bracket op i."""
+    from store import Store
+    rng = random.Random(seed)
+    path.unlink(missing_ok=True)
+    with Store.open(path, initial_size=256 << 10, max_size=16 << 20, backend="none") as s:
+        for k in KEYS[:3]:
+            s.put(k, k.encode() * 3)
+    base = path.read_bytes()
+    s = Store.open(path, backend="none", create=False)
+    m = s.heap.mapping
+    m.trace_start()
+    model = {k: (k.encode() * 3) for k in KEYS[:3]}
+    models = [dict(model)]
+    for i in range(op_count):
+        m.trace_mark(2 * i)
+        k = rng.choice(KEYS)
+        if i == op_count // 2:      # a value larger than the free space: the heap grows mid-workload
+            v = rng.randbytes(m.size)
+            s.put(k, v)
+            model[k] = v
+        elif rng.random() < 0.25:     # an atomic batch of 2-4 puts and deletes
+            with s.batch() as b:
+                for kk in rng.sample(KEYS, rng.randint(2, 4)):
+                    if kk in model and rng.random() < 0.4:
+                        b.delete(kk)
+                        del model[kk]
+                    else:
+                        v = rng.randbytes(rng.choice(SIZES))
+                        b.put(kk, v)
+                        model[kk] = v
+        elif k in model and rng.random() < 0.35:
+            s.delete(k)
+            del model[k]
+        else:
+            v = rng.randbytes(rng.choice(SIZES))
+            s.put(k, v, content_type=rng.choice([None, "text/plain"]))
+            model[k] = v
+        m.trace_mark(2 * i + 1)
+        models.append(dict(model))
+    trace = m.trace_take()
+    s.abandon()
+    return base, trace, models
+
+
+def check_image_against(img: Path, point: crashsim.CrashPoint, models: list[dict]) -> None:
+    """Recover the crash image (copy-on-write), compare with the model, run the checker."""
+    from store import Store
+    acked, allowed = allowed_states(point, models)
+    with Store.open(img, backend="private", create=False) as s:
+        got = {key: s.get(key)[0] for key in s}
+        assert got in allowed, (f"objects match neither the state before nor after op {acked}: "
+                                f"keys {sorted(got)} vs {[sorted(a) for a in allowed]}")
+        m = s.heap.mapping
+        view = m.view(0, m.size)
+        try:
+            rep = check_image(view, name=str(img))   # the recovered heap is at rest
+        finally:
+            view.release()
+    assert rep.ok, "; ".join(map(str, rep.findings[:3]))
+    assert rep.objects == len(got), f"checker counts {rep.objects} objects, the store {len(got)}"
+
+
+@dataclasses.dataclass
+class Totals:
+    workloads: int = 0
+    crash_states: int = 0
+    persist_points: int = 0
+    violations: list = dataclasses.field(default_factory=list)
+
+
+def run_workload(seed: int, op_count: int, max_subsets: int, workdir: Path, *, workers: int = 1) -> crashsim.Result:
+    base, trace, models = record_workload(workdir / f"w{seed}.heap", seed, op_count)
+
+    def check(img, point):
+        check_image_against(img, point, models)
+    return crashsim.explore(base, trace, check, workdir=workdir, max_subsets=max_subsets, seed=seed,
+                            private=True, workers=workers)
+
+
+def run(plan: Plan, *, workers: int | None = None,
+        progress: Callable[[int, int, crashsim.Result], None] | None = None, workdir: str | None = None) -> Totals:
+    """Two multi-lane redo workloads, then every store workload of the plan;
+    progress(i, count, result) after each."""
+    workers = workers or min(4, os.cpu_count() or 1)
+    tot = Totals()
+    jobs = [(run_redo, seed, 2 * plan.op_count, 4 * plan.max_subsets) for seed in plan.seeds[:2]]
+    jobs += [(run_workload, seed, plan.op_count, plan.max_subsets) for seed in plan.seeds]
+    with tempfile.TemporaryDirectory(prefix="pmstore-crashtest-", dir=workdir or _fast_tmp()) as d:
+        for i, (fn, seed, ops, subsets) in enumerate(jobs):
+            res = fn(seed, ops, subsets, Path(d), workers=workers)
+            tot.workloads += 1
+            tot.crash_states += res.states
+            tot.persist_points += res.points
+            tot.violations += res.violations
+            if progress:
+                progress(i, len(jobs), res)
+    return tot
+
+
+def fast_workdir(tmp_path_factory) -> Path:
+    """A pytest workdir on tmpfs when there is one (removed with the session's tmp dirs otherwise)."""
+    shm = _fast_tmp()
+    if shm is None:
+        return tmp_path_factory.mktemp("crash")
+    d = Path(tempfile.mkdtemp(prefix="pmstore-crash-", dir=shm))
+    _CLEANUP.append(d)
+    return d
+
+
+_CLEANUP: list[Path] = []
+
+
+@atexit.register
+def _cleanup() -> None:
+    for d in _CLEANUP:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _fast_tmp() -> str | None:
+    """tmpfs when there is one: images are rewritten thousands of times."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m recovery.crashtest [quick|default|long]`: one JSON line of totals (used by
+    recovery/mutants.py to run a mutant build in a fresh interpreter)."""
+    import json
+    import sys
+    import time
+    args = sys.argv[1:] if argv is None else argv
+    plan = args[0] if args else "quick"
+    t0 = time.perf_counter()
+    tot = run(PLANS[plan])
+    print(json.dumps({"plan": plan, "workloads": tot.workloads, "crash_states": tot.crash_states,
+                      "persist_points": tot.persist_points, "violations": len(tot.violations),
+                      "first_violation": str(tot.violations[0]) if tot.violations else None,
+                      "seconds": round(time.perf_counter() - t0, 2)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""Helpers for checker and repair tests: a small store on disk and raw-byte surgery on it."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from recovery import format as fmt
+from recovery.check import check_heap
+from store import Store
+
+VALUES = {f"obj/{i:02d}": (bytes([i]) * (100 + 700 * i)) for i in range(12)}   # obj/06.. are out of line
+
+
+def make_store(path, values=VALUES) -> dict:
+    with Store.open(path, initial_size=1 << 20, max_size=16 << 20, backend="none") as s:
+        for k, v in values.items():
+            s.put(k, v)
+    return dict(values)
+
+
+def records(path) -> dict[str, object]:
+    """key -> the checker's Record (offsets read by the independent checker, not the store)."""
+    rep = check_heap(path)
+    assert rep.ok, rep.findings[:3]
+    return {r.key.decode(): r for r in rep.store.records}
+
+
+def poke(path, off: int, data: bytes) -> None:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, data, off)
+    finally:
+        os.close(fd)
+
+
+def peek(path, off: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(off)
+        return f.read(size)
+
+
+def next_word(rec_off: int, level: int) -> int:
+    return rec_off + fmt.OBJ_HDR_SIZE + 8 * level
+
+
+def set_next(path, rec_off: int, level: int, target: int) -> None:
+    poke(path, next_word(rec_off, level), struct.pack("<Q", target))
+
+
+def head_off(path) -> int:
+    return check_heap(path).store.head_off
+
+
+def contents(path) -> dict[str, bytes]:
+    with Store.open(path, create=False, backend="none") as s:
+        return {k: s.get(k)[0] for k in s}

@@ -22,15 +22,20 @@ from recovery import format as fmt
 _U64 = struct.Struct("<Q")
 
 
-@dataclasses.dataclass
 class Record:
-    off: int
-    key: bytes
-    height: int
-    value_off: int          # where the value bytes are (inside the record when inline)
-    value_size: int
-    value_block: int        # the value's own block, 0 when inline
-    hdr: dict
+    """A valid record: where it is, its key and tower, where its value is."""
+    __slots__ = ("height", "key", "off", "raw", "value_block", "value_off", "value_size")
+
+    def __init__(self, off, key, height, value_off, value_size, value_block, raw):
+        self.off, self.key, self.height = off, key, height
+        self.value_off = value_off          # where the value bytes are (inside the record when inline)
+        self.value_size = value_size
+        self.value_block = value_block      # the value's own block, 0 when inline
+        self.raw = raw                      # the unpacked header, in OBJ_HDR_FIELDS order
+
+    @property
+    def hdr(self) -> dict:
+        return dict(zip(fmt.OBJ_HDR_FIELDS, self.raw))
 
 
 @dataclasses.dataclass
@@ -67,38 +72,41 @@ def _record(buf, off: int, blocks: dict[int, int], *, head: bool = False) -> tup
         return None, "P4", f"record {off} is not an allocated block (dangling pointer)"
     if block_size < fmt.OBJ_HDR_SIZE:
         return None, "I2", f"record {off}: block of {block_size} bytes is smaller than a record header"
-    hdr = dict(zip(fmt.OBJ_HDR_FIELDS, fmt.OBJ_HDR_STRUCT.unpack_from(buf, off)))
+    raw = _HDR.unpack_from(buf, off)
+    magic, h, flags, ks, size, value_off, _, _, cs, _, _, hdr_crc, _ = raw
     want = fmt.HEAD_MAGIC if head else fmt.OBJ_MAGIC
-    if hdr["magic"] != want:
-        return None, "I2", f"record {off}: magic {hdr['magic']!r}, expected {want!r}"
-    h, ks, cs = hdr["height"], hdr["key_size"], hdr["ctype_size"]
+    if magic != want:
+        return None, "I2", f"record {off}: magic {magic!r}, expected {want!r}"
     if head and (h != fmt.OBJ_MAX_HEIGHT or ks):
         return None, "I2", f"head {off}: height {h}, key_size {ks} (expected {fmt.OBJ_MAX_HEIGHT}, 0)"
     if not head and not (1 <= h <= fmt.OBJ_MAX_HEIGHT and 1 <= ks <= fmt.OBJ_KEY_MAX and cs <= fmt.OBJ_CTYPE_MAX):
         return None, "I2", f"record {off}: height {h}, key_size {ks}, ctype_size {cs} out of range"
-    meta = fmt.obj_meta_size(h, ks, cs)
+    meta = (fmt.OBJ_HDR_SIZE + 8 * h + ks + cs + 7) & ~7       # fmt.obj_meta_size, inlined: hot
     if meta > block_size:
         return None, "I2", f"record {off}: {meta} bytes of header, pointers and key overrun its {block_size}-byte block"
     key_at = off + fmt.OBJ_HDR_SIZE + 8 * h
-    crc = fmt.crc32c(buf[key_at:key_at + ks + cs], fmt.crc32c(buf[off:off + fmt.OBJ_HDR_CRC_COVERS]))
-    if crc != hdr["hdr_crc32c"]:
-        return None, "I2", f"record {off}: header CRC32C {hdr['hdr_crc32c']:#010x}, computed {crc:#010x}"
-    size = hdr["value_size"]
+    crc = _crc(buf[key_at:key_at + ks + cs], _crc(buf[off:off + fmt.OBJ_HDR_CRC_COVERS]))
+    if crc != hdr_crc:
+        return None, "I2", f"record {off}: header CRC32C {hdr_crc:#010x}, computed {crc:#010x}"
     if head:
         vblock = voff = size = 0
-    elif hdr["flags"] & fmt.OBJ_FLAG_INLINE:
+    elif flags & fmt.OBJ_FLAG_INLINE:
         vblock, voff = 0, off + meta
         if meta + size > block_size:
             return None, "I2", f"record {off}: inline value of {size} bytes overruns its block"
     else:
-        vblock = voff = hdr["value_off"]
+        vblock = voff = value_off
         vsize = blocks.get(voff)
         if vsize is None:
             return None, "P4", f"record {off}: value_off {voff} is not an allocated block (dangling pointer)"
         if size > vsize:
             return None, "I2", f"record {off}: value of {size} bytes overruns its {vsize}-byte block"
-    key = bytes(buf[key_at:key_at + ks])
-    return Record(off, key, h, voff, size, vblock, hdr), "", ""
+    return Record(off, bytes(buf[key_at:key_at + ks]), h, voff, size, vblock, raw), "", ""
+
+
+_HDR = fmt.OBJ_HDR_STRUCT
+_crc = fmt.crc32c
+_VALUE_CRC = fmt.OBJ_HDR_FIELDS.index("value_crc32c")
 
 
 def _next(buf, rec_off: int, level: int) -> int:
@@ -143,10 +151,10 @@ def _walk_level0(buf, w: StoreWalk, blocks: dict[int, int], verify_values: bool)
                                                    f"{prev_key[:40]!r} in bytewise order", rec))
             return
         if verify_values:
-            crc = fmt.crc32c(buf[rec.value_off:rec.value_off + rec.value_size])
-            if crc != rec.hdr["value_crc32c"]:
+            crc = _crc(buf[rec.value_off:rec.value_off + rec.value_size])
+            if crc != rec.raw[_VALUE_CRC]:
                 w.bad.append(BadEntry("I4", pred, 0, r, f"record {r} (key {rec.key[:40]!r}): value CRC32C "
-                                                       f"{rec.hdr['value_crc32c']:#010x}, computed {crc:#010x}", rec))
+                                                       f"{rec.raw[_VALUE_CRC]:#010x}, computed {crc:#010x}", rec))
                 return
         w.reachable[r] = w.reachable.get(r, 0) + 1
         if rec.value_block:
@@ -160,8 +168,10 @@ def _walk_upper(buf, w: StoreWalk) -> None:
     """I1 for levels 1..15: each is the ordered list of exactly the records taller than it."""
     order = {rec.off: i for i, rec in enumerate(w.records)}
     truncated = bool(w.bad)   # level 0 stopped early: records past the break are unknown
+    taller = w.records
     for level in range(1, fmt.OBJ_MAX_HEIGHT):
-        want = [rec.off for rec in w.records if rec.height > level]
+        taller = [rec for rec in taller if rec.height > level]
+        want = [rec.off for rec in taller]
         got, last, r = [], -1, _next(buf, w.head_off, level)
         while r:
             i = order.get(r)

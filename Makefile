@@ -21,7 +21,7 @@ test: install
 
 serve: install
 	@mkdir -p $(dir $(HEAP))
-	$(BIN)/pmstore store info --create $(HEAP)
+	$(BIN)/pmstore serve --heap $(HEAP)   # 127.0.0.1:8080; PMSTORE_* settings apply
 
 bench: install
 	$(BIN)/python bench/redo.py --quick --json > bench-redo.json

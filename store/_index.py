@@ -15,6 +15,7 @@ from store.errors import CorruptObjectError, NoSuchKeyError, PreconditionFailedE
 COND_NONE, COND_ABSENT, COND_ETAG = lib.PM_COND_NONE, lib.PM_COND_ABSENT, lib.PM_COND_ETAG
 _LIST_FIXED = struct.Struct("<QQ16s")
 SCRATCH_SIZE = 64 * 1024
+NO_LIMIT = (1 << 64) - 1     # pm_index_get: copy to the end of the value
 
 
 class _Scratch(threading.local):
@@ -79,19 +80,19 @@ class Index:
     def count(self) -> int:
         return lib.pm_index_count(self._x)
 
-    def get(self, key: bytes, start: int = 0, verify: bool = True):
-        """(value bytes from `start`, info); one C call for values up to 64 KiB (the info
-        struct is this thread's scratch: read it before the next call)."""
+    def get(self, key: bytes, start: int = 0, verify: bool = True, limit: int = NO_LIMIT):
+        """(value bytes [start, start+limit), info); one C call for values up to 64 KiB (the
+        info struct is this thread's scratch: read it before the next call)."""
         sc = _scratch
         info = sc.info
-        rc = lib.pm_index_get(self._x, key, len(key), start, sc.buf, SCRATCH_SIZE, verify, info)
+        rc = lib.pm_index_get(self._x, key, len(key), start, limit, sc.buf, SCRATCH_SIZE, verify, info)
         if rc >= 0:
-            return ffi.buffer(sc.buf, info.value_size - min(start, info.value_size))[:], info
+            return ffi.buffer(sc.buf, rc)[:], info
         while rc == lib.PM_E_BUFFER:    # large value: a buffer of its size, then one copy into it
-            buf = bytearray(info.value_size - min(start, info.value_size))
-            rc = lib.pm_index_get(self._x, key, len(key), start, ffi.from_buffer(buf), len(buf), verify, info)
+            buf = bytearray(min(info.value_size - min(start, info.value_size), limit))
+            rc = lib.pm_index_get(self._x, key, len(key), start, limit, ffi.from_buffer(buf), len(buf), verify, info)
             if rc >= 0:
-                want = info.value_size - min(start, info.value_size)
+                want = min(info.value_size - min(start, info.value_size), limit)
                 if want == len(buf):
                     return buf, info
                 if want < len(buf):     # replaced meanwhile by a smaller value: it fits
@@ -103,7 +104,7 @@ class Index:
 
     def head(self, key: bytes):
         info = _scratch.info
-        rc = lib.pm_index_get(self._x, key, len(key), 1 << 62, ffi.NULL, 0, 0, info)
+        rc = lib.pm_index_get(self._x, key, len(key), 1 << 62, 0, ffi.NULL, 0, 0, info)
         if rc < 0:
             check(rc, "head", key)
         return info

@@ -197,9 +197,8 @@ class Store:
         if start < 0 or (end is not None and end < start):
             raise ValueError(f"invalid range [{start}, {end})")
         k = encode_key(key)
-        buf, info = self._index.get(k, start=start, verify=self.verify_reads)
-        if end is not None and end - start < len(buf):
-            buf = buf[:end - start]
+        limit = _index.NO_LIMIT if end is None else end - start   # copies only the range
+        buf, info = self._index.get(k, start=start, verify=self.verify_reads, limit=limit)
         return bytes(buf), self._info(k, info)
 
     def head(self, key) -> ObjectInfo:

@@ -341,12 +341,12 @@ void pm_index_close(pm_index *x) {
 
 uint64_t pm_index_count(pm_index *x) { return atomic_load(&x->count); }
 
-/* pm_index_get -- copy value[start:start+cap] of key into dst (no lock; retried if a
+/* pm_index_get -- copy value[start:start+limit] of key into dst (no lock; retried if a
  * write lands meanwhile). verify: check the whole value's CRC32C (I4).
  * Returns bytes copied, PM_E_NOT_FOUND, PM_E_BUFFER (info filled: cap too small for
- * the rest of the value), or PM_E_CORRUPT_OBJECT. */
-int pm_index_get(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t start, uint8_t *dst, uint64_t cap,
-                 int verify, struct pm_obj_info *info) {
+ * the wanted part of the value), or PM_E_CORRUPT_OBJECT. */
+int pm_index_get(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t start, uint64_t limit, uint8_t *dst,
+                 uint64_t cap, int verify, struct pm_obj_info *info) {
     pm_heap *h = x->h;
     uint32_t hv = key_hash(key, klen);
     for (int attempt = 0;; attempt++) {
@@ -363,6 +363,7 @@ int pm_index_get(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t start,
         else {
             fill_info_snap(h, r, &o, k, info);
             uint64_t want = start >= info->value_size ? 0 : info->value_size - start;
+            if (want > limit) want = limit;
             if (want > cap) rc = PM_E_BUFFER;
             else {
                 memcpy(dst, h->base + info->value_off + (start < info->value_size ? start : info->value_size), want);

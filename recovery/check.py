@@ -9,7 +9,8 @@ ID, offset and a message, plus the set of allocated blocks.
 
 A heap "at rest" (closed cleanly, or opened and recovered) has empty lanes and two
 equal header copies; `at_rest=False` accepts what a crash may leave (sealed lanes, one
-stale or torn header copy) and checks only that it is recoverable.
+stale or torn header copy), replays the lanes recovery would replay into a private copy
+(an independent transcription of FORMAT.md 7.2, L5 included) and checks the result.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Report:
     spans: int = 0
     objects: int = 0
     value_bytes: int = 0
+    lanes_replayed: int = 0     # not at rest: lanes replayed (in a private copy) before the checks
     store: object = None    # check_store.StoreWalk of a store heap, else None
     file_size: int = 0
 
@@ -68,7 +70,9 @@ def check_heap(path, *, at_rest: bool = True, verify_values: bool = True) -> Rep
         rep = Report(str(path))
         rep.add("H5", 0, f"file is {size} bytes, too short for two header copies")
         return rep
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+    # not at rest, sealed lanes are replayed into a copy-on-write mapping: the file is only read
+    access = mmap.ACCESS_READ if at_rest else mmap.ACCESS_COPY
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=access) as m:
         view = memoryview(m)    # zero-copy slices for the CRCs
         try:
             return check_image(view, at_rest=at_rest, verify_values=verify_values, name=str(path))
@@ -143,8 +147,12 @@ def _check_header_fields(h: dict, size: int, rep: Report) -> None:
 
 
 def _check_lanes(buf, h: dict, rep: Report, at_rest: bool) -> None:
+    """L1-L3 (and L5) on every lane. Not at rest: the lanes recovery would replay are
+    replayed into buf (a private copy), in seq order, so the checks that follow see the
+    heap as recovery will leave it; buf must then be writable."""
     cap = (h["lane_size"] - fmt.LANE_HDR_SIZE) // fmt.REDO_ENTRY_SIZE
     lanes_end = fmt.REDO_OFF + h["lane_count"] * h["lane_size"]
+    replay = []
     for i in range(h["lane_count"]):
         lo = fmt.REDO_OFF + i * h["lane_size"]
         seal, seq = struct.unpack_from("<QQ", buf, lo)
@@ -159,16 +167,31 @@ def _check_lanes(buf, h: dict, rep: Report, at_rest: bool) -> None:
         entries = bytes(buf[lo + fmt.LANE_HDR_SIZE: lo + fmt.LANE_HDR_SIZE + count * fmt.REDO_ENTRY_SIZE])
         if fmt.crc32c(entries, fmt.crc32c(struct.pack("<QQ", (count << 32) | i, seq))) != crc:
             continue  # torn: discarded
+        decoded, data_ok, valid = [], True, True
         for k in range(count):
-            off_op, _ = struct.unpack_from("<QQ", entries, k * 16)
+            off_op, value = struct.unpack_from("<QQ", entries, k * 16)
             off, op = off_op & ~7, off_op & 7
             size = 8
             if op == 3:
-                _, value = struct.unpack_from("<QQ", entries, k * 16)
                 off, size = off + (value >> 61), (value >> 32) & ((1 << 29) - 1)
             if op not in fmt.REDO_OPS or off < fmt.ROOT_OFF or fmt.REDO_OFF <= off < lanes_end \
                     or off + size > h["file_size"]:
                 rep.add("L2", lo + fmt.LANE_HDR_SIZE + 16 * k, f"lane {i} entry {k}: op {op} at {off}")
+                valid = False
+            elif op == 3 and fmt.crc32c(buf[off:off + size]) != value & 0xFFFF_FFFF:
+                data_ok = False     # L5: its data never all reached the media; recovery discards it
+            decoded.append((op, off, value))
+        if valid and data_ok:
+            replay.append((seq, lo, decoded))
+    for _, lo, decoded in sorted(replay):   # FORMAT.md 7.2: seq order, each lane emptied after its replay
+        for op, off, value in decoded:
+            if op == 0:
+                struct.pack_into("<Q", buf, off, value)
+            elif op in (1, 2):
+                old = struct.unpack_from("<Q", buf, off)[0]
+                struct.pack_into("<Q", buf, off, old | value if op == 1 else old & ~value & (2**64 - 1))
+        struct.pack_into("<Q", buf, lo, 0)
+    rep.lanes_replayed = len(replay)
 
 
 def _check_pages(buf, h: dict, rep: Report) -> None:

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from recovery import crashsim
-from recovery.check import check_image
+from recovery.check import check_heap, check_image
 
 KEYS = [f"k/{i:02d}" for i in range(12)]
 SIZES = [0, 30, 100, 900, 5000, 20000]
@@ -171,9 +171,12 @@ def record_workload(path: Path, seed: int, op_count: int) -> tuple[bytes, bytes,
 
 
 def check_image_against(img: Path, point: crashsim.CrashPoint, models: list[dict]) -> None:
-    """Recover the crash image (copy-on-write), compare with the model, run the checker."""
+    """Check the crash image as found (the checker replays its lanes independently), then
+    recover it (copy-on-write), compare with the model, and check the recovered heap."""
     from store import Store
     acked, allowed = allowed_states(point, models)
+    raw = check_heap(img, at_rest=False)
+    assert raw.ok, "crashed image: " + "; ".join(map(str, raw.findings[:3]))
     with Store.open(img, backend="private", create=False) as s:
         got = {key: s.get(key)[0] for key in s}
         assert got in allowed, (f"objects match neither the state before nor after op {acked}: "
@@ -185,7 +188,8 @@ def check_image_against(img: Path, point: crashsim.CrashPoint, models: list[dict
         finally:
             view.release()
     assert rep.ok, "; ".join(map(str, rep.findings[:3]))
-    assert rep.objects == len(got), f"checker counts {rep.objects} objects, the store {len(got)}"
+    assert rep.objects == len(got) == raw.objects, \
+        f"objects: {len(got)} in the store, {rep.objects} after recovery, {raw.objects} by the checker's own replay"
 
 
 @dataclasses.dataclass

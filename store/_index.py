@@ -19,12 +19,15 @@ NO_LIMIT = (1 << 64) - 1     # pm_index_get: copy to the end of the value
 
 
 class _Scratch(threading.local):
-    """Per-thread C buffers, so the hot paths allocate nothing per call."""
+    """Per-thread C buffers (and Python buffer views of them), so the hot paths allocate
+    nothing per call."""
 
     def __init__(self):
         self.info = ffi.new("struct pm_obj_info *")
+        self.info_view = ffi.buffer(self.info)
         self.created = ffi.new("int *")
         self.buf = ffi.new("uint8_t[]", SCRATCH_SIZE)
+        self.buf_view = ffi.buffer(self.buf)
 
 
 _scratch = _Scratch()
@@ -41,6 +44,19 @@ def check(rc: int, what: str, key: bytes = b"") -> None:
     if rc == lib.PM_E_CORRUPT_OBJECT:
         raise CorruptObjectError(f"{what} {k!r}: the stored value fails its CRC32C (I4); not returned")
     _native.check(rc, f"{what} {k!r}" if key else what)
+
+
+INFO_HEAD = struct.Struct("<QQQQII16s")   # struct pm_obj_info up to its etag (tests/unit/test_layout.py)
+_INFO_CTYPE_OFF = INFO_HEAD.size
+
+
+def scratch_info_fields() -> tuple[int, int, int, bytes, str | None]:
+    """(size, mtime_ns, crc32c, etag, content_type) of this thread's scratch info struct (which
+    every Index call fills):
+    one unpack of a standing buffer instead of several cffi field reads."""
+    view = _scratch.info_view
+    _, _, size, mtime, crc, n, etag = INFO_HEAD.unpack_from(view)
+    return size, mtime, crc, etag, view[_INFO_CTYPE_OFF:_INFO_CTYPE_OFF + n].decode("utf-8", "replace") if n else None
 
 
 def info_dict(info) -> dict:
@@ -87,7 +103,7 @@ class Index:
         info = sc.info
         rc = lib.pm_index_get(self._x, key, len(key), start, limit, sc.buf, SCRATCH_SIZE, verify, info)
         if rc >= 0:
-            return ffi.buffer(sc.buf, rc)[:], info
+            return sc.buf_view[:rc], info
         while rc == lib.PM_E_BUFFER:    # large value: a buffer of its size, then one copy into it
             buf = bytearray(min(info.value_size - min(start, info.value_size), limit))
             rc = lib.pm_index_get(self._x, key, len(key), start, limit, ffi.from_buffer(buf), len(buf), verify, info)
@@ -110,12 +126,15 @@ class Index:
         return info
 
     def put(self, key: bytes, value, ctype: bytes, etag: bytes, mtime_ns: int, cond: int, match: bytes | None):
+        """Insert or replace; returns (the value's CRC32C, whether the key was created)."""
         sc = _scratch
-        rc = lib.pm_index_put(self._x, key, len(key), ctype, len(ctype), ffi.from_buffer(value), len(value),
+        # bytes go to C as they are (cffi passes their buffer); anything else through from_buffer
+        v = value if type(value) is bytes else ffi.from_buffer(value)
+        rc = lib.pm_index_put(self._x, key, len(key), ctype, len(ctype), v, len(value),
                               etag, mtime_ns, cond, match or ffi.NULL, sc.info, sc.created)
         if rc < 0:
             check(rc, "put", key)
-        return sc.info, bool(sc.created[0])
+        return sc.info.value_crc32c, sc.created[0] != 0
 
     def delete(self, key: bytes, cond: int, match: bytes | None) -> None:
         check(lib.pm_index_delete(self._x, key, len(key), cond, match or ffi.NULL), "delete", key)

@@ -18,13 +18,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-import struct
 import time
 from pathlib import Path
 from typing import NamedTuple, Self
 
 from allocator import Heap
-from allocator._native import NeedGrow, crc32c, ffi
+from allocator._native import NeedGrow, crc32c
 from store import _index
 from store.batch import Batch, GroupCommitter
 from store.errors import CorruptObjectError, InvalidKeyError, NoSuchKeyError, ObjectTooLargeError
@@ -37,7 +36,10 @@ DURABILITY_BACKENDS = {"sync": "auto", "os": "none"}
 STORE_LANE_COUNT = 4
 STORE_LANE_SIZE = 256 << 10
 # struct pm_obj_info up to its etag: rec_off, value_off, value_size, mtime_ns, crc32c, ctype_size, etag
-_INFO_HEAD = struct.Struct("<QQQQII16s")
+_INFO_HEAD = _index.INFO_HEAD
+_new_info = tuple.__new__     # ObjectInfo without NamedTuple's Python-level __new__ (hot path)
+_md5 = hashlib.md5
+_NO_COND = (_index.COND_NONE, None)
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 
@@ -52,6 +54,18 @@ class ObjectInfo(NamedTuple):
 
 def encode_key(key: str | bytes) -> bytes:
     """The key's bytes, or InvalidKeyError: 1..1024 bytes of UTF-8, no C0 control or DEL."""
+    if type(key) is str and key.isprintable():      # fast path: printable excludes C0 and DEL
+        try:
+            raw = key.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = b""
+        if 0 < len(raw) <= KEY_MAX_SIZE:
+            return raw
+    return _encode_key_generic(key)
+
+
+def _encode_key_generic(key: str | bytes) -> bytes:
+    """encode_key's slow path: every rule, with the message naming the broken one."""
     try:
         raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
     except UnicodeEncodeError:
@@ -147,37 +161,43 @@ class Store:
             if_none_match: bool = False) -> ObjectInfo:
         """Store value under key (atomically replacing any old object); durable on return in sync mode."""
         k = encode_key(key)
-        mv = memoryview(value).cast("B") if not isinstance(value, (bytes, bytearray)) else value
-        if len(mv) > self.max_object_size:
-            raise ObjectTooLargeError(f"value of {len(mv)} bytes exceeds max_object_size "
+        mv = value if type(value) is bytes else memoryview(value).cast("B")
+        size = len(mv)
+        if size > self.max_object_size:
+            raise ObjectTooLargeError(f"value of {size} bytes exceeds max_object_size "
                                       f"({self.max_object_size} bytes) for key {k[:64]!r}")
-        ctype = (content_type or "").encode("utf-8")
+        ctype = content_type.encode("utf-8") if content_type else b""
         if len(ctype) > 255:
             raise ValueError("content_type must be at most 255 bytes of UTF-8")
-        etag = hashlib.md5(mv).digest()
-        cond, match = self._cond(if_match, if_none_match)
+        etag = _md5(mv).digest()
+        cond, match = self._cond(if_match, if_none_match) if if_match is not None or if_none_match \
+            else _NO_COND
         mtime = time.time_ns()
         gc = self._group
         if gc is None:
-            return self._put_one(k, mv, ctype, etag, mtime, cond, match)
-        try:
-            if gc.enter():              # another writer is in flight: share its commit
-                r = gc.submit((0, k, mv, ctype, etag, cond, match, mtime))
-                if isinstance(r, BaseException):
-                    raise r
-                _index.check(r, "put", k)
-                return ObjectInfo(k.decode("utf-8"), len(mv), etag.hex(), content_type or None, mtime, crc32c(mv))
-            return self._put_one(k, mv, ctype, etag, mtime, cond, match)
-        finally:
-            gc.leave()
+            crc = self._put_one(k, mv, ctype, etag, mtime, cond, match)
+        else:
+            try:
+                if gc.enter():              # another writer is in flight: share its commit
+                    r = gc.submit((0, k, mv, ctype, etag, cond, match, mtime))
+                    if isinstance(r, BaseException):
+                        raise r
+                    _index.check(r, "put", k)
+                    crc = crc32c(mv)
+                else:
+                    crc = self._put_one(k, mv, ctype, etag, mtime, cond, match)
+            finally:
+                gc.leave()
+        return _new_info(ObjectInfo, (key if type(key) is str else k.decode(), size, etag.hex(),
+                                      content_type or None, mtime, crc))
 
-    def _put_one(self, k, mv, ctype, etag, mtime, cond, match) -> ObjectInfo:
-        def put():
-            return self._info(k, self._index.put(k, mv, ctype, etag, mtime, cond, match)[0])
+    def _put_one(self, k, mv, ctype, etag, mtime, cond, match) -> int:
+        """One put in its own commit; returns the value's CRC32C."""
         try:
-            return put()
+            return self._index.put(k, mv, ctype, etag, mtime, cond, match)[0]
         except NeedGrow:    # slow path: grow the file (HeapFullError at max_size) and retry
-            return self.heap._grow_and_retry(put, len(mv) + len(k) + 512)
+            return self.heap._grow_and_retry(lambda: self._index.put(k, mv, ctype, etag, mtime, cond, match)[0],
+                                             len(mv) + len(k) + 512)
 
     def get(self, key, *, zero_copy: bool = False):
         """(value, ObjectInfo). zero_copy: a read-only memoryview into the heap, valid until
@@ -190,7 +210,9 @@ class Store:
                 raise CorruptObjectError(f"get {k!r}: the stored value fails its CRC32C (I4); not returned")
             return view, self._info(k, info)
         buf, info = self._index.get(k, verify=self.verify_reads)
-        return (buf if isinstance(buf, bytes) else bytes(buf)), self._info(k, info)
+        size, mtime, crc, etag, ct = _index.scratch_info_fields()
+        return ((buf if type(buf) is bytes else bytes(buf)),
+                _new_info(ObjectInfo, (key if type(key) is str else k.decode(), size, etag.hex(), ct, mtime, crc)))
 
     def get_range(self, key, start: int, end: int | None = None):
         """(value[start:end], ObjectInfo); end is exclusive and clamped to the size."""
@@ -261,10 +283,8 @@ class Store:
     # ------------------------------------------------------------ lifecycle
     @staticmethod
     def _info(k: bytes, info) -> ObjectInfo:
-        # one unpack of the C struct (pm_obj_info) is cheaper than six cffi field reads
-        _, _, size, mtime, crc, n, etag = _INFO_HEAD.unpack_from(ffi.buffer(info, _INFO_HEAD.size))
-        ct = ffi.buffer(info.ctype, n)[:].decode("utf-8", "replace") if n else None
-        return ObjectInfo(k.decode("utf-8"), size, etag.hex(), ct, mtime, crc)
+        size, mtime, crc, etag, ct = _index.scratch_info_fields()
+        return _new_info(ObjectInfo, (k.decode("utf-8"), size, etag.hex(), ct, mtime, crc))
 
     def stats(self) -> dict:
         return {"objects": len(self), "heap": self.heap.stats(), "recovery": self.report}

@@ -201,6 +201,7 @@ def _check_pages(buf, h: dict, rep: Report) -> None:
     meta, data = h["meta_off"], h["data_off"]
     pages = (h["file_size"] - data) // fmt.PAGE_SIZE
     descs = struct.unpack_from(f"<{pages}Q", buf, meta)
+    blocks = rep.blocks
     p = 0
     while p < pages:
         d = descs[p]
@@ -228,14 +229,16 @@ def _check_pages(buf, h: dict, rep: Report) -> None:
         else:
             rep.runs += 1
             size, _, capacity = table[cls]
-            words = struct.unpack_from("<64Q", buf, page_off)
-            for w, word in enumerate(words):
-                for bit in _bits(word):
-                    idx = w * 64 + bit
+            first = page_off + fmt.RUN_BITMAP_SIZE
+            for w, word in enumerate(struct.unpack_from("<64Q", buf, page_off)):
+                while word:     # each set bit, lowest first (the scan's hot loop: no generator)
+                    low = word & -word
+                    word ^= low
+                    idx = w * 64 + low.bit_length() - 1
                     if idx >= capacity:
                         rep.add("P2", page_off + 8 * w, f"run at page {p}: bit {idx} set beyond capacity {capacity}")
                     else:
-                        rep.blocks[page_off + fmt.RUN_BITMAP_SIZE + idx * size] = size
+                        blocks[first + idx * size] = size
         p += n
 
 

@@ -16,22 +16,22 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from typing import NamedTuple
 
 from recovery import format as fmt
 
 _U64 = struct.Struct("<Q")
 
 
-class Record:
+class Record(NamedTuple):
     """A valid record: where it is, its key and tower, where its value is."""
-    __slots__ = ("height", "key", "off", "raw", "value_block", "value_off", "value_size")
-
-    def __init__(self, off, key, height, value_off, value_size, value_block, raw):
-        self.off, self.key, self.height = off, key, height
-        self.value_off = value_off          # where the value bytes are (inside the record when inline)
-        self.value_size = value_size
-        self.value_block = value_block      # the value's own block, 0 when inline
-        self.raw = raw                      # the unpacked header, in OBJ_HDR_FIELDS order
+    off: int
+    key: bytes
+    height: int
+    value_off: int          # where the value bytes are (inside the record when inline)
+    value_size: int
+    value_block: int        # the value's own block, 0 when inline
+    raw: tuple              # the unpacked header, in OBJ_HDR_FIELDS order (then next[0] on the fast path)
 
     @property
     def hdr(self) -> dict:
@@ -101,7 +101,7 @@ def _record(buf, off: int, blocks: dict[int, int], *, head: bool = False) -> tup
             return None, "P4", f"record {off}: value_off {voff} is not an allocated block (dangling pointer)"
         if size > vsize:
             return None, "I2", f"record {off}: value of {size} bytes overruns its {vsize}-byte block"
-    return Record(off, bytes(buf[key_at:key_at + ks]), h, voff, size, vblock, raw), "", ""
+    return _new_record(Record, (off, bytes(buf[key_at:key_at + ks]), h, voff, size, vblock, raw)), "", ""
 
 
 _HDR = fmt.OBJ_HDR_STRUCT
@@ -135,33 +135,72 @@ def walk(buf, root: int, blocks: dict[int, int], *, verify_values: bool = True) 
     return w
 
 
+_HDR_NEXT0 = struct.Struct(fmt.OBJ_HDR_STRUCT.format + "Q")   # a record header and its next[0]
+_new_record = tuple.__new__
+
+
 def _walk_level0(buf, w: StoreWalk, blocks: dict[int, int], verify_values: bool) -> None:
-    pred, prev_key, limit = w.head_off, None, len(blocks) + 1
+    """Level 0 from the head: every record validated (I2, P4), in strictly increasing key
+    order (I1), its value checked (I4). The loop is the checker's hot path: the common
+    case is inlined, and anything unusual goes through _record for the precise finding."""
+    records, seen, vblocks = w.records, set(), []
+    get, unpack, crc = blocks.get, _HDR_NEXT0.unpack_from, _crc
+    obj_magic, inline_flag, min_block = fmt.OBJ_MAGIC, fmt.OBJ_FLAG_INLINE, fmt.OBJ_HDR_SIZE + 8
+    pred, prev_key, limit, value_bytes = w.head_off, b"", len(blocks) + 1, 0
     r = _next(buf, pred, 0)
     while r:
-        if len(w.records) >= limit or r in w.reachable:
-            w.bad.append(BadEntry("I1", pred, 0, r, f"level 0 revisits block {r} (a cycle)"))
-            return
-        rec, inv, msg = _record(buf, r, blocks)
-        if rec is None:
-            w.bad.append(BadEntry(inv, pred, 0, r, msg))
-            return
-        if prev_key is not None and rec.key <= prev_key:
-            w.bad.append(BadEntry("I1", pred, 0, r, f"record {r}: key {rec.key[:40]!r} does not follow "
-                                                   f"{prev_key[:40]!r} in bytewise order", rec))
-            return
-        if verify_values:
-            crc = _crc(buf[rec.value_off:rec.value_off + rec.value_size])
-            if crc != rec.raw[_VALUE_CRC]:
-                w.bad.append(BadEntry("I4", pred, 0, r, f"record {r} (key {rec.key[:40]!r}): value CRC32C "
-                                                       f"{rec.raw[_VALUE_CRC]:#010x}, computed {crc:#010x}", rec))
-                return
-        w.reachable[r] = w.reachable.get(r, 0) + 1
-        if rec.value_block:
-            w.reachable[rec.value_block] = w.reachable.get(rec.value_block, 0) + 1
-        w.records.append(rec)
-        w.value_bytes += rec.value_size
-        prev_key, pred, r = rec.key, r, _next(buf, r, 0)
+        bsize = get(r)
+        if bsize is None or bsize < min_block or r in seen or len(records) >= limit:
+            _stop_level0(buf, w, blocks, pred, r, prev_key, seen)
+            break
+        raw = unpack(buf, r)
+        magic, h, flags, ks, size, value_off, _, vcrc, cs, _, _, hcrc, _, nxt = raw
+        meta = (64 + 8 * h + ks + cs + 7) & ~7
+        key_at = r + 64 + 8 * h
+        if magic != obj_magic or not 1 <= h <= 16 or not 1 <= ks <= 1024 or cs > 255 or meta > bsize \
+                or crc(buf[key_at:key_at + ks + cs], crc(buf[r:r + 56])) != hcrc:
+            _stop_level0(buf, w, blocks, pred, r, prev_key, seen)
+            break
+        if flags & inline_flag:
+            vblock, voff = 0, r + meta
+            ok = meta + size <= bsize
+        else:
+            vblock = voff = value_off
+            vsize = get(voff)
+            ok = vsize is not None and size <= vsize
+        key = bytes(buf[key_at:key_at + ks])
+        if not ok or key <= prev_key or (verify_values and crc(buf[voff:voff + size]) != vcrc):
+            _stop_level0(buf, w, blocks, pred, r, prev_key, seen)
+            break
+        seen.add(r)
+        if vblock:
+            vblocks.append(vblock)
+        records.append(_new_record(Record, (r, key, h, voff, size, vblock, raw)))
+        value_bytes += size
+        pred, prev_key, r = r, key, nxt
+    reach = w.reachable
+    for rec_off in seen:
+        reach[rec_off] = reach.get(rec_off, 0) + 1
+    for vb in vblocks:
+        reach[vb] = reach.get(vb, 0) + 1
+    w.value_bytes = value_bytes
+
+
+def _stop_level0(buf, w: StoreWalk, blocks, pred: int, r: int, prev_key: bytes, seen: set) -> None:
+    """The slow path: say precisely why the record at r ends level 0."""
+    if r in seen or len(w.records) >= len(blocks) + 1:
+        w.bad.append(BadEntry("I1", pred, 0, r, f"level 0 revisits block {r} (a cycle)"))
+        return
+    rec, inv, msg = _record(buf, r, blocks)
+    if rec is None:
+        w.bad.append(BadEntry(inv, pred, 0, r, msg))
+    elif rec.key <= prev_key:
+        w.bad.append(BadEntry("I1", pred, 0, r, f"record {r}: key {rec.key[:40]!r} does not follow "
+                                               f"{prev_key[:40]!r} in bytewise order", rec))
+    else:
+        crc = _crc(buf[rec.value_off:rec.value_off + rec.value_size])
+        w.bad.append(BadEntry("I4", pred, 0, r, f"record {r} (key {rec.key[:40]!r}): value CRC32C "
+                                               f"{rec.raw[_VALUE_CRC]:#010x}, computed {crc:#010x}", rec))
 
 
 def _walk_upper(buf, w: StoreWalk) -> None:

@@ -13,7 +13,7 @@ from cffi import FFI
 
 CSRC = pathlib.Path(__file__).parent / "csrc"
 STORE_CSRC = pathlib.Path(__file__).parent.parent / "store" / "csrc"
-STORE_SOURCES = ["index.c"]   # the store's C hot path (index lookup, object copy) in the same extension
+STORE_SOURCES = ["index.c", "md5.c"]   # the store's C hot path (index lookup, object copy) in the same extension
 # Each mutant removes one barrier or reorders one commit step (recovery/mutants.py runs them).
 MUTANTS = {"": "", **{m: f"-DPMSTORE_MUTANT_{m.upper()}" for m in
                       ("noinval", "noapplyfence", "nocheck", "nodata", "applyfirst")}}

@@ -131,7 +131,7 @@ class Index:
         # bytes go to C as they are (cffi passes their buffer); anything else through from_buffer
         v = value if type(value) is bytes else ffi.from_buffer(value)
         rc = lib.pm_index_put(self._x, key, len(key), ctype, len(ctype), v, len(value),
-                              etag, mtime_ns, cond, match or ffi.NULL, sc.info, sc.created)
+                              etag or ffi.NULL, mtime_ns, cond, match or ffi.NULL, sc.info, sc.created)
         if rc < 0:
             check(rc, "put", key)
         return sc.info.value_crc32c, sc.created[0] != 0

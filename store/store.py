@@ -169,30 +169,31 @@ class Store:
         ctype = content_type.encode("utf-8") if content_type else b""
         if len(ctype) > 255:
             raise ValueError("content_type must be at most 255 bytes of UTF-8")
-        etag = _md5(mv).digest()
         cond, match = self._cond(if_match, if_none_match) if if_match is not None or if_none_match \
             else _NO_COND
-        mtime = time.time_ns()
         gc = self._group
-        if gc is None:
-            crc = self._put_one(k, mv, ctype, etag, mtime, cond, match)
-        else:
-            try:
-                if gc.enter():              # another writer is in flight: share its commit
-                    r = gc.submit((0, k, mv, ctype, etag, cond, match, mtime))
-                    if isinstance(r, BaseException):
-                        raise r
-                    _index.check(r, "put", k)
-                    crc = crc32c(mv)
-                else:
-                    crc = self._put_one(k, mv, ctype, etag, mtime, cond, match)
-            finally:
-                gc.leave()
+        if gc is None:          # one C call computes the CRC and the ETag, stamps mtime and commits
+            self._put_one(k, mv, ctype, None, 0, cond, match)
+            size, mtime, crc, etag, _ = _index.scratch_info_fields()
+            return _new_info(ObjectInfo, (key if type(key) is str else k.decode(), size, etag.hex(),
+                                          content_type or None, mtime, crc))
+        etag, mtime = _md5(mv).digest(), time.time_ns()   # a group's leader commits for us: it needs them
+        try:
+            if gc.enter():              # another writer is in flight: share its commit
+                r = gc.submit((0, k, mv, ctype, etag, cond, match, mtime))
+                if isinstance(r, BaseException):
+                    raise r
+                _index.check(r, "put", k)
+                crc = crc32c(mv)
+            else:
+                crc = self._put_one(k, mv, ctype, etag, mtime, cond, match)
+        finally:
+            gc.leave()
         return _new_info(ObjectInfo, (key if type(key) is str else k.decode(), size, etag.hex(),
                                       content_type or None, mtime, crc))
 
     def _put_one(self, k, mv, ctype, etag, mtime, cond, match) -> int:
-        """One put in its own commit; returns the value's CRC32C."""
+        """One put in its own commit (etag None / mtime 0: computed in C); returns the value's CRC32C."""
         try:
             return self._index.put(k, mv, ctype, etag, mtime, cond, match)[0]
         except NeedGrow:    # slow path: grow the file (HeapFullError at max_size) and retry

@@ -12,8 +12,10 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "alloc.h"
 #include "pm_index_api.h"
+#include "pmi_md5.h"
 
 #define TOMB 1u
 #define RETRIES_BEFORE_LOCK 8
@@ -387,6 +389,13 @@ int pm_index_put(pm_index *x, const uint8_t *key, uint32_t klen, const uint8_t *
     pm_heap *h = x->h;
     if (klen < 1 || klen > PMD_OBJ_KEY_MAX || ctlen > PMD_OBJ_CTYPE_MAX) return PM_E_ARG;
     uint32_t vcrc = pm_crc32c(0, value, vlen);          /* before the lock: the big cost */
+    uint8_t md5[16];
+    if (!etag) { pmi_md5(value, vlen, md5); etag = md5; }   /* the caller may leave the ETag to us */
+    if (!mtime_ns) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        mtime_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    }
     pthread_mutex_lock(&x->wlock);
     uint64_t preds[PMD_OBJ_MAX_HEIGHT];
     uint64_t old = find_preds(x, key, klen, preds);

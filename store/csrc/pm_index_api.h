@@ -46,6 +46,7 @@ void pm_index_close(pm_index *x);
 uint64_t pm_index_count(pm_index *x);
 int pm_index_get(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t start, uint64_t limit, uint8_t *dst,
                  uint64_t cap, int verify, struct pm_obj_info *info);
+/* pm_index_put: etag NULL = MD5 of the value, computed here; mtime_ns 0 = now (CLOCK_REALTIME). */
 int pm_index_put(pm_index *x, const uint8_t *key, uint32_t klen, const uint8_t *ctype, uint32_t ctlen,
                  const uint8_t *value, uint64_t vlen, const uint8_t *etag, uint64_t mtime_ns,
                  int cond, const uint8_t *match_etag, struct pm_obj_info *info, int *created);

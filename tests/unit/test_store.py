@@ -648,3 +648,15 @@ def test_I3_checker_finds_exactly_the_blocks_the_store_holds(tmp_path):
         f"checker sees {len(rep.blocks)} blocks; the store holds 2 + {len(model)} records + {large} values")
     assert set(rep.blocks) == expected, (f"leaked {sorted(set(rep.blocks) - expected)[:5]}, "
                                          f"missing {sorted(expected - set(rep.blocks))[:5]}")
+
+
+@pytest.mark.parametrize("size", [0, 1, 55, 56, 57, 63, 64, 65, 119, 120, 128, 4096, 4097, 100_003])
+def test_I4_etag_computed_in_c_is_the_md5_of_the_value(tmp_path, size):
+    value = bytes((i * 7 + size) % 256 for i in range(size))
+    with Store.open(tmp_path / "s.heap", initial_size=1 << 20, max_size=16 << 20, backend="none") as s:
+        before = time.time_ns()
+        info = s.put("k", value)
+        after = time.time_ns()
+        assert info.etag == hashlib.md5(value).hexdigest() == s.head("k").etag
+        assert info.checksum == s.head("k").checksum and info.size == size
+        assert before <= info.last_modified <= after and s.head("k").last_modified == info.last_modified

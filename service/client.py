@@ -35,6 +35,17 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT_S = 30.0
 
 
+
+def iter_pages(list_page, prefix: str, page_size: int):
+    """Every object of a paged listing: list_page(prefix, after=, limit=) -> Page, followed by its tokens."""
+    after = None
+    while True:
+        page = list_page(prefix, after=after, limit=page_size)
+        yield from page.objects
+        if page.next is None:
+            return
+        after = page.next
+
 class RemoteError(PmstoreError):
     """An error answer without a store equivalent; `.status` and `.code` say which."""
 
@@ -228,13 +239,7 @@ class Client:
 
     def iter(self, prefix: str = "", *, page_size: int = 1000):
         """Every object under prefix, page by page."""
-        after = None
-        while True:
-            page = self.list(prefix, after=after, limit=page_size)
-            yield from page.objects
-            if page.next is None:
-                return
-            after = page.next
+        return iter_pages(self.list, prefix, page_size)
 
     def batch(self, ops: list[dict]) -> list[dict]:
         """Apply put_op(...)/delete_op(...) atomically; one result per op."""

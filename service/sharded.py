@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from urllib.parse import urlsplit
 
-from service.client import DEFAULT_TIMEOUT_S, Client, ObjectMeta, Page
+from service.client import DEFAULT_TIMEOUT_S, Client, ObjectMeta, Page, iter_pages
 
 LIST_LIMIT_MAX = 10_000     # objects per page, the API's own bound
 CHASH_POINTS = 160          # ring points per server of weight 1 (nginx, ketama)
@@ -141,13 +141,7 @@ class ShardedClient:
 
     def iter(self, prefix: str = "", *, page_size: int = 1000) -> Iterator[ObjectMeta]:
         """Every object under prefix on every shard, in key order."""
-        after = None
-        while True:
-            page = self.list(prefix, after=after, limit=page_size)
-            yield from page.objects
-            if page.next is None:
-                return
-            after = page.next
+        return iter_pages(self.list, prefix, page_size)
 
     def _stream(self, i: int, prefix: str, token: str | None, last_key: str | None, page_size: int,
                 pos: list) -> Iterator[ObjectMeta]:

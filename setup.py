@@ -1,4 +1,5 @@
-# Compiles the C core through cffi at install time; everything else is in pyproject.toml.
+# Compiles the C code through cffi at install time: the allocator's and store's core, and the
+# independent checker's hot loops (kept apart). Everything else is in pyproject.toml.
 from setuptools import setup
 
-setup(cffi_modules=["allocator/_build.py:ffibuilder"])
+setup(cffi_modules=["allocator/_build.py:ffibuilder", "recovery/_build.py:ffibuilder"])

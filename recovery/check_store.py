@@ -20,7 +20,15 @@ from typing import NamedTuple
 
 from recovery import format as fmt
 
+try:   # the hot loops in C (recovery/csrc/walk.c), an independent implementation of the same rules
+    from recovery._walk_c import ffi as _cffi
+    from recovery._walk_c import lib as _clib
+except ImportError:     # not built (a mutant's scratch tree): the pure-Python loops serve alone
+    _cffi = _clib = None
+FAST = _clib is not None    # tests switch it off to compare the two paths
+
 _U64 = struct.Struct("<Q")
+_PMC_RECORD = struct.Struct("<QQQQQII" + fmt.OBJ_HDR_STRUCT.format.lstrip("<"))   # struct pmc_record (walk.h)
 
 
 class Record(NamedTuple):
@@ -54,6 +62,7 @@ class StoreWalk:
     super_off: int
     head_off: int = 0
     records: list[Record] = dataclasses.field(default_factory=list)   # level 0, key order, valid only
+    count: int = 0                                                     # valid records on level 0
     bad: list[BadEntry] = dataclasses.field(default_factory=list)
     level_errors: list[tuple[int, int, str]] = dataclasses.field(default_factory=list)  # (level, off, message)
     reachable: dict[int, int] = dataclasses.field(default_factory=dict)  # block -> references
@@ -113,8 +122,11 @@ def _next(buf, rec_off: int, level: int) -> int:
     return _U64.unpack_from(buf, rec_off + fmt.OBJ_HDR_SIZE + 8 * level)[0]
 
 
-def walk(buf, root: int, blocks: dict[int, int], *, verify_values: bool = True) -> StoreWalk:
-    """Walk the index of the store whose superblock is at root; blocks: allocated block -> size."""
+def walk(buf, root: int, blocks: dict[int, int], *, verify_values: bool = True, header: dict | None = None,
+         keep_records: bool = True) -> StoreWalk:
+    """Walk the index of the store whose superblock is at root; blocks: allocated block -> size.
+    With the heap header (and the pages found consistent) the loops run in C, and
+    keep_records=False leaves `records` empty unless something is wrong."""
     w = StoreWalk(root)
     w.reachable[root] = 1
     if blocks.get(root, 0) < fmt.SUPER_STRUCT.size:
@@ -130,8 +142,12 @@ def walk(buf, root: int, blocks: dict[int, int], *, verify_values: bool = True) 
         return w
     w.head_off = head
     w.reachable[head] = 1
-    _walk_level0(buf, w, blocks, verify_values)
-    _walk_upper(buf, w)
+    if FAST and header is not None:
+        _walk_level0_c(buf, w, blocks, verify_values, header, keep_records)
+    else:
+        _walk_level0(buf, w, blocks, verify_values)
+        w.count = len(w.records)
+        _walk_upper(buf, w)
     return w
 
 
@@ -186,6 +202,45 @@ def _walk_level0(buf, w: StoreWalk, blocks: dict[int, int], verify_values: bool)
     w.value_bytes = value_bytes
 
 
+def layout(header: dict):
+    """struct pmc_layout for the C walker: the geometry and the class table (recovery/format.py)."""
+    lay = _cffi.new("struct pmc_layout *")
+    lay.file_size, lay.meta_off, lay.data_off = header["file_size"], header["meta_off"], header["data_off"]
+    for i, (size, pages, capacity) in enumerate(fmt.class_table()):
+        lay.class_size[i], lay.class_pages[i], lay.class_cap[i] = size, pages, capacity
+    return lay
+
+
+def _walk_level0_c(buf, w: StoreWalk, blocks: dict[int, int], verify_values: bool, header: dict,
+                   keep_records: bool) -> None:
+    """_walk_level0 and _walk_upper with their loops in C (pmc_walk0, pmc_walk_upper). The
+    records become Python objects only if asked for, or where C stops early and the Python
+    slow path has to say why."""
+    cap = len(blocks) + 1
+    out = _cffi.new("struct pmc_record[]", cap)
+    offs, vblocks = _cffi.new("uint64_t[]", cap), _cffi.new("uint64_t[]", cap)
+    stop, vbytes = _cffi.new("uint64_t *"), _cffi.new("uint64_t *")
+    base = _cffi.from_buffer(buf)
+    n = _clib.pmc_walk0(layout(header), base, w.head_off, verify_values, out, cap, stop, offs, vblocks, vbytes)
+    w.count, w.value_bytes = n, vbytes[0]
+    reach = w.reachable
+    reach.update(dict.fromkeys(_cffi.unpack(offs, n), 1))    # strictly increasing keys: each record once
+    for vb in _cffi.unpack(vblocks, n):
+        if vb:
+            reach[vb] = reach.get(vb, 0) + 1
+    upper_ok = not stop[0] and _clib.pmc_walk_upper(base, w.head_off, out, n) == 0
+    del base
+    if keep_records or not upper_ok:
+        # row: off, value_off, value_size, value_block, key_off, key_size, height, then the header's fields
+        w.records = [_new_record(Record, (r[0], bytes(buf[r[4]:r[4] + r[5]]), r[6], r[1], r[2], r[3], r[7:]))
+                     for r in _PMC_RECORD.iter_unpack(_cffi.buffer(out, n * _PMC_RECORD.size))]
+    if stop[0]:
+        pred = w.records[-1].off if w.records else w.head_off
+        _stop_level0(buf, w, blocks, pred, stop[0], w.records[-1].key if w.records else b"", set(offs[0:n]))
+    if not upper_ok:
+        _walk_upper(buf, w)
+
+
 def _stop_level0(buf, w: StoreWalk, blocks, pred: int, r: int, prev_key: bytes, seen: set) -> None:
     """The slow path: say precisely why the record at r ends level 0."""
     if r in seen or len(w.records) >= len(blocks) + 1:
@@ -233,9 +288,10 @@ def _walk_upper(buf, w: StoreWalk) -> None:
             w.level_errors.append((level, w.head_off, f"level {level} skips records taller than {level}"))
 
 
-def check_store(buf, root: int, blocks: dict[int, int], rep, *, verify_values: bool = True) -> StoreWalk:
+def check_store(buf, root: int, blocks: dict[int, int], rep, *, verify_values: bool = True,
+                header: dict | None = None, keep_records: bool = True) -> StoreWalk:
     """Add every store finding to rep (recovery/check.py Report) and return the walk."""
-    w = walk(buf, root, blocks, verify_values=verify_values)
+    w = walk(buf, root, blocks, verify_values=verify_values, header=header, keep_records=keep_records)
     for b in w.bad:
         rep.add(b.invariant, b.target_off, b.message)
     for level, off, msg in w.level_errors:
@@ -247,6 +303,6 @@ def check_store(buf, root: int, blocks: dict[int, int], rep, *, verify_values: b
         w.leaked = sorted(set(blocks) - set(w.reachable))
         for blk in w.leaked:
             rep.add("I3", blk, f"block {blk} ({blocks[blk]} bytes) is allocated but unreachable from the index (leak)")
-    rep.objects = len(w.records)
+    rep.objects = w.count
     rep.value_bytes = w.value_bytes
     return w

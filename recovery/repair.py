@@ -78,7 +78,7 @@ def repair_open(hf, rep: RepairReport, qdir: Path) -> None:
     m = hf.mapping
     view = m.view(0, m.size)
     try:
-        chk = check_image(view, name=rep.path)
+        chk = check_image(view, name=rep.path, records=True)
         plan = _plan(view, chk, rep)
         if plan.dumps:
             _quarantine(view, plan.dumps, plan.sizes, qdir, rep)

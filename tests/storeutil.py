@@ -21,7 +21,7 @@ def make_store(path, values=VALUES) -> dict:
 
 def records(path) -> dict[str, object]:
     """key -> the checker's Record (offsets read by the independent checker, not the store)."""
-    rep = check_heap(path)
+    rep = check_heap(path, records=True)
     assert rep.ok, rep.findings[:3]
     return {r.key.decode(): r for r in rep.store.records}
 

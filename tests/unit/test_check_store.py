@@ -8,6 +8,7 @@ import pytest
 from storeutil import head_off, make_store, peek, poke, records, set_next
 
 from allocator import Heap
+from recovery import check_store
 from recovery import format as fmt
 from recovery.check import check_heap
 
@@ -16,10 +17,19 @@ def _ids(path) -> set[str]:
     return {f.invariant for f in check_heap(path).findings}
 
 
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def checker_loops(request, monkeypatch):
+    """Every test runs with the checker's C loops (recovery/csrc/walk.c) and with its pure-Python ones."""
+    if request.param == "c" and not check_store.FAST:
+        pytest.skip("recovery._walk_c is not built")
+    monkeypatch.setattr(check_store, "FAST", request.param == "c")
+
+
 def test_I1_I5_clean_store_has_no_findings_and_counts_objects(tmp_path):
     path = tmp_path / "s.heap"
     values = make_store(path)
-    rep = check_heap(path)
+    rep = check_heap(path, records=True)
     assert rep.ok, rep.findings
     assert rep.objects == len(values)
     assert rep.value_bytes == sum(map(len, values.values()))

@@ -278,22 +278,15 @@ class ObjectHandler:
         return 201 if created else 200
 
     def _put_sync(self, key: bytes, body, ctype: str | None, if_match: str | None, create_only: bool):
-        """(ObjectInfo, created). Store.put does not say whether it created the key, so a
-        lookup first tells; a concurrent writer of the same key may make that 200 vs 201
-        answer stale, never the stored data."""
+        """(ObjectInfo, created), created as decided inside the store's commit."""
         st = self.store
-        if create_only:
-            return st.put(key, body, content_type=ctype, if_none_match=True), True
-        try:
-            st.head(key)
-            existed = True
-        except NoSuchKeyError:
-            existed = False
         if if_match == "*":                 # any current version
-            if not existed:
-                raise PreconditionFailedError(f"put {key[:64]!r}: If-Match: * but the key does not exist")
+            try:
+                st.head(key)
+            except NoSuchKeyError:
+                raise PreconditionFailedError(f"put {key[:64]!r}: If-Match: * but the key does not exist") from None
             if_match = None
-        return st.put(key, body, content_type=ctype, if_match=if_match), not existed
+        return st.put_created(key, body, content_type=ctype, if_match=if_match, if_none_match=create_only)
 
     # ------------------------------------------------------------ DELETE
     async def _delete(self, key: bytes, h: dict, send) -> int:

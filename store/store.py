@@ -160,6 +160,15 @@ class Store:
     def put(self, key, value, *, content_type: str | None = None, if_match: str | None = None,
             if_none_match: bool = False) -> ObjectInfo:
         """Store value under key (atomically replacing any old object); durable on return in sync mode."""
+        return self._put(key, value, content_type, if_match, if_none_match)[0]
+
+    def put_created(self, key, value, *, content_type: str | None = None, if_match: str | None = None,
+                    if_none_match: bool = False) -> tuple[ObjectInfo, bool]:
+        """As put, and whether the key was created (False: an object was replaced), decided
+        inside the same commit."""
+        return self._put(key, value, content_type, if_match, if_none_match)
+
+    def _put(self, key, value, content_type, if_match, if_none_match) -> tuple[ObjectInfo, bool]:
         k = encode_key(key)
         mv = value if type(value) is bytes else memoryview(value).cast("B")
         size = len(mv)
@@ -173,10 +182,10 @@ class Store:
             else _NO_COND
         gc = self._group
         if gc is None:          # one C call computes the CRC and the ETag, stamps mtime and commits
-            self._put_one(k, mv, ctype, None, 0, cond, match)
+            _, created = self._put_one(k, mv, ctype, None, 0, cond, match)
             size, mtime, crc, etag, _ = _index.scratch_info_fields()
             return _new_info(ObjectInfo, (key if type(key) is str else k.decode(), size, etag.hex(),
-                                          content_type or None, mtime, crc))
+                                          content_type or None, mtime, crc)), created
         etag, mtime = _md5(mv).digest(), time.time_ns()   # a group's leader commits for us: it needs them
         try:
             if gc.enter():              # another writer is in flight: share its commit
@@ -184,20 +193,21 @@ class Store:
                 if isinstance(r, BaseException):
                     raise r
                 _index.check(r, "put", k)
-                crc = crc32c(mv)
+                crc, created = crc32c(mv), r == 1     # pm_index_op.result: 1 created, 0 replaced
             else:
-                crc = self._put_one(k, mv, ctype, etag, mtime, cond, match)
+                crc, created = self._put_one(k, mv, ctype, etag, mtime, cond, match)
         finally:
             gc.leave()
         return _new_info(ObjectInfo, (key if type(key) is str else k.decode(), size, etag.hex(),
-                                      content_type or None, mtime, crc))
+                                      content_type or None, mtime, crc)), created
 
-    def _put_one(self, k, mv, ctype, etag, mtime, cond, match) -> int:
-        """One put in its own commit (etag None / mtime 0: computed in C); returns the value's CRC32C."""
+    def _put_one(self, k, mv, ctype, etag, mtime, cond, match) -> tuple[int, bool]:
+        """One put in its own commit (etag None / mtime 0: computed in C); returns (the
+        value's CRC32C, whether the key was created)."""
         try:
-            return self._index.put(k, mv, ctype, etag, mtime, cond, match)[0]
+            return self._index.put(k, mv, ctype, etag, mtime, cond, match)
         except NeedGrow:    # slow path: grow the file (HeapFullError at max_size) and retry
-            return self.heap._grow_and_retry(lambda: self._index.put(k, mv, ctype, etag, mtime, cond, match)[0],
+            return self.heap._grow_and_retry(lambda: self._index.put(k, mv, ctype, etag, mtime, cond, match),
                                              len(mv) + len(k) + 512)
 
     def get(self, key, *, zero_copy: bool = False):

@@ -660,3 +660,22 @@ def test_I4_etag_computed_in_c_is_the_md5_of_the_value(tmp_path, size):
         assert info.etag == hashlib.md5(value).hexdigest() == s.head("k").etag
         assert info.checksum == s.head("k").checksum and info.size == size
         assert before <= info.last_modified <= after and s.head("k").last_modified == info.last_modified
+
+
+def test_put_created_reports_create_then_replace(tmp_path):
+    with Store.open(tmp_path / "s.heap", initial_size=1 << 20, max_size=16 << 20, backend="none") as s:
+        info, created = s.put_created("k", b"one")
+        assert created and info.size == 3
+        info2, created2 = s.put_created("k", b"two!")
+        assert not created2 and info2.size == 4 and s.get("k")[0] == b"two!"
+        s.delete("k")
+        assert s.put_created("k", b"3")[1]
+
+
+def test_put_created_is_reported_through_group_commit(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+    with Store.open(tmp_path / "s.heap", initial_size=1 << 20, max_size=16 << 20, backend="msync",
+                    group_commit=True) as s, ThreadPoolExecutor(8) as ex:
+        first = list(ex.map(lambda i: s.put_created(f"k{i % 16}", b"v%d" % i)[1], range(16)))
+        again = list(ex.map(lambda i: s.put_created(f"k{i % 16}", b"w%d" % i)[1], range(16)))
+    assert first == [True] * 16 and again == [False] * 16

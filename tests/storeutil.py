@@ -5,9 +5,21 @@ from __future__ import annotations
 import os
 import struct
 
+import pytest
+
+from recovery import check_store
 from recovery import format as fmt
 from recovery.check import check_heap
 from store import Store
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def checker_loops(request, monkeypatch):
+    """Every test runs with the checker's C loops (recovery/csrc/walk.c) and with its pure-Python ones."""
+    if request.param == "c" and not check_store.FAST:
+        pytest.skip("recovery._walk_c is not built")
+    monkeypatch.setattr(check_store, "FAST", request.param == "c")
+
 
 VALUES = {f"obj/{i:02d}": (bytes([i]) * (100 + 700 * i)) for i in range(12)}   # obj/06.. are out of line
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import struct
 
 import pytest
-from storeutil import head_off, make_store, peek, poke, records, set_next
+from storeutil import checker_loops, head_off, make_store, peek, poke, records, set_next  # noqa: F401 (an autouse fixture: C and Python checker loops)
 
 from allocator import Heap
-from recovery import check_store
 from recovery import format as fmt
 from recovery.check import check_heap
 
@@ -16,14 +15,6 @@ from recovery.check import check_heap
 def _ids(path) -> set[str]:
     return {f.invariant for f in check_heap(path).findings}
 
-
-
-@pytest.fixture(autouse=True, params=["c", "python"])
-def checker_loops(request, monkeypatch):
-    """Every test runs with the checker's C loops (recovery/csrc/walk.c) and with its pure-Python ones."""
-    if request.param == "c" and not check_store.FAST:
-        pytest.skip("recovery._walk_c is not built")
-    monkeypatch.setattr(check_store, "FAST", request.param == "c")
 
 
 def test_I1_I5_clean_store_has_no_findings_and_counts_objects(tmp_path):

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from storeutil import VALUES, contents, head_off, make_store, peek, poke, records, set_next
+from storeutil import VALUES, checker_loops, contents, head_off, make_store, peek, poke, records, set_next  # noqa: F401 (an autouse fixture: C and Python checker loops)
 from typer.testing import CliRunner
 
 from allocator import Heap, layout
-from recovery import check_store
 from recovery.check import check_heap
 from recovery.repair import UnrepairableError, repair
 from service.cli import app
@@ -21,14 +20,6 @@ runner = CliRunner()
 def _quarantine(rr) -> list[dict]:
     return sorted(rr.quarantined, key=lambda d: d["block_off"])
 
-
-
-@pytest.fixture(autouse=True, params=["c", "python"])
-def checker_loops(request, monkeypatch):
-    """Every test runs with the checker's C loops (recovery/csrc/walk.c) and with its pure-Python ones."""
-    if request.param == "c" and not check_store.FAST:
-        pytest.skip("recovery._walk_c is not built")
-    monkeypatch.setattr(check_store, "FAST", request.param == "c")
 
 
 def test_repair_of_a_clean_store_changes_nothing(tmp_path):

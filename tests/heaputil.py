@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from allocator import Heap
 
 
@@ -18,3 +20,18 @@ def stats_without_barriers(h: Heap) -> dict:
     st = h.stats()
     del st["persist_count"]
     return st
+
+
+def poke(path, off: int, data: bytes) -> None:
+    """Write raw bytes into a (closed) heap file: damage on purpose."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, data, off)
+    finally:
+        os.close(fd)
+
+
+def peek(path, off: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(off)
+        return f.read(size)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import struct
 
 import pytest
+from heaputil import peek, poke  # noqa: F401 (re-exported to the store tests)
 
 from recovery import check_store
 from recovery import format as fmt
@@ -36,20 +36,6 @@ def records(path) -> dict[str, object]:
     rep = check_heap(path, records=True)
     assert rep.ok, rep.findings[:3]
     return {r.key.decode(): r for r in rep.store.records}
-
-
-def poke(path, off: int, data: bytes) -> None:
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.pwrite(fd, data, off)
-    finally:
-        os.close(fd)
-
-
-def peek(path, off: int, size: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(off)
-        return f.read(size)
 
 
 def next_word(rec_off: int, level: int) -> int:

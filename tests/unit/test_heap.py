@@ -16,6 +16,7 @@ import struct
 import pytest
 from heaputil import create_heap as _create
 from heaputil import open_heap as _open
+from heaputil import poke
 from heaputil import stats_without_barriers as _stats
 
 from allocator import CorruptHeapError, HeapFile, HeapFullError, UnsupportedVersionError, layout
@@ -459,13 +460,6 @@ def _closed_heap_with_run_and_span(path) -> tuple[int, int, int]:
         return h.meta_off, h.data_off, heap.stats()["pages"]
 
 
-def _pwrite(path, off: int, data: bytes) -> None:
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.pwrite(fd, data, off)
-    finally:
-        os.close(fd)
-
 
 @pytest.mark.corrupts_heap
 @pytest.mark.parametrize("page,value", [
@@ -481,7 +475,7 @@ def _pwrite(path, off: int, data: bytes) -> None:
 def test_P1_impossible_descriptor_refuses_open(tmp_path, page, value):
     path = tmp_path / "h.heap"
     meta_off, _, _ = _closed_heap_with_run_and_span(path)
-    _pwrite(path, meta_off + 8 * page, struct.pack("<Q", value))
+    poke(path, meta_off + 8 * page, struct.pack("<Q", value))
     with pytest.raises(CorruptHeapError) as ei:
         _open(path)
     assert ei.value.field == f"descriptor[{page}]", str(ei.value)
@@ -492,7 +486,7 @@ def test_P1_impossible_descriptor_refuses_open(tmp_path, page, value):
 def test_P1_refused_open_leaves_the_file_bytes_unchanged(tmp_path):
     path = tmp_path / "h.heap"
     meta_off, _, _ = _closed_heap_with_run_and_span(path)
-    _pwrite(path, meta_off, struct.pack("<Q", 0xFF))
+    poke(path, meta_off, struct.pack("<Q", 0xFF))
     raw = path.read_bytes()
     with pytest.raises(CorruptHeapError):
         _open(path)
@@ -510,7 +504,7 @@ def test_P2_bitmap_bit_beyond_run_capacity_refuses_open(tmp_path, bit):
     _, data_off, _ = _closed_heap_with_run_and_span(path)   # class 112: 580 blocks per run
     word_off = data_off + bit // 64 * 8
     word = struct.unpack("<Q", path.read_bytes()[word_off:word_off + 8])[0]
-    _pwrite(path, word_off, struct.pack("<Q", word | 1 << (bit % 64)))
+    poke(path, word_off, struct.pack("<Q", word | 1 << (bit % 64)))
     with pytest.raises(CorruptHeapError) as ei:
         _open(path)
     assert ei.value.field == "descriptor[0]" and "P2" in _message(ei.value), str(ei.value)
@@ -521,7 +515,7 @@ def test_P2_last_bit_within_capacity_is_accepted(tmp_path):
     _, data_off, _ = _closed_heap_with_run_and_span(path)
     word_off = data_off + 579 // 64 * 8
     word = struct.unpack("<Q", path.read_bytes()[word_off:word_off + 8])[0]
-    _pwrite(path, word_off, struct.pack("<Q", word | 1 << (579 % 64)))
+    poke(path, word_off, struct.pack("<Q", word | 1 << (579 % 64)))
     with _open(path) as heap:
         assert heap.report.live_blocks == 3
         assert heap.block_size(data_off + BITMAP + 579 * 112) == 112

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from heaputil import poke
 
 from allocator import (
     CorruptHeapError,
@@ -72,26 +73,19 @@ def _headers_of(path) -> tuple[Header, str | None]:
                             raw[HEADER_B_OFF:HEADER_B_OFF + HEADER_SIZE], len(raw))
 
 
-def _pwrite(path, off: int, data: bytes) -> None:
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.pwrite(fd, data, off)
-    finally:
-        os.close(fd)
-
 
 def _flip(path, off: int) -> None:
     with open(path, "rb") as f:
         f.seek(off)
         b = f.read(1)[0]
-    _pwrite(path, off, bytes([b ^ 0xFF]))
+    poke(path, off, bytes([b ^ 0xFF]))
 
 
 def _repack(path, copies=("A", "B"), **changes) -> None:
     """Rewrite header copies with `changes` and a correct CRC (a well-formed but different header)."""
     for c in copies:
         raw = Header.from_fields(_header(path, c)).replace(**changes).pack()
-        _pwrite(path, HEADER_A_OFF if c == "A" else HEADER_B_OFF, raw)
+        poke(path, HEADER_A_OFF if c == "A" else HEADER_B_OFF, raw)
 
 
 def _refused(path, exc_type, field: str) -> HeapFormatError:
@@ -384,9 +378,9 @@ def _write_lane(path, lane: int, seq: int, entries, *, seal: int | None = None) 
     # raw packing: these lanes may hold entries pack_redo_entry refuses (an unknown op)
     packed = b"".join(struct.pack("<QQ", off | op, v) for op, off, v in entries)
     lo = _lane_off(path, lane)
-    _pwrite(path, lo + layout.LANE_HDR_SIZE, packed)
-    _pwrite(path, lo + 8, struct.pack("<Q", seq))
-    _pwrite(path, lo, struct.pack("<Q", _seal(lane, seq, packed) if seal is None else seal))
+    poke(path, lo + layout.LANE_HDR_SIZE, packed)
+    poke(path, lo + 8, struct.pack("<Q", seq))
+    poke(path, lo, struct.pack("<Q", _seal(lane, seq, packed) if seal is None else seal))
 
 
 def _word(path, off: int) -> int:
@@ -433,7 +427,7 @@ def test_L3_lane_with_bad_seal_is_discarded(heap_path, how):
             "count_too_big": (good & ~0xFFFF_FFFF) | 10_000, "entry_changed": good}[how]
     _write_lane(heap_path, 2, 11, entries, seal=seal)
     if how == "entry_changed":   # torn entries under an intact seal
-        _pwrite(heap_path, _lane_off(heap_path, 2) + layout.LANE_HDR_SIZE + 8, struct.pack("<Q", 0xBAE))
+        poke(heap_path, _lane_off(heap_path, 2) + layout.LANE_HDR_SIZE + 8, struct.pack("<Q", 0xBAE))
     with _open(heap_path) as hf:
         r = hf.report
         assert (r.lanes_replayed, r.lanes_discarded, r.entries_applied) == (0, 1, 0)

@@ -65,6 +65,9 @@ def _off(off: int, what: str) -> int:
     return off
 
 
+_pm_alloc_into, _pm_free_from = lib.pm_alloc_into, lib.pm_free_from
+
+
 class Mapping:
     """A mapped heap file: the pm_heap handle and the calls on it, by offset."""
 
@@ -83,6 +86,11 @@ class Mapping:
     @property
     def closed(self) -> bool:
         return self._h is None
+
+    @property
+    def handle(self):
+        """The pm_heap * cdata, for callers that drive the C functions bare (bench/alloc.py)."""
+        return self._handle()
 
     def _handle(self):
         if self._h is None:
@@ -150,6 +158,10 @@ class Mapping:
     def redo_capacity(self) -> int:
         return lib.pm_redo_capacity(self._handle())
 
+    def redo_quiesce(self) -> None:
+        """Make every commit's applied words durable and every lane empty (before close)."""
+        check(lib.pm_redo_quiesce(self._handle()), "quiesce redo lanes")
+
     def redo_commit(self, packed: bytes | bytearray, count: int) -> None:
         """Commit `count` packed pmd_redo_entry records (16 bytes each), one C call."""
         rc = lib.pm_redo_commit(self._handle(), ffi.from_buffer("struct pmd_redo_entry[]", packed), count)
@@ -173,19 +185,30 @@ class Mapping:
     def alloc_add_pages(self, new_size: int) -> None:
         check(lib.pm_alloc_add_pages(self._handle(), new_size), "add grown pages")
 
+    # alloc_into / free_from are the hot pair: one cffi call, and nothing else unless it
+    # fails (a closed heap or a negative argument makes cffi raise; the C code refuses the rest).
     def alloc_into(self, dest_off: int, size: int) -> int:
+        try:
+            off = _pm_alloc_into(self._h, dest_off, size)
+        except (TypeError, OverflowError):
+            off = lib.PM_E_ARG
+        if off < 0:
+            self._alloc_into_failed(dest_off, size, off)
+        return off
+
+    def _alloc_into_failed(self, dest_off: int, size: int, rc: int) -> None:
+        self._handle()
         if size <= 0 or dest_off < 0:
             raise ValueError(f"allocate {size} bytes into word {dest_off}: size must be positive, "
                              "the word offset non-negative")
-        off = lib.pm_alloc_into(self._h or self._handle(), dest_off, size)
-        if off < 0:
-            check(off, f"allocate {size} bytes" + (f" into word {dest_off}" if dest_off else ""))
-        return off
+        check(rc, f"allocate {size} bytes" + (f" into word {dest_off}" if dest_off else ""))
 
     def free_from(self, dest_off: int) -> None:
-        if dest_off < 0:
-            raise ValueError(f"free_from word {dest_off}: negative offset")
-        rc = lib.pm_free_from(self._h or self._handle(), dest_off)
+        try:
+            rc = _pm_free_from(self._h, dest_off)
+        except (TypeError, OverflowError):
+            self._handle()
+            raise ValueError(f"free_from word {dest_off}: negative offset") from None
         if rc:
             check(rc, f"free the block published at word {dest_off}")
 

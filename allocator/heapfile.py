@@ -291,10 +291,16 @@ class HeapFile:
         if self.mapping.closed:
             return
         try:
-            self.update_header(clean_shutdown=1)
+            self.mark_clean()
         finally:
             self.mapping.close()
             os.close(self._fd)  # releases the flock
+
+    def mark_clean(self) -> None:
+        """The close path's writes: settle the last commits' words and empty the lanes
+        (FORMAT.md 7.1), then mark the header clean."""
+        self.mapping.redo_quiesce()
+        self.update_header(clean_shutdown=1)
 
     def abandon(self) -> None:
         """Drop the mapping and the lock without marking the heap clean (tests: a simulated crash)."""

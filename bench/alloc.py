@@ -6,7 +6,7 @@ W1 alloc+free pairs of 16..1024 B; W2 allocate 100,000 objects of 16..1024 B, fr
 in a random order, repeat; W3 like W2 with 10,000 objects of 1..64 KiB.
 
 Systems, each timed by the same C driver (bench/alloc_driver.c, built here at run time
-into a temp dir with gcc) except pmstore-python:
+into a temp dir with gcc) except pmstore-python and pmstore-cffi:
   pmstore         pm_alloc_into / pm_free_from: each block published into a slot word
                   inside the heap (one redo commit each). Backends: flush (CLWB+SFENCE,
                   /dev/shm), msync (file under /tmp), none (no barriers: software cost).
@@ -14,7 +14,10 @@ into a temp dir with gcc) except pmstore-python:
                   root object. flush = /dev/shm with PMEM_IS_PMEM_FORCE=1, msync = file
                   under /tmp, none = PMEM_IS_PMEM_FORCE=1 PMEM_NO_FLUSH=1.
   glibc, mimalloc malloc/free and mi_malloc/mi_free: volatile ceilings.
-  pmstore-python  heap.mapping.alloc_into / free_from, one cffi call each, flush backend.
+  pmstore-python  heap.mapping.alloc_into / free_from (the Python API: one cffi call each
+                  inside a method that raises on error), flush backend.
+  pmstore-cffi    lib.pm_alloc_into / pm_free_from called bare through cffi, as the PMDK
+                  anchor (ANCHORS.md, 2.53 us a pair) calls pmemobj_alloc, flush backend.
 The msync backends cost ~100 us per barrier on a disk: their runs are short and W2/W3
 use --slow-objects objects per thread (the row's `objects` says how many).
 Heaps and pools are created in scratch dirs and removed afterwards.
@@ -24,6 +27,7 @@ Heaps and pools are created in scratch dirs and removed afterwards.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -49,7 +53,8 @@ WORKLOADS = {   # driver kind, objects per thread, sizes in bytes (inclusive)
     "W2": {"kind": "w2", "objects": 100_000, "min_size": 16, "max_size": 1024},
     "W3": {"kind": "w2", "objects": 10_000, "min_size": 1024, "max_size": 65536},
 }
-SYSTEMS = ["pmstore", "pmstore-python", "pmdk", "glibc", "mimalloc"]
+SYSTEMS = ["pmstore", "pmstore-python", "pmstore-cffi", "pmdk", "glibc", "mimalloc"]
+PY_SYSTEMS = ("pmstore-python", "pmstore-cffi")
 C_SYSTEMS = {"pmstore": "SYS_PMSTORE", "pmdk": "SYS_PMDK", "glibc": "SYS_GLIBC", "mimalloc": "SYS_MIMALLOC"}
 BACKENDS = ["flush", "msync", "none"]
 PATH_KIND = {"flush": "dev-shm", "msync": "tmp-file", "none": "dev-shm", "volatile": "dram"}
@@ -248,12 +253,26 @@ def bench_volatile(exe: Path, system: str, wl_name: str, args) -> list[dict]:
 
 
 # ---------------------------------------------------------------- pmstore from Python
+def _raw_calls(mapping):
+    """pmstore-cffi: the bare cffi functions, as the PMDK anchor (2.53 us) calls
+    pmemobj_alloc; the handle bound with functools.partial (C, no Python frame). They
+    return negative error codes instead of raising: the loops below check every result."""
+    from allocator._native import lib
+    h = mapping.handle
+    return functools.partial(lib.pm_alloc_into, h), functools.partial(lib.pm_free_from, h)
+
+
+def _failed(what: str, rc) -> None:
+    raise RuntimeError(f"alloc.py: {what} failed with code {rc}")
+
+
 class PyWorker:
     """One thread's objects and position in its workload, driving the cffi calls."""
 
-    def __init__(self, mapping, wl: dict, objects: int, slot_off: int, thread_idx: int, seed: int):
+    def __init__(self, mapping, wl: dict, objects: int, slot_off: int, thread_idx: int, seed: int, raw: bool):
         rnd = random.Random(seed * 1000003 + thread_idx)
         self.mapping, self.objects = mapping, objects
+        self.alloc_into, self.free_from = _raw_calls(mapping) if raw else (mapping.alloc_into, mapping.free_from)
         base = slot_off + thread_idx * slots_per_thread(objects) * 8
         if wl["kind"] == "w1":
             self.sizes = [rnd.randint(wl["min_size"], wl["max_size"]) for _ in range(4096)]
@@ -270,25 +289,28 @@ class PyWorker:
         self.work = self._w2_work
 
     def _w1_work(self, dest: int):
-        alloc_into, free_from, sizes = self.mapping.alloc_into, self.mapping.free_from, cycle(self.sizes)
+        alloc_into, free_from, sizes = self.alloc_into, self.free_from, cycle(self.sizes)
 
         def work(n: int) -> None:
             for size in islice(sizes, n):
-                alloc_into(dest, size)
-                free_from(dest)
+                if alloc_into(dest, size) < 0:      # raw calls return errors (the API raises)
+                    _failed("alloc_into", size)
+                if free_from(dest):
+                    _failed("free_from", dest)
         return work
 
     def _w2_work(self, n: int) -> None:
         """n pairs' worth of the cycle: 2n single allocations or frees."""
-        alloc_into, free_from = self.mapping.alloc_into, self.mapping.free_from
+        alloc_into, free_from = self.alloc_into, self.free_from
         dests, sizes, count = self.dests, self.sizes, self.objects
         pos, cyc = self.pos, self.cycle
         order = self.free_orders[cyc % PERM_COUNT]
         for _ in range(2 * n):
             if pos < count:
-                alloc_into(dests[pos], sizes[pos])
-            else:
-                free_from(order[pos - count])
+                if alloc_into(dests[pos], sizes[pos]) < 0:
+                    _failed("alloc_into", sizes[pos])
+            elif free_from(order[pos - count]):
+                _failed("free_from", order[pos - count])
             pos += 1
             if pos == 2 * count:
                 pos, cyc = 0, cyc + 1
@@ -308,8 +330,9 @@ class PyWorker:
         self.pos, self.cycle = 0, self.cycle + 1
 
 
-def bench_pmstore_python(wl_name: str, args) -> list[dict]:
-    """heap.mapping.alloc_into / free_from from Python threads, flush backend on /dev/shm."""
+def bench_pmstore_python(system: str, wl_name: str, args) -> list[dict]:
+    """alloc_into / free_from from Python threads, flush backend on /dev/shm: through the
+    Mapping methods (pmstore-python) or the bare cffi functions (pmstore-cffi)."""
     backend, wl, max_threads = "flush", WORKLOADS[wl_name], max(args.py_threads)
     objects = wl["objects"]
     rows = []
@@ -321,8 +344,9 @@ def bench_pmstore_python(wl_name: str, args) -> list[dict]:
             fs = common.fs_type(d)
             slot_off = heap.alloc(max_threads * slots_per_thread(objects) * 8)
             for thread_count in args.py_threads:
-                common.note(f"alloc: pmstore-python {wl_name} threads={thread_count}")
-                workers = [PyWorker(heap.mapping, wl, objects, slot_off, t, args.seed) for t in range(thread_count)]
+                common.note(f"alloc: {system} {wl_name} threads={thread_count}")
+                workers = [PyWorker(heap.mapping, wl, objects, slot_off, t, args.seed, system == "pmstore-cffi")
+                           for t in range(thread_count)]
 
                 def make_worker(idx: int, workers=workers):
                     return workers[idx].work
@@ -340,13 +364,14 @@ def bench_pmstore_python(wl_name: str, args) -> list[dict]:
                 ops_per_s = common.median(r.ops_per_s for r in runs)
                 pairs = sum(r.op_count for r in runs)
                 rows.append({
-                    "system": "pmstore-python", "workload": wl_name, "threads": thread_count, "backend": backend,
+                    "system": system, "workload": wl_name, "threads": thread_count, "backend": backend,
                     "path_kind": PATH_KIND[backend], "fs": fs, "ops_per_s": round(ops_per_s, 1),
                     "us_per_op": round(thread_count * 1e6 / ops_per_s, 4),
                     "persists_per_op": round(persist_count / pairs, 3), "objects": objects,
                     "size_min": wl["min_size"], "size_max": wl["max_size"], "duration_s": args.duration_s,
                     "median_of": len(runs), "runs": [round(r.ops_per_s, 1) for r in runs],
-                    "served_by": "allocator._pmstore_c (cffi)",
+                    "served_by": "allocator._pmstore_c (cffi)" + (", bare" if system == "pmstore-cffi" else
+                                                                   ", Mapping methods"),
                 })
         check_after(path, slot_off, PATH_KIND[backend])
     return rows
@@ -399,7 +424,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=common.int_list, default=list(range(1, cpus + 1)), metavar="N,..",
                    help=f"thread counts for the C drivers (default 1..{cpus}, os.cpu_count())")
     p.add_argument("--py-threads", type=common.int_list, default=None, metavar="N,..",
-                   help="thread counts for pmstore-python (default: --threads)")
+                   help="thread counts for pmstore-python and pmstore-cffi (default: --threads)")
     p.add_argument("--systems", type=common.str_list, default=SYSTEMS, metavar="S,..",
                    help=f"systems to run (default {','.join(SYSTEMS)})")
     p.add_argument("--backends", type=common.str_list, default=None, metavar="B,..",
@@ -428,8 +453,9 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="pmstore-bench-build-") as build_dir:
         drivers, skipped = build_drivers(args.systems, Path(build_dir))
-        if "pmstore-python" in args.systems and "flush" not in args.backends:
-            skipped["pmstore-python"] = "runs on the flush backend only; add flush to --backends"
+        for system in PY_SYSTEMS:
+            if system in args.systems and "flush" not in args.backends:
+                skipped[system] = "runs on the flush backend only; add flush to --backends"
         for system, reason in skipped.items():
             print(f"alloc.py: skipping {system}: {reason}", file=sys.stderr)
         results = []
@@ -444,8 +470,9 @@ def main(argv=None) -> int:
                 if "pmdk" in drivers:
                     common.note(f"alloc: pmdk {backend} {wl_name}")
                     results += bench_pmdk(drivers["pmdk"], wl_name, backend, args)
-            if "pmstore-python" in args.systems and "flush" in args.backends:
-                results += bench_pmstore_python(wl_name, args)
+            for system in PY_SYSTEMS:
+                if system in args.systems and "flush" in args.backends:
+                    results += bench_pmstore_python(system, wl_name, args)
             for system in ("glibc", "mimalloc"):
                 if system in drivers:
                     common.note(f"alloc: {system} {wl_name}")

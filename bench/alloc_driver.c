@@ -477,6 +477,7 @@ int main(int argc, char **argv) {
 #if defined(SYS_PMDK)
     pmemobj_close(pool);
 #elif defined(SYS_PMSTORE)
+    if (pm_redo_quiesce(heap)) die("pm_redo_quiesce failed");   /* the last commits' words durable, lanes empty */
     pm_heap_unmap(heap);
 #endif
     return 0;

@@ -1,7 +1,7 @@
 """Redo commit throughput: atomic durable commits of 1, 4 and 16 word updates.
 
-Measures HeapFile's redo lanes (FORMAT.md "Commit protocol", two persist barriers per
-commit) per backend: msync on a disk file under /tmp, CLWB+SFENCE ("flush") on
+Measures HeapFile's redo lanes (FORMAT.md 7.1, one persist barrier per commit; its
+applied words ride the next commit's barrier) per backend: msync on a disk file under /tmp, CLWB+SFENCE ("flush") on
 /dev/shm. Two paths: "packed" calls Mapping.redo_commit with entries packed before
 the clock starts (the C commit plus the binding's per-call cost); "python-api" calls
 HeapFile.commit with (op, off, value) tuples (adds packing in Python).

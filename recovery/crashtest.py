@@ -52,13 +52,14 @@ REDO_THREADS = 3
 
 
 # ------------------------------------------------------------------ redo commits, several lanes
-def record_redo(path: Path, seed: int, commit_count: int) -> tuple[bytes, bytes, list[int], list[dict]]:
+def record_redo(path: Path, seed: int, commit_count: int,
+                lane_count: int = REDO_LANES) -> tuple[bytes, bytes, list[int], list[dict]]:
     """Random multi-word redo commits (SET, OR, ANDNOT) from three threads in turn, so
     they use different lanes and one lane's lazy invalidation must be made durable by
     another lane's commit point (L4). Returns (base image, trace, words, models)."""
     from allocator import HeapFile, layout
     path.unlink(missing_ok=True)
-    HeapFile.create(path, size=128 << 10, max_size=128 << 10, lane_count=REDO_LANES, backend="none").close()
+    HeapFile.create(path, size=128 << 10, max_size=128 << 10, lane_count=lane_count, backend="none").close()
     base = path.read_bytes()
     rng = random.Random(seed)
     ops = (layout.REDO_OP_SET, layout.REDO_OP_OR, layout.REDO_OP_ANDNOT)
@@ -74,7 +75,7 @@ def record_redo(path: Path, seed: int, commit_count: int) -> tuple[bytes, bytes,
             hf.mapping.trace_mark(2 * i + 1)
             models.append(apply_entries(models[-1], entries))
         mapping = hf.mapping
-        hf.update_header(clean_shutdown=1)      # the close path's header write, still traced
+        hf.mark_clean()     # the close path's writes, still traced
         trace = mapping.trace_take()
         hf.abandon()
     finally:
@@ -111,8 +112,9 @@ def read_words(path: Path, words: list[int], *, backend: str = "private") -> dic
         hf.abandon()
 
 
-def run_redo(seed: int, commit_count: int, max_subsets: int, workdir: Path, *, workers: int = 1) -> crashsim.Result:
-    base, trace, words, models = record_redo(workdir / f"r{seed}.heap", seed, commit_count)
+def run_redo(seed: int, commit_count: int, max_subsets: int, workdir: Path, *, workers: int = 1,
+             lane_count: int = REDO_LANES) -> crashsim.Result:
+    base, trace, words, models = record_redo(workdir / f"r{seed}.heap", seed, commit_count, lane_count)
 
     def check(img, point):
         acked, allowed = allowed_states(point, models)

@@ -22,10 +22,11 @@ from pathlib import Path
 # name -> what the mutant breaks (allocator/csrc/redo.c, PMSTORE_MUTANT_<NAME>)
 MUTANTS = {
     "noinval": "a lane's invalidation is never made durable by later commit points (L4)",
-    "noapplyfence": "no barrier after applying a commit's words (FORMAT.md 7.1 step 4)",
+    "noapplyfence": "a commit's applied words never join a later barrier (FORMAT.md 7.1 steps 2 and 4)",
     "nocheck": "recovery replays a lane whose CHECK ranges fail their CRC (L5)",
-    "nodata": "the published data is left out of the commit-point barrier (7.1 step 2)",
+    "nodata": "the published data is left out of the commit-point barrier (7.1 step 4)",
     "applyfirst": "the words are applied before the commit point (7.1 steps reordered)",
+    "earlyclear": "a settled lane's seal is cleared before the barrier that makes its words durable (L4)",
 }
 PACKAGES = ("allocator", "store", "recovery")
 

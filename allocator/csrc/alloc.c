@@ -334,7 +334,7 @@ static int dest_is_valid(pm_heap *h, uint64_t dest) {
 /* ------------------------------------------------------------------ public API */
 
 /* pm_alloc_into -- allocate size bytes and publish the block's offset in the word at dest
- * in one redo commit (2 barriers); returns the offset, or a negative PM_E_* code.
+ * in one redo commit (1 barrier); returns the offset, or a negative PM_E_* code.
  * dest = 0: allocate unpublished (the caller must publish it, or it leaks at a crash). */
 int64_t pm_alloc_into(pm_heap *h, uint64_t dest, uint64_t size) {
     if (!h->alloc) return PM_E_ARG;

@@ -137,5 +137,6 @@ int pm_redo_init(pm_heap *h, uint64_t redo_off, uint32_t lane_count, uint32_t la
 uint32_t pm_redo_capacity(pm_heap *h);
 int pm_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t count);
 int pm_redo_recover(pm_heap *h, struct pm_recover_report *out);
+int pm_redo_quiesce(pm_heap *h);   /* every commit's words durable, every lane empty (close) */
 
 #endif

@@ -17,11 +17,20 @@
 
 #define PMI_STRIPES 16   /* striped counters: threads add to their own line */
 
-struct pmi_lane {                       /* one cache line: only its owner writes it */
-    atomic_int busy;                    /* 1 while a committer holds the lane */
+/* Lane states (FORMAT.md 7.1). A commit holds its lane BUSY; a commit whose applied words
+ * wait for the next barrier leaves it DEFERRED; a committer that folds those words into
+ * its own barrier holds it SETTLING until it has cleared the seal. */
+enum { PMI_LANE_FREE = 0, PMI_LANE_BUSY = 1, PMI_LANE_DEFERRED = 2, PMI_LANE_SETTLING = 3 };
+
+#define PMI_DEFER_MAX 28    /* applied words a commit may leave to the next barrier */
+
+struct pmi_lane {
+    _Alignas(64) atomic_int state;      /* PMI_LANE_* */
+    uint32_t word_count;                /* words in word_off, valid while DEFERRED / SETTLING */
     atomic_uint_fast64_t inval_seq;     /* seq of the last commit whose seal=0 store may not be durable */
-    uint64_t last_seq;                  /* owner only: the last seq used, keeps seqs increasing */
-    char pad[40];
+    atomic_uint_fast64_t last_seq;      /* the seq of the last commit on this lane (Lamport clock) */
+    uint64_t seq;                       /* seq of the deferred commit */
+    uint64_t word_off[PMI_DEFER_MAX];   /* its applied words, not yet durable */
 };
 
 struct pmi_stripe { _Alignas(64) atomic_uint_fast64_t n; };
@@ -41,6 +50,7 @@ struct pm_heap {
     uint32_t lane_size;         /* bytes */
     uint32_t lane_capacity;     /* entries per lane */
     struct pmi_lane *lanes;     /* cache-line aligned */
+    _Atomic uint64_t *lane_used;    /* bit i: lane i has been taken at least once (read-mostly) */
     struct pmi_alloc *alloc;    /* allocator (alloc.c, span.c) */
     /* written rarely; its own line so the hot reads above stay shared */
     _Alignas(64) atomic_int failed_errno;   /* a barrier failed (EIO...): sticky, every later write refuses */

@@ -220,7 +220,8 @@ def test_view_out_of_range_raises_ValueError(heap):
 
 # ----------------------------------------------------------------------------- persist barriers and backends
 def test_persist_count_per_call(any_backend_heap):
-    """One barrier per write_persist/persist, two per redo commit, none for plain stores."""
+    """One barrier per write_persist/persist and per redo commit, none for plain stores;
+    quiesce settles the last commit's words, then makes its seal clear durable."""
     hf = any_backend_heap
     m = hf.mapping
     off = hf.header.data_off
@@ -233,11 +234,15 @@ def test_persist_count_per_call(any_backend_heap):
     m.persist(off, 100)
     assert m.persist_count == c + 2
     hf.commit([(REDO_OP_SET, off + 128, 7)])
-    assert m.persist_count == c + 4
+    assert m.persist_count == c + 3
+    m.redo_quiesce()
+    assert m.persist_count == c + 5
+    m.redo_quiesce()                        # nothing left to settle or clear
+    assert m.persist_count == c + 5
     hf.commit([(REDO_OP_SET, off + 8 * i, i) for i in range(40)])   # more entries than the on-stack list
-    assert m.persist_count == c + 6
+    assert m.persist_count == c + 7         # too many words to defer: commit point, then the words
     hf.commit([])
-    assert m.persist_count == c + 6
+    assert m.persist_count == c + 7
     assert m.load8(off + 8 * 39) == 39
 
 
@@ -420,7 +425,7 @@ def test_L2_commit_rejects_misaligned_target(heap, delta):
 
 
 def test_L2_concurrent_commits_on_disjoint_words(heap):
-    """8 threads x 50 commits (SET and OR on their own words) all apply; 2 barriers each."""
+    """8 threads x 50 commits (SET and OR on their own words) all apply; 1 barrier each."""
     threads_n, rounds, words = 8, 50, 4
     base = heap.header.data_off
     start = threading.Barrier(threads_n)
@@ -452,10 +457,13 @@ def test_L2_concurrent_commits_on_disjoint_words(heap):
         assert m.load8(mine + 8) == rounds - 1
         assert m.load8(mine + 16) == (1 << rounds) - 1
         assert m.load8(mine + 24) == 0
-    assert m.persist_count == c0 + 2 * threads_n * rounds
+    n = threads_n * rounds
+    # one barrier per commit; a thread that finds every lane taken settles them (rare)
+    assert n <= m.persist_count - c0 <= n + n // 20
+    m.redo_quiesce()
     h = heap.header
     seals = [m.load8(h.redo_off + i * h.lane_size) for i in range(h.lane_count)]
-    assert seals == [0] * h.lane_count      # every lane invalidated after its commit
+    assert seals == [0] * h.lane_count      # every lane invalidated once its words are durable
 
 
 # ----------------------------------------------------------------------------- trace
@@ -508,17 +516,19 @@ def test_trace_store8_write_persist_and_mark(heap):
     ]
 
 
-def test_L3_trace_of_a_commit_follows_the_protocol(heap):
-    """Log then seal, barrier (commit point), apply, barrier, then the seal is cleared."""
+def test_L3_L4_trace_of_a_commit_follows_the_protocol(heap):
+    """Log then seal, barrier (commit point), apply; the applied word is flushed by the
+    next commit's barrier, and only after that barrier is the first seal cleared."""
     m = heap.mapping
     h = heap.header
     w = h.data_off
     m.trace_start()
     heap.commit([(REDO_OP_SET, w, 0xABCD)])
+    heap.commit([(REDO_OP_SET, w + 64, 1)])
     recs = _parse_trace(m.trace_take())
     kinds = [r[0] for r in recs]
     fences = [i for i, k in enumerate(kinds) if k == _native.TRACE_FENCE]
-    assert len(fences) == 2
+    assert len(fences) == 2                 # one barrier per commit
     seal_i = next(i for i, r in enumerate(recs)
                   if r[0] == _native.TRACE_WRITE and r[2] >= h.redo_off and r[2] % h.lane_size == 0
                   and r[3] != bytes(8))
@@ -531,4 +541,5 @@ def test_L3_trace_of_a_commit_follows_the_protocol(heap):
                for r in recs[seal_i:fences[0]])
     assert any(r[0] == _native.TRACE_FLUSH and r[2] <= w and r[2] + r[1] >= w + 8
                for r in recs[word_i:fences[1]])
-    assert recs[-1] == (_native.TRACE_WRITE, 8, lane_off, bytes(8))
+    clear_i = next(i for i, r in enumerate(recs) if r[0] == _native.TRACE_WRITE and r[2] == lane_off and r[3] == bytes(8))
+    assert fences[1] < clear_i              # the seal outlives the barrier that made its word durable (L4)

@@ -10,7 +10,9 @@ Systems (one write transaction per put or delete; every thread shares one store)
                  table kv (k BLOB PRIMARY KEY, v BLOB) WITHOUT ROWID; one connection per thread.
   dict           a Python dict: the volatile ceiling (list: a sorted key list + bisect).
 Workloads per value size (100 B, 4 KiB, 64 KiB) and path (/dev/shm, a file under /tmp):
-put (fresh keys; 1 and N threads), get (random fixture keys), list (pages of 1000 by
+put (fresh keys; 1 and N threads), get (random fixture keys: the value alone, as
+LMDB's txn.get returns it; pmstore's Store.get_value), get-info (pmstore only: Store.get,
+the value and its ObjectInfo), list (pages of 1000 by
 prefix over the fixture; ops = objects listed), delete (the keys the 1-thread put made,
 in random order). Reopen: time to open a store of 10k/100k(/1M) objects of 100 B after a
 clean close, and for pmstore after a simulated crash (Store.abandon). Scratch files are
@@ -115,7 +117,14 @@ class System(abc.ABC):
 
     @abc.abstractmethod
     def getter(self):
+        """key -> the value bytes."""
         ...
+
+    has_info_get = False
+
+    def info_getter(self):
+        """key -> (value, metadata), where the system has such a read (has_info_get)."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def deleter(self):
@@ -147,6 +156,7 @@ class System(abc.ABC):
 
 class PmstoreSystem(System):
     key_bytes = False
+    has_info_get = True
 
     def __init__(self, name: str, durability: str):
         self.name, self.durability = name, durability
@@ -171,6 +181,9 @@ class PmstoreSystem(System):
         return self.s.put
 
     def getter(self):
+        return self.s.get_value
+
+    def info_getter(self):
         return self.s.get
 
     def deleter(self):
@@ -560,6 +573,8 @@ class Case:
         self.prefix = b"f/" if sysobj.key_bytes else "f/"
         self.stats = {("put", t): PhaseStats() for t in put_threads}
         self.stats.update({(w, 1): PhaseStats() for w in ("get", "list", "delete")})
+        if sysobj.has_info_get:
+            self.stats[("get-info", 1)] = PhaseStats()
         self.last_put_ops: dict[int, int] = {}
         self.expected_count = len(self.fixture)
         self.fs = "-"
@@ -588,14 +603,18 @@ class Case:
         shuffled = self.fixture[:]
         self.rnd.shuffle(shuffled)
 
-        def make_get(i):
-            it, get = cycle(shuffled), sysobj.getter()
+        for workload, make_getter in (("get", sysobj.getter), ("get-info", sysobj.info_getter)):
+            if (workload, 1) not in self.stats:
+                continue
 
-            def work(n):
-                for k in islice(it, n):
-                    get(k)
-            return work
-        timed(sysobj, self.stats[("get", 1)], make_get, 1, phase_s)
+            def make_get(i, make_getter=make_getter):
+                it, get = cycle(shuffled), make_getter()
+
+                def work(n):
+                    for k in islice(it, n):
+                        get(k)
+                return work
+            timed(sysobj, self.stats[(workload, 1)], make_get, 1, phase_s)
         if sysobj.value_size(shuffled[0]) != self.value_size:
             raise SystemExit(f"store.py: {sysobj.name} returned a value of the wrong size")
 
@@ -647,7 +666,7 @@ class Case:
                    "ops": st.ops, "median_of": len(st.rates), "runs": [round(x, 1) for x in st.rates]}
             if workload == "list":
                 row.update(page_size=PAGE_SIZE, pages_per_s=round(common.median(st.extra["pages_per_s"]), 1))
-            if workload in ("get", "list"):
+            if workload in ("get", "get-info", "list"):
                 row["objects"] = len(self.fixture)
             rows.append(row)
         return rows
@@ -718,14 +737,15 @@ def bench_reopen(sysobj: System, counts: list[int], args) -> list[dict]:
 # ---------------------------------------------------------------- derived keys
 def add_ratios(results: list[dict]) -> None:
     """vs_lmdb_sync: ops_per_s / py-lmdb's (default sync) for the same workload, value size,
-    threads and path (the dict ceiling against LMDB on /dev/shm)."""
+    threads and path (the dict ceiling against LMDB on /dev/shm; get-info against get)."""
     ref = {(r["workload"], r["value_size"], r["threads"], r["path_kind"]): r["ops_per_s"]
            for r in results if r["system"] == "lmdb" and not r["workload"].startswith("reopen")}
     for r in results:
         if r["workload"].startswith("reopen"):
             continue
         path = "dev-shm" if r["path_kind"] == "dram" else r["path_kind"]
-        base = ref.get((r["workload"], r["value_size"], r["threads"], path))
+        workload = "get" if r["workload"] == "get-info" else r["workload"]     # vs LMDB's only read
+        base = ref.get((workload, r["value_size"], r["threads"], path))
         r["vs_lmdb_sync"] = round(r["ops_per_s"] / base, 3) if base else None
 
 

@@ -94,12 +94,12 @@ def _etag_bytes(etag: str) -> bytes:
 class Store:
     """A keyed object store in one heap file. Use `Store.open`."""
 
-    def __init__(self, heap: Heap, index: _index.Index, *, durability: str, verify_reads: bool,
+    def __init__(self, heap: Heap, index: _index.Index, *, durability: str,
                  max_object_size: int, group_commit: bool | None = None):
         self.heap = heap
         self._index = index
         self.durability = durability
-        self.verify_reads = verify_reads
+        self.get_value = index.value_reader(encode_key)     # the hot read, one frame
         self.max_object_size = max_object_size
         self.report = {**dataclasses.asdict(heap.report), **{f"index_{k}": v for k, v in index.report.items()}}
         # Group commit pays off where a barrier is slow (msync: a device wait); with CPU-cache
@@ -135,8 +135,8 @@ class Store:
                     _index.Index.create(heap.mapping)
                 except NeedGrow:
                     heap._grow_and_retry(lambda: _index.Index.create(heap.mapping), 4096)
-            index = _index.Index(heap.mapping, heap.root)
-            store = cls(heap, index, durability=durability, verify_reads=verify_reads,
+            index = _index.Index(heap.mapping, heap.root, verify_reads)
+            store = cls(heap, index, durability=durability,
                         max_object_size=max_object_size, group_commit=group_commit)
             store.report["index_ms"] = (time.perf_counter() - t0) * 1e3
             return store
@@ -160,7 +160,20 @@ class Store:
     def put(self, key, value, *, content_type: str | None = None, if_match: str | None = None,
             if_none_match: bool = False) -> ObjectInfo:
         """Store value under key (atomically replacing any old object); durable on return in sync mode."""
+        if (type(value) is bytes and type(key) is str and content_type is None and if_match is None
+                and not if_none_match and self._group is None and 0 < len(key) <= 256 and key.isprintable()
+                and len(value) <= self.max_object_size):
+            # the common put: a printable key (encode_key's checks hold by construction), one C call
+            k = key.encode()
+            try:
+                mtime, crc, etag, _ = self._index.put_plain(k, value)
+            except NeedGrow:
+                mtime, crc, etag, _ = self._grow_and_put_plain(k, value)
+            return _new_info(ObjectInfo, (key, len(value), etag.hex(), None, mtime, crc))
         return self._put(key, value, content_type, if_match, if_none_match)[0]
+
+    def _grow_and_put_plain(self, k: bytes, value: bytes):
+        return self.heap._grow_and_retry(lambda: self._index.put_plain(k, value), len(value) + len(k) + 512)
 
     def put_created(self, key, value, *, content_type: str | None = None, if_match: str | None = None,
                     if_none_match: bool = False) -> tuple[ObjectInfo, bool]:
@@ -220,10 +233,24 @@ class Store:
             if self.verify_reads and crc32c(view) != info.value_crc32c:
                 raise CorruptObjectError(f"get {k!r}: the stored value fails its CRC32C (I4); not returned")
             return view, self._info(k, info)
-        buf, info = self._index.get(k, verify=self.verify_reads)
+        buf, info = self._index.get(k)
         size, mtime, crc, etag, ct = _index.scratch_info_fields()
         return ((buf if type(buf) is bytes else bytes(buf)),
                 _new_info(ObjectInfo, (key if type(key) is str else k.decode(), size, etag.hex(), ct, mtime, crc)))
+
+    @property
+    def verify_reads(self) -> bool:
+        """Reads check the value's CRC32C (I4); fixed at open."""
+        return self._index.verify_reads
+
+    def get_value(self, key) -> bytes:
+        """The value alone, without its ObjectInfo: the cheapest read (also `store[key]`).
+        Same checks as get: NoSuchKeyError (a KeyError), CorruptObjectError, InvalidKeyError.
+        (Store.__init__ replaces this with the index's one-frame closure; same behaviour.)"""
+        return self._index.value_reader(encode_key)(key)
+
+    def __getitem__(self, key) -> bytes:
+        return self.get_value(key)
 
     def get_range(self, key, start: int, end: int | None = None):
         """(value[start:end], ObjectInfo); end is exclusive and clamped to the size."""
@@ -231,7 +258,7 @@ class Store:
             raise ValueError(f"invalid range [{start}, {end})")
         k = encode_key(key)
         limit = _index.NO_LIMIT if end is None else end - start   # copies only the range
-        buf, info = self._index.get(k, start=start, verify=self.verify_reads, limit=limit)
+        buf, info = self._index.get(k, start=start, limit=limit)
         return bytes(buf), self._info(k, info)
 
     def head(self, key) -> ObjectInfo:

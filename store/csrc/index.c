@@ -20,10 +20,15 @@
 #define TOMB 1u
 #define RETRIES_BEFORE_LOCK 8
 
+struct slot {                   /* hash and record side by side: one cache miss per probe */
+    _Atomic uint32_t hash;      /* 0 empty, 1 tombstone, else hash | 0x80000000 */
+    uint32_t pad;
+    _Atomic uint64_t rec;       /* record offset */
+};
+
 struct tab {
     uint64_t cap;               /* slots, a power of two */
-    _Atomic uint32_t *hash;     /* 0 empty, 1 tombstone, else hash | 0x80000000 */
-    _Atomic uint64_t *rec;      /* record offset */
+    struct slot *slot;
     struct tab *retired;        /* older tables, freed at close (readers may still hold them) */
 };
 
@@ -31,6 +36,7 @@ struct pm_index {
     pm_heap *h;
     uint64_t super_off;
     uint64_t head_off;
+    int verify_reads;           /* pm_index_read checks the value's CRC32C (I4) */
     pthread_mutex_t wlock;      /* one writer at a time */
     uint64_t used;              /* writer: slots holding a record or a tombstone */
     uint64_t rng;               /* writer: xorshift state for tower heights */
@@ -136,14 +142,13 @@ static struct tab *tab_new(uint64_t cap) {
     struct tab *t = calloc(1, sizeof *t);
     if (!t) return NULL;
     t->cap = cap;
-    t->hash = calloc(cap, sizeof *t->hash);
-    t->rec = calloc(cap, sizeof *t->rec);
-    if (!t->hash || !t->rec) { free((void *)t->hash); free((void *)t->rec); free(t); return NULL; }
+    t->slot = calloc(cap, sizeof *t->slot);
+    if (!t->slot) { free(t); return NULL; }
     return t;
 }
 
 static void tab_free_all(struct tab *t) {
-    while (t) { struct tab *r = t->retired; free((void *)t->hash); free((void *)t->rec); free(t); t = r; }
+    while (t) { struct tab *r = t->retired; free(t->slot); free(t); t = r; }
 }
 
 /* tab_find -- the slot holding key, or -1; *rec gets the record it checked. Safe for
@@ -151,10 +156,10 @@ static void tab_free_all(struct tab *t) {
 static int64_t tab_find(pm_heap *h, struct tab *t, const uint8_t *key, uint32_t klen, uint32_t hv, uint64_t *rec) {
     uint64_t mask = t->cap - 1, i = hv & mask;
     for (uint64_t probe = 0; probe < t->cap; probe++, i = (i + 1) & mask) {
-        uint32_t s = atomic_load_explicit(&t->hash[i], memory_order_acquire);
+        uint32_t s = atomic_load_explicit(&t->slot[i].hash, memory_order_acquire);
         if (s == 0) return -1;
         if (s != hv) continue;
-        uint64_t r = atomic_load_explicit(&t->rec[i], memory_order_acquire);
+        uint64_t r = atomic_load_explicit(&t->slot[i].rec, memory_order_acquire);
         struct pmd_object o;
         const uint8_t *k;
         if (r && snap(h, r, &o, &k) && bytes_cmp(k, o.key_size, key, klen) == 0) { *rec = r; return (int64_t)i; }
@@ -168,17 +173,17 @@ static int tab_put(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t r) {
     uint32_t hv = key_hash(key, klen);
     uint64_t found;
     int64_t i = tab_find(x->h, t, key, klen, hv, &found);
-    if (i >= 0) { atomic_store_explicit(&t->rec[i], r, memory_order_release); return PM_OK; }
+    if (i >= 0) { atomic_store_explicit(&t->slot[i].rec, r, memory_order_release); return PM_OK; }
     if ((x->used + 1) * 10 > t->cap * 7) {     /* grow (and drop tombstones) at 70% */
         struct tab *n = tab_new(t->cap * 2);
         if (!n) return PM_E_NOMEM;
         uint64_t used = 0;
         for (uint64_t k = 0; k < t->cap; k++) {
-            uint32_t s = t->hash[k];
+            uint32_t s = t->slot[k].hash;
             if (s <= TOMB) continue;
             uint64_t j = s & (n->cap - 1);
-            while (n->hash[j]) j = (j + 1) & (n->cap - 1);
-            n->hash[j] = s; n->rec[j] = t->rec[k]; used++;
+            while (n->slot[j].hash) j = (j + 1) & (n->cap - 1);
+            n->slot[j].hash = s; n->slot[j].rec = t->slot[k].rec; used++;
         }
         n->retired = t;
         atomic_store_explicit(&x->tab, n, memory_order_release);
@@ -186,10 +191,10 @@ static int tab_put(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t r) {
         t = n;
     }
     uint64_t mask = t->cap - 1, j = hv & mask;
-    while (atomic_load(&t->hash[j]) > TOMB) j = (j + 1) & mask;
-    if (atomic_load(&t->hash[j]) == 0) x->used++;
-    atomic_store_explicit(&t->rec[j], r, memory_order_release);
-    atomic_store_explicit(&t->hash[j], hv, memory_order_release);
+    while (atomic_load(&t->slot[j].hash) > TOMB) j = (j + 1) & mask;
+    if (atomic_load(&t->slot[j].hash) == 0) x->used++;
+    atomic_store_explicit(&t->slot[j].rec, r, memory_order_release);
+    atomic_store_explicit(&t->slot[j].hash, hv, memory_order_release);
     return PM_OK;
 }
 
@@ -198,8 +203,8 @@ static void tab_del(pm_index *x, const uint8_t *key, uint32_t klen) {
     uint64_t found;
     int64_t i = tab_find(x->h, t, key, klen, key_hash(key, klen), &found);
     if (i < 0) return;
-    atomic_store_explicit(&t->rec[i], 0, memory_order_release);
-    atomic_store_explicit(&t->hash[i], TOMB, memory_order_release);
+    atomic_store_explicit(&t->slot[i].rec, 0, memory_order_release);
+    atomic_store_explicit(&t->slot[i].hash, TOMB, memory_order_release);
 }
 
 /* ------------------------------------------------------------------ skip list (writer) */
@@ -307,7 +312,7 @@ int pm_index_open(pm_heap *h, uint64_t super_off, pm_index **out, struct pm_inde
     pm_index *x = aligned_alloc(64, (sizeof *x + 63) & ~(size_t)63);
     if (!x) return PM_E_NOMEM;
     memset(x, 0, sizeof *x);
-    x->h = h; x->super_off = super_off; x->head_off = head;
+    x->h = h; x->super_off = super_off; x->head_off = head; x->verify_reads = 1;
     x->rng = 0x9E3779B97F4A7C15ull ^ (uint64_t)(uintptr_t)x;
     pthread_mutex_init(&x->wlock, NULL);
     struct tab *t = tab_new(1024);
@@ -379,6 +384,23 @@ int pm_index_get(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t start,
         if (locked) pthread_mutex_unlock(&x->wlock);
         if (v1 == v2 || locked) return rc;
     }
+}
+
+void pm_index_set_verify(pm_index *x, int on) { x->verify_reads = on; }
+
+int pm_index_read(pm_index *x, const char *key, const struct pm_read_req *req) {
+    size_t klen = strnlen(key, PMD_OBJ_KEY_MAX + 1);
+    if (klen < 1 || klen > PMD_OBJ_KEY_MAX) return PM_E_NOT_FOUND;
+    return pm_index_get(x, (const uint8_t *)key, (uint32_t)klen, req->start, req->limit, req->dst, req->cap,
+                        x->verify_reads, req->info);
+}
+
+int pm_index_put_plain(pm_index *x, const char *key, const uint8_t *value, uint64_t vlen, struct pm_obj_info *info) {
+    size_t klen = strnlen(key, PMD_OBJ_KEY_MAX + 1);
+    int created = 0;
+    int rc = pm_index_put(x, (const uint8_t *)key, (uint32_t)(klen > PMD_OBJ_KEY_MAX ? 0 : klen), (const uint8_t *)"", 0, value,
+                          vlen, NULL, 0, PM_COND_NONE, NULL, info, &created);
+    return rc < 0 ? rc : created;
 }
 
 /* pm_index_put -- insert or replace key (FORMAT.md 7.9): one redo commit allocates the

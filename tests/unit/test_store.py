@@ -502,6 +502,39 @@ def test_sync_durability_roundtrip_and_reopen(tmp_path):
         assert _contents(s) == {"big": big, "small": b"replaced"}
 
 
+# ---------------------------------------------------------------- get_value / store[key]
+
+
+@pytest.mark.parametrize("size", [0, 100, 65536, 70_000])
+def test_get_value_returns_what_get_returns(tmp_path, size):
+    """The value-only read (a one-frame closure over one C call) agrees with get for
+    every kind of key: printable str (fast path), bytes, non-printable or long str keys
+    (encode_key), and values past the 64 KiB scratch buffer."""
+    keys = ["k", "dir/ñame", b"raw-bytes", "line\u2028sep", "x" * 300, "é" * 256]
+    with _open(tmp_path / "s.heap") as s:
+        for i, k in enumerate(keys):
+            s.put(k, _value(i, size))
+        for i, k in enumerate(keys):
+            got = s.get_value(k)
+            assert type(got) is bytes
+            assert got == s.get(k)[0] == s[k] == _value(i, size)
+
+
+def test_get_value_errors(tmp_path):
+    with _open(tmp_path / "s.heap") as s:
+        s.put("k", b"v")
+        with pytest.raises(NoSuchKeyError):
+            s.get_value("missing")
+        with pytest.raises(KeyError):           # a mapping's miss
+            s["missing"]
+        for bad in ["", "a\x00b", "tab\there", "x" * 1025, b"\xff\xfe"]:
+            with pytest.raises(InvalidKeyError):
+                s.get_value(bad)
+        s.delete("k")
+        with pytest.raises(NoSuchKeyError):
+            s.get_value("k")
+
+
 # ---------------------------------------------------------------- checksummed reads (I4)
 
 
@@ -531,6 +564,10 @@ def test_I4_flipped_value_byte_is_never_returned(tmp_path, size):
             got = s.get("k")[0]
             pytest.fail(f"get returned {'the original' if got == value else 'flipped'} bytes of a corrupt value")
         with pytest.raises(CorruptObjectError):
+            s.get_value("k")
+        with pytest.raises(CorruptObjectError):
+            s["k"]
+        with pytest.raises(CorruptObjectError):
             s.get("k", zero_copy=True)
         ranges = [(0, None), (0, 1), (size // 2, size // 2 + 1), (size, None)]
         if size > 2:
@@ -555,6 +592,7 @@ def test_I4_verify_reads_off_returns_the_flipped_bytes(tmp_path, size):
     with _open(path, create=False, verify_reads=False) as s:
         got, info = s.get("k")
         assert got == flipped and got != value
+        assert s.get_value("k") == flipped == s["k"]
         assert info.checksum == crc32c(value) != crc32c(got)
         assert bytes(s.get("k", zero_copy=True)[0]) == flipped
         assert s.get_range("k", size // 2, size // 2 + 1)[0] == flipped[size // 2:size // 2 + 1]

@@ -173,6 +173,7 @@ class Store:
         return self._put(key, value, content_type, if_match, if_none_match)[0]
 
     def _grow_and_put_plain(self, k: bytes, value: bytes):
+        # apart from put, like _grow_and_put
         return self.heap._grow_and_retry(lambda: self._index.put_plain(k, value), len(value) + len(k) + 512)
 
     def put_created(self, key, value, *, content_type: str | None = None, if_match: str | None = None,
@@ -220,8 +221,12 @@ class Store:
         try:
             return self._index.put(k, mv, ctype, etag, mtime, cond, match)
         except NeedGrow:    # slow path: grow the file (HeapFullError at max_size) and retry
-            return self.heap._grow_and_retry(lambda: self._index.put(k, mv, ctype, etag, mtime, cond, match),
-                                             len(mv) + len(k) + 512)
+            return self._grow_and_put(k, mv, ctype, etag, mtime, cond, match)
+
+    def _grow_and_put(self, k, mv, ctype, etag, mtime, cond, match) -> tuple[int, bool]:
+        # apart from _put_one: a lambda there would make its arguments cells on every call
+        return self.heap._grow_and_retry(lambda: self._index.put(k, mv, ctype, etag, mtime, cond, match),
+                                         len(mv) + len(k) + 512)
 
     def get(self, key, *, zero_copy: bool = False):
         """(value, ObjectInfo). zero_copy: a read-only memoryview into the heap, valid until

@@ -220,7 +220,8 @@ static void bar_wait(pm_heap *h, struct bar *b) {
     for (size_t k = 0; k < b->nwaits; k++)
         for (uint32_t spins = 0;
              atomic_load_explicit(&h->lanes[b->waits[k]].state, memory_order_acquire) == PMI_LANE_SETTLING; spins++)
-            if (spins > 64) sched_yield();
+            if (spins < 4096) __builtin_ia32_pause();   /* a settler needs one barrier: spin */
+            else sched_yield();                         /* it was descheduled: let it run */
 }
 
 /* settle_all -- one standalone barrier over every DEFERRED lane's words and the pending

@@ -193,6 +193,21 @@ class Index:
     def delete(self, key: bytes, cond: int, match: bytes | None) -> None:
         check(lib.pm_index_delete(self._x, key, len(key), cond, match or ffi.NULL), "delete", key)
 
+    def submit(self, op: tuple, limit: int) -> int:
+        """Group commit: one op (as apply takes them) joins the C queue; some waiting writer
+        commits it with up to `limit` others in one commit. Returns its result code."""
+        o = ffi.new("struct pm_index_op *")
+        kind, key, value, ctype, etag, cond, match, mtime = op
+        keep = [ffi.from_buffer(key)]
+        o.kind, o.cond, o.mtime_ns, o.key, o.klen = kind, cond, mtime, keep[0], len(key)
+        if kind == 0:
+            keep += [ffi.from_buffer(value), ffi.from_buffer(ctype), ffi.from_buffer(etag)]
+            o.value, o.vlen, o.ctype, o.ctlen, o.etag = keep[1], len(value), keep[2], len(ctype), keep[3]
+        if match is not None:
+            keep.append(ffi.from_buffer(match))
+            o.match_etag = keep[-1]
+        return lib.pm_index_submit(self._x, o, limit)
+
     def apply(self, ops: list[tuple], atomic: bool) -> tuple[int, list[int]]:
         """ops: (kind 0 put / 1 delete, key, value, ctype, etag, cond, match, mtime_ns).
         One redo commit for all; returns (rc, per-op results) without raising."""

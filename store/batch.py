@@ -82,19 +82,19 @@ class Batch:
 
 
 class GroupCommitter:
-    """Concurrent writers share commits: one leader applies everyone's queued operations
-    (distinct keys) in one redo commit, so one set of barriers covers many writers."""
+    """Concurrent writers share commits: each op joins a queue in C (pm_index_submit, the
+    GIL released while it waits); one waiting writer applies everyone's queued operations
+    (distinct keys) in one redo commit, so one barrier covers many writers."""
 
     MAX_GROUP = 64
 
     def __init__(self, store):
         import threading
         self._store = store
-        self._cv = threading.Condition()
-        self._queue: list[list] = []      # [op tuple, result or None]
-        self._leader = False
         self._count_lock = threading.Lock()
         self.active = 0                   # writers in put/delete; > 0 means commits can be shared
+        # ops per group: the lane holds their redo entries (about 24 each, with tall towers)
+        self.limit = min(self.MAX_GROUP, max(1, store.heap.mapping.redo_capacity // 24))
 
     def enter(self) -> bool:
         """Count a writer in; True if another was already in flight (then share its commit)."""
@@ -106,43 +106,19 @@ class GroupCommitter:
         with self._count_lock:
             self.active -= 1
 
-    def submit(self, op: tuple) -> int:
-        """Apply one op (as Index.apply takes it); returns its result code, or the exception
-        that failed its group (never raises)."""
-        slot = [op, None]
-        with self._cv:
-            self._queue.append(slot)
+    def submit(self, op: tuple) -> int | BaseException:
+        """Apply one op (as Index.apply takes it) in some group's commit; returns its result
+        code, or the exception that stopped it (HeapFullError) -- never raises."""
+        st = self._store
         while True:
-            with self._cv:
-                while slot[1] is None and self._leader:
-                    self._cv.wait()
-                if slot[1] is not None:
-                    return slot[1]
-                self._leader = True     # lead one group; our slot is still queued
-                group, keys, rest = [], set(), []
-                limit = min(self.MAX_GROUP, max(1, self._store.heap.mapping.redo_capacity // 24))
-                for s in self._queue:
-                    if len(group) < limit and s[0][1] not in keys:
-                        group.append(s)
-                        keys.add(s[0][1])
-                    else:
-                        rest.append(s)
-                self._queue = rest
-            try:
-                results = self._run([s[0] for s in group])
-            except BaseException as e:  # noqa: BLE001 - every waiter must learn the outcome
-                results = [e] * len(group)
-            with self._cv:
-                for s, r in zip(group, results):
-                    s[1] = r
-                self._leader = False
-                self._cv.notify_all()
-
-    def _run(self, ops: list[tuple]) -> list:
-        try:
-            return apply_growing(self._store, ops, atomic=False)[1]
-        except Exception as e:  # noqa: BLE001 - HeapFullError for everyone in the group
-            return [e] * len(ops)
+            seen = st.heap.mapping.size
+            r = st._index.submit(op, self.limit)
+            if r != lib.PM_E_NEED_GROW:
+                return r
+            try:        # the group ran out of pages: grow (once, whoever gets here first) and requeue
+                st.heap._grow(seen, len(op[2]) + len(op[1]) + 512)
+            except Exception as e:  # noqa: BLE001 - HeapFullError: the caller raises it
+                return e
 
 
 def apply_growing(st, ops: list[tuple], atomic: bool) -> tuple[int, list[int]]:

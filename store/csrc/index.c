@@ -38,6 +38,12 @@ struct pm_index {
     uint64_t head_off;
     int verify_reads;           /* pm_index_read checks the value's CRC32C (I4) */
     pthread_mutex_t wlock;      /* one writer at a time */
+    /* group commit (pm_index_submit): queued writers' ops, and whether one leads */
+    pthread_mutex_t gq_lock;
+    pthread_cond_t gq_done;
+    struct pm_index_op **gq;
+    uint32_t gq_n, gq_cap;
+    int gq_leader;
     uint64_t used;              /* writer: slots holding a record or a tombstone */
     uint64_t rng;               /* writer: xorshift state for tower heights */
     _Alignas(64) atomic_uint_fast64_t version;  /* bumped after every change */
@@ -315,6 +321,9 @@ int pm_index_open(pm_heap *h, uint64_t super_off, pm_index **out, struct pm_inde
     x->h = h; x->super_off = super_off; x->head_off = head; x->verify_reads = 1;
     x->rng = 0x9E3779B97F4A7C15ull ^ (uint64_t)(uintptr_t)x;
     pthread_mutex_init(&x->wlock, NULL);
+    pthread_mutex_init(&x->gq_lock, NULL);
+    pthread_cond_init(&x->gq_done, NULL);
+    x->gq = NULL; x->gq_n = x->gq_cap = 0; x->gq_leader = 0;
     struct tab *t = tab_new(1024);
     if (!t) { free(x); return PM_E_NOMEM; }
     atomic_store(&x->tab, t);
@@ -343,6 +352,9 @@ void pm_index_close(pm_index *x) {
     if (!x) return;
     tab_free_all(atomic_load(&x->tab));
     pthread_mutex_destroy(&x->wlock);
+    pthread_mutex_destroy(&x->gq_lock);
+    pthread_cond_destroy(&x->gq_done);
+    free(x->gq);
     free(x);
 }
 
@@ -720,4 +732,55 @@ int pm_index_apply(pm_index *x, struct pm_index_op *ops, uint32_t n, int atomic)
 done:
     free(b.ov.off); free(b.ov.val); free(b.res); free(b.fre); free(b.e); free(b.data);
     return rc;
+}
+
+/* ------------------------------------------------------------------ group commit */
+
+#define GQ_PENDING INT32_MIN
+#define GQ_MAX 64
+
+static int same_key(const struct pm_index_op *a, const struct pm_index_op *b) {
+    return a->klen == b->klen && memcmp(a->key, b->key, a->klen) == 0;
+}
+
+/* pm_index_submit -- group commit (FORMAT.md 8): queue op; a waiting writer that finds no
+ * leader becomes one and applies up to `limit` queued ops with distinct keys in ONE
+ * pm_index_apply (one commit, one barrier), then wakes the others; it leads again if its
+ * own op was left for a later group. Writers wait here with the GIL released,
+ * so the next group gathers while the device is busy with this one. Returns op->result. */
+int pm_index_submit(pm_index *x, struct pm_index_op *op, uint32_t limit) {
+    if (limit < 1) limit = 1;
+    if (limit > GQ_MAX) limit = GQ_MAX;
+    op->result = GQ_PENDING;
+    pthread_mutex_lock(&x->gq_lock);
+    if (x->gq_n == x->gq_cap) {
+        uint32_t cap = x->gq_cap ? 2 * x->gq_cap : 64;
+        struct pm_index_op **q = realloc(x->gq, cap * sizeof *q);
+        if (!q) { pthread_mutex_unlock(&x->gq_lock); return PM_E_NOMEM; }
+        x->gq = q; x->gq_cap = cap;
+    }
+    x->gq[x->gq_n++] = op;
+    while (op->result == GQ_PENDING) {
+        if (x->gq_leader) { pthread_cond_wait(&x->gq_done, &x->gq_lock); continue; }
+        x->gq_leader = 1;
+        struct pm_index_op *mine[GQ_MAX], group[GQ_MAX];
+        uint32_t k = 0, keep = 0;
+        for (uint32_t i = 0; i < x->gq_n; i++) {     /* oldest first; a repeated key waits */
+            struct pm_index_op *o = x->gq[i];
+            int dup = 0;
+            for (uint32_t j = 0; j < k && !dup; j++) dup = same_key(mine[j], o);
+            if (k < limit && !dup) mine[k++] = o;
+            else x->gq[keep++] = o;
+        }
+        x->gq_n = keep;
+        pthread_mutex_unlock(&x->gq_lock);
+        for (uint32_t j = 0; j < k; j++) group[j] = *mine[j], group[j].result = 0;
+        int rc = pm_index_apply(x, group, k, 0);    /* durable: every op of the group that succeeded */
+        pthread_mutex_lock(&x->gq_lock);
+        for (uint32_t j = 0; j < k; j++) mine[j]->result = rc < 0 && group[j].result >= 0 ? rc : group[j].result;
+        x->gq_leader = 0;
+        pthread_cond_broadcast(&x->gq_done);
+    }
+    pthread_mutex_unlock(&x->gq_lock);
+    return op->result;
 }

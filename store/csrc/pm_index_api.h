@@ -88,6 +88,9 @@ struct pm_index_op {
 };
 
 int pm_index_apply(pm_index *x, struct pm_index_op *ops, uint32_t n, int atomic);
+/* pm_index_submit: group commit -- op joins a queue; one waiting writer applies up to
+ * `limit` queued ops (distinct keys) in one pm_index_apply. Returns op's result. */
+int pm_index_submit(pm_index *x, struct pm_index_op *op, uint32_t limit);
 int pm_index_list(pm_index *x, const uint8_t *after, uint32_t alen, const uint8_t *prefix, uint32_t plen,
                   uint32_t limit, uint8_t *buf, uint64_t cap, uint32_t *count);
 #endif

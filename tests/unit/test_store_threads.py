@@ -297,3 +297,61 @@ def test_threads_concurrent_puts_of_one_key_each_return_their_own_info(tmp_path,
         assert not errors, (f"{len(errors)} of {puts[0]} puts returned wrong info (seed {seed}), e.g.:\n"
                             + "\n".join(errors[:5]))
         assert len(s) == 1
+
+
+def test_group_commit_heap_full_and_create_only_races(tmp_path):
+    """Group commit (pm_index_submit): 8 writers fill a small heap until HeapFullError;
+    every put that returned is there byte for byte, the store still serves reads, and of
+    writers racing to create one key with if_none_match exactly one wins per round."""
+    from store.errors import HeapFullError, PreconditionFailedError
+    with Store.open(tmp_path / "s.heap", initial_size=1 << 20, max_size=8 << 20, durability="os",
+                    group_commit=True) as s:
+        acked: dict[str, bytes] = {}
+        full = threading.Event()
+        lock = threading.Lock()
+
+        def filler(wid):
+            def run(deadline, errors):
+                i = 0
+                while time.monotonic() < deadline and not full.is_set():
+                    key, value = f"w{wid}/{i:06d}", bytes([wid, i % 251]) * (500 + i % 3)
+                    try:
+                        s.put(key, value)
+                    except HeapFullError:
+                        full.set()
+                        return
+                    except Exception as e:      # noqa: BLE001
+                        errors.append(f"writer {wid}: {type(e).__name__}: {e}")
+                        return
+                    with lock:
+                        acked[key] = value
+                    i += 1
+            return run
+
+        errors = _run_threads([filler(w) for w in range(8)], 20.0)
+        assert not errors, "\n".join(errors[:5])
+        assert full.is_set(), "the heap never filled"
+        assert len(s) == len(acked) > 100
+        for key, value in acked.items():
+            assert s.get_value(key) == value
+        for key in list(acked)[: len(acked) // 2]:     # deletes free room again
+            s.delete(key)
+
+        for rnd in range(5):
+            wins, fails = [], []
+
+            def creator(wid, rnd=rnd, wins=wins, fails=fails):
+                def run(deadline, errors):
+                    try:
+                        s.put(f"once/{rnd}", f"{wid}".encode(), if_none_match=True)
+                        wins.append(wid)
+                    except PreconditionFailedError:
+                        fails.append(wid)
+                    except Exception as e:      # noqa: BLE001
+                        errors.append(f"creator {wid}: {type(e).__name__}: {e}")
+                return run
+
+            errors = _run_threads([creator(w) for w in range(8)], 5.0)
+            assert not errors, "\n".join(errors[:5])
+            assert len(wins) == 1 and len(fails) == 7, (wins, fails)
+            assert s.get_value(f"once/{rnd}") == str(wins[0]).encode()

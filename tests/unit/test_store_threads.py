@@ -351,7 +351,7 @@ def test_group_commit_heap_full_and_create_only_races(tmp_path):
                         errors.append(f"creator {wid}: {type(e).__name__}: {e}")
                 return run
 
-            errors = _run_threads([creator(w) for w in range(8)], 5.0)
-            assert not errors, "\n".join(errors[:5])
+            race_errors = _run_threads([creator(w) for w in range(8)], 5.0)
+            assert not race_errors, "\n".join(race_errors[:5])
             assert len(wins) == 1 and len(fails) == 7, (wins, fails)
             assert s.get_value(f"once/{rnd}") == str(wins[0]).encode()

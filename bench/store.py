@@ -123,8 +123,8 @@ class System(abc.ABC):
     has_info_get = False
 
     def info_getter(self):
-        """key -> (value, metadata), where the system has such a read (has_info_get)."""
-        raise NotImplementedError
+        """key -> (value, metadata), where the system has such a read (has_info_get); else None."""
+        return None
 
     @abc.abstractmethod
     def deleter(self):

@@ -124,7 +124,7 @@ class System(abc.ABC):
 
     def info_getter(self):
         """key -> (value, metadata), where the system has such a read (has_info_get); else None."""
-        return None
+        return
 
     @abc.abstractmethod
     def deleter(self):

@@ -103,6 +103,8 @@ class Index:
         if self._x is not None:
             lib.pm_index_close(self._x)
             self._x = None
+            for name in _CALLS:    # every later call names the cause instead of a cffi TypeError
+                setattr(self, name, _closed)
 
     def count(self) -> int:
         return lib.pm_index_count(self._x)
@@ -157,7 +159,10 @@ class Index:
             else:
                 k = encode_key(key)
             req, view = local.read
-            rc = read(index._x, k, req)
+            try:
+                rc = read(index._x, k, req)
+            except TypeError:       # closed: _x is None
+                _closed()
             return view[:rc] if rc >= 0 else index.read_value(k)    # large value, or the error
         return get_value
 
@@ -249,3 +254,11 @@ class Index:
             pos += _LIST_FIXED.size
             out.append((key, ctype, size, mtime, etag.hex()))
         return out
+
+
+_CALLS = ("count", "get", "read_value", "head", "put", "put_plain", "delete", "submit", "apply", "list")
+
+
+def _closed(*_args, **_kw):
+    from allocator.errors import HeapClosedError
+    raise HeapClosedError("the store is closed")

@@ -520,6 +520,22 @@ def test_get_value_returns_what_get_returns(tmp_path, size):
             assert got == s.get(k)[0] == s[k] == _value(i, size)
 
 
+def test_every_call_on_a_closed_store_says_so(tmp_path):
+    from allocator.errors import HeapClosedError
+    s = _open(tmp_path / "s.heap")
+    s.put("k", b"v")
+    s.close()
+    calls = [lambda: s.get("k"), lambda: s.get_value("k"), lambda: s["k"], lambda: s.get_range("k", 0, 1),
+             lambda: s.head("k"), lambda: s.put("k", b"w"), lambda: s.put("k", b"w", content_type="a/b"),
+             lambda: s.delete("k"), lambda: s.list(), lambda: len(s), lambda: "k" in s, lambda: list(s),
+             lambda: s.get("k", zero_copy=True)]
+    for i, call in enumerate(calls):
+        with pytest.raises(HeapClosedError):
+            call()
+            pytest.fail(f"call {i} on a closed store returned")
+    s.close()                                   # idempotent
+
+
 def test_get_value_errors(tmp_path):
     with _open(tmp_path / "s.heap") as s:
         s.put("k", b"v")

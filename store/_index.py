@@ -33,7 +33,7 @@ class _Scratch(threading.local):
         self.req = ffi.new("struct pm_read_req *")
         self.req.dst, self.req.cap, self.req.start, self.req.limit, self.req.info = (
             self.buf, SCRATCH_SIZE, 0, NO_LIMIT, self.info)
-        self.read = (self.req, self.buf_view)
+        self.read = (self.req, self.buf_view, self.info_view)
         self.put_plain = (self.info, self.info_view)
 
 
@@ -140,7 +140,7 @@ class Index:
     def read_value(self, key: bytes):
         """The whole value as bytes, verified if verify_reads, one C call. key: a valid key
         (encode_key), so it holds no NUL -- pm_index_read takes it NUL-terminated."""
-        req, view = _scratch.read
+        req, view, _ = _scratch.read
         rc = _pm_index_read(self._x, key, req)
         if rc >= 0:
             return view[:rc]
@@ -158,13 +158,38 @@ class Index:
                 k = key.encode()    # printable excludes C0, DEL and lone surrogates
             else:
                 k = encode_key(key)
-            req, view = local.read
+            req, view, _ = local.read
             try:
                 rc = read(index._x, k, req)
             except TypeError:       # closed: _x is None
                 _closed()
             return view[:rc] if rc >= 0 else index.read_value(k)    # large value, or the error
         return get_value
+
+    def info_reader(self, encode_key, info_cls, slow_get):
+        """Store.get as one closure, like value_reader: key -> (value, info_cls(key, size,
+        etag hex, content type, mtime, crc)). zero_copy, values past the scratch buffer and
+        errors go to slow_get (Store's general get)."""
+        local, read, index, new, unpack = _scratch, _pm_index_read, self, tuple.__new__, INFO_HEAD.unpack_from
+
+        def get(key, *, zero_copy: bool = False):
+            if zero_copy:
+                return slow_get(key, zero_copy=True)
+            if type(key) is str and 0 < len(key) <= 256 and key.isprintable():
+                k = key.encode()
+            else:
+                k = encode_key(key)
+            req, view, iv = local.read
+            try:
+                rc = read(index._x, k, req)
+            except TypeError:       # closed: _x is None
+                _closed()
+            if rc < 0:
+                return slow_get(key)
+            _, _, size, mtime, crc, n, etag = unpack(iv)
+            ct = iv[_INFO_CTYPE_OFF:_INFO_CTYPE_OFF + n].decode("utf-8", "replace") if n else None
+            return view[:rc], new(info_cls, (key if type(key) is str else k.decode(), size, etag.hex(), ct, mtime, crc))
+        return get
 
     def head(self, key: bytes):
         info = _scratch.info

@@ -28,22 +28,34 @@ static struct pmd_redo_entry ent(uint32_t op, uint64_t off, uint64_t value) {
 
 /* ------------------------------------------------------------------ thread heaps */
 
+/* A thread's exit (its theap's TLS destructor) can race the close of the heap that made
+ * the theap: Python's Thread.join returns before the OS thread has run its destructors.
+ * theap_life orders the two. Close marks every theap dead under it; a destructor that runs
+ * after that only frees its theap, and the key's deletion keeps any later one from running. */
+static pthread_mutex_t theap_life = PTHREAD_MUTEX_INITIALIZER;
+
 static void theap_abandon(void *p) {
     struct pmi_theap *t = p;
-    struct pmi_alloc *a = t->h->alloc;
-    pthread_mutex_lock(&a->pool_lock);
-    for (uint32_t c = 0; c < PMD_CLASS_COUNT; c++) {
-        struct pmi_run *r = t->owned[c];
-        while (r) {
-            struct pmi_run *nx = r->link;
-            atomic_store(&r->owner, NULL);
-            r->link = a->pool[c];
-            a->pool[c] = r;
-            r = nx;
+    pthread_mutex_lock(&theap_life);
+    if (!t->dead) {
+        struct pmi_alloc *a = t->h->alloc;
+        pthread_mutex_lock(&a->pool_lock);
+        for (uint32_t c = 0; c < PMD_CLASS_COUNT; c++) {
+            struct pmi_run *r = t->owned[c];
+            while (r) {
+                struct pmi_run *nx = r->link;
+                atomic_store(&r->owner, NULL);
+                r->link = a->pool[c];
+                a->pool[c] = r;
+                r = nx;
+            }
         }
-        t->owned[c] = t->current[c] = NULL;
+        for (struct pmi_theap **pp = &a->theaps; *pp; pp = &(*pp)->all_next)
+            if (*pp == t) { *pp = t->all_next; break; }
+        pthread_mutex_unlock(&a->pool_lock);
     }
-    pthread_mutex_unlock(&a->pool_lock);
+    pthread_mutex_unlock(&theap_life);
+    free(t);
 }
 
 static struct pmi_theap *theap_get(pm_heap *h) {
@@ -456,8 +468,17 @@ int pm_tx_commit(pm_heap *h, const struct pmd_redo_entry *e, uint32_t n, const u
 
 static void alloc_destroy(struct pmi_alloc *a) {
     if (!a) return;
+    /* The caller's own theap can go now; another live thread's stays allocated (dead) for
+     * a destructor that may be running this instant: a small leak, never a use after free. */
+    struct pmi_theap *mine = pthread_getspecific(a->theap_key);
+    pthread_mutex_lock(&theap_life);
     pthread_key_delete(a->theap_key);
-    for (struct pmi_theap *t = a->theaps, *nx; t; t = nx) { nx = t->all_next; free(t); }
+    for (struct pmi_theap *t = a->theaps, *nx; t; t = nx) {
+        nx = t->all_next;
+        if (t == mine) free(t);
+        else t->dead = 1;
+    }
+    pthread_mutex_unlock(&theap_life);
     if (a->slots)
         for (uint32_t p = 0; p < a->page_max; p++)
             if (a->slots[p].run && a->slots[p].head == p) { free(a->slots[p].run->next); free(a->slots[p].run); }

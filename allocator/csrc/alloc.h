@@ -39,6 +39,7 @@ struct pmi_theap {              /* one per thread per heap */
     struct pmi_run *current[PMD_CLASS_COUNT];
     struct pmi_run *owned[PMD_CLASS_COUNT];
     struct pmi_theap *all_next; /* registry, for cleanup */
+    int dead;                   /* its heap closed first: only free it (theap_life) */
 };
 
 struct pmi_slot {               /* one per page */

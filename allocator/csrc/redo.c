@@ -220,7 +220,7 @@ static void bar_wait(pm_heap *h, struct bar *b) {
     for (size_t k = 0; k < b->nwaits; k++)
         for (uint32_t spins = 0;
              atomic_load_explicit(&h->lanes[b->waits[k]].state, memory_order_acquire) == PMI_LANE_SETTLING; spins++)
-            if (spins < 4096) __builtin_ia32_pause();   /* a settler needs one barrier: spin */
+            if (spins < 256) __builtin_ia32_pause();    /* a settler needs one barrier: spin a little */
             else sched_yield();                         /* it was descheduled: let it run */
 }
 

@@ -617,3 +617,28 @@ def test_persist_count_one_per_publish_or_free(tmp_path):
     assert max(deltas) <= 2, "more than one extra barrier (a run's bitmap) for one operation"
     assert heap.mapping.size == 8 << 20
     heap.close()
+
+
+def test_close_right_after_worker_threads_exit_is_safe(tmp_path):
+    """Thread.join returns before a worker's thread-exit destructor has moved its runs
+    back to the heap; closing the heap at once must not race that destructor (it once
+    read the freed allocator: a sporadic segfault). Many short rounds to hit the window."""
+    import threading
+    for i in range(40):
+        heap = _create(tmp_path / f"h{i}.heap", size=8 << 20)
+        table = heap.alloc(8 * 64)
+
+        def work(t, heap=heap, table=table):
+            for k in range(8):
+                heap.alloc_into(table + 8 * (8 * t + k), 64 + 16 * t)
+            for k in range(8):
+                heap.free_from(table + 8 * (8 * t + k))
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        heap.close()                        # the workers' destructors may be running now
+    heap = _open(tmp_path / "h39.heap")
+    assert heap.stats()["live_blocks"] == 1     # the table: every worker's block was freed
+    heap.close()

@@ -169,7 +169,9 @@ class Index:
     def info_reader(self, encode_key, info_cls, slow_get):
         """Store.get as one closure, like value_reader: key -> (value, info_cls(key, size,
         etag hex, content type, mtime, crc)). zero_copy, values past the scratch buffer and
-        errors go to slow_get (Store's general get)."""
+        errors go to slow_get (Store's general get). The key fast path and the info unpack
+        (scratch_info_fields) are written out again here on purpose: a shared helper would
+        cost the Python frame these closures exist to save."""
         local, read, index, new, unpack = _scratch, _pm_index_read, self, tuple.__new__, INFO_HEAD.unpack_from
 
         def get(key, *, zero_copy: bool = False):

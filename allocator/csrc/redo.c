@@ -16,7 +16,7 @@
 #define MAX_LANES 4096
 #define CHECK_SIZE_MAX ((1ull << 29) - 1)   /* bytes one CHECK entry covers */
 
-static __thread uint32_t my_lane = UINT32_MAX;  /* lane this thread used last; MAX = none yet */
+static __thread uint32_t my_lane = UINT32_MAX;  /* this thread's home lane (mod lane_count); MAX = none yet */
 
 /* Per thread: for one heap, the inval_seq of each other lane that this thread's own
  * barriers already made durable, so it flushes each foreign invalidation once (L4)
@@ -241,15 +241,10 @@ static int settle_all(pm_heap *h) {
 /* pm_redo_quiesce -- make every commit's words durable and every lane empty (close). */
 int pm_redo_quiesce(pm_heap *h) {
     if (!h->lanes) return PM_OK;
-    int rc = settle_all(h);
+    int rc = settle_all(h);             /* the deferred words durable, their seals cleared */
     if (rc) return rc;
-    struct bar *b = bar_start(h, 0);
-    if (!b) return PM_E_NOMEM;
-    bar_collect(h, UINT32_MAX, b);     /* nothing DEFERRED is left (callers are quiet) */
-    if (b->nr) pmi_persist_ranges(h, b->r, b->nr);  /* durable: every seal cleared above */
-    int ok = !pmi_failed(h);
-    bar_finish(h, b, ok);
-    return ok ? PM_OK : PM_E_IO;
+    return settle_all(h);               /* nothing DEFERRED is left (callers are quiet): only
+                                           the seal clears above are collected, made durable */
 }
 
 /* lane_acquire -- take a FREE lane: this thread's home lane, else the one half the lanes

@@ -439,6 +439,11 @@ def main(argv=None) -> int:
                    help="seconds per timed run on the msync backends, at most --duration-s "
                         "(default 0.2, 0.1 with --quick)")
     p.add_argument("--seed", type=int, default=1, help="seed for sizes and free orders (default 1)")
+    p.add_argument("--driver-dir", type=Path, default=None, metavar="DIR",
+                   help="use the C drivers built earlier in DIR (alloc_driver_<system>, as --build-drivers "
+                        "writes them) instead of compiling: for a machine without gcc or the libraries' headers")
+    p.add_argument("--build-drivers", type=Path, default=None, metavar="DIR",
+                   help="only compile the C drivers of --systems into DIR, then exit")
     args = common.parse_args(p, argv)
     args.py_threads = args.py_threads or args.threads
     args.backends = args.backends or (["flush", "msync"] if args.quick else BACKENDS)
@@ -451,8 +456,20 @@ def main(argv=None) -> int:
     if args.slow_objects < 1 or args.slow_duration_s <= 0:
         p.error("--slow-objects and --slow-duration-s must be positive")
 
+    if args.build_drivers is not None:
+        args.build_drivers.mkdir(parents=True, exist_ok=True)
+        built, skipped = build_drivers(args.systems, args.build_drivers)
+        for system, reason in skipped.items():
+            print(f"alloc.py: not built: {system}: {reason}", file=sys.stderr)
+        print("\n".join(str(exe) for exe in built.values()))
+        return 0
     with tempfile.TemporaryDirectory(prefix="pmstore-bench-build-") as build_dir:
-        drivers, skipped = build_drivers(args.systems, Path(build_dir))
+        if args.driver_dir is not None:
+            drivers = {s: args.driver_dir / f"alloc_driver_{s}" for s in args.systems if s in C_SYSTEMS}
+            skipped = {s: f"no {exe} (--driver-dir)" for s, exe in drivers.items() if not exe.is_file()}
+            drivers = {s: exe for s, exe in drivers.items() if s not in skipped}
+        else:
+            drivers, skipped = build_drivers(args.systems, Path(build_dir))
         for system in PY_SYSTEMS:
             if system in args.systems and "flush" not in args.backends:
                 skipped[system] = "runs on the flush backend only; add flush to --backends"

@@ -11,7 +11,10 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include "alloc.h"
+
+#define MAX_SNAP 4096   /* lanes (redo.c MAX_LANES) */
 
 static uint64_t page_off(struct pmi_alloc *a, uint32_t p) { return a->data_off + (uint64_t)p * PMD_PAGE_SIZE; }
 static uint64_t desc_off(struct pmi_alloc *a, uint32_t p) { return a->meta_off + (uint64_t)p * PMD_DESC_SIZE; }
@@ -34,9 +37,21 @@ static struct pmd_redo_entry ent(uint32_t op, uint64_t off, uint64_t value) {
  * after that only frees its theap, and the key's deletion keeps any later one from running. */
 static pthread_mutex_t theap_life = PTHREAD_MUTEX_INITIALIZER;
 
+static void limbo_drain(pm_heap *h, struct pmi_theap *t);
+static int limbo_steal_all(pm_heap *h);
+
+static void theap_free(struct pmi_theap *t) {
+    pthread_mutex_destroy(&t->limbo.lock);
+    free(t->limbo.e);
+    free(t->limbo.snap);
+    free(t);
+}
+static int limbo_poll(pm_heap *h, struct pmi_limbo *l);
+
 static void theap_abandon(void *p) {
     struct pmi_theap *t = p;
     pthread_mutex_lock(&theap_life);
+    if (!t->dead) limbo_drain(t->h, t);     /* its held-back frees become reusable by others */
     if (!t->dead) {
         struct pmi_alloc *a = t->h->alloc;
         pthread_mutex_lock(&a->pool_lock);
@@ -55,7 +70,7 @@ static void theap_abandon(void *p) {
         pthread_mutex_unlock(&a->pool_lock);
     }
     pthread_mutex_unlock(&theap_life);
-    free(t);
+    theap_free(t);
 }
 
 static struct pmi_theap *theap_get(pm_heap *h) {
@@ -65,6 +80,7 @@ static struct pmi_theap *theap_get(pm_heap *h) {
     t = calloc(1, sizeof *t);
     if (!t) return NULL;
     t->h = h;
+    pthread_mutex_init(&t->limbo.lock, NULL);
     pthread_mutex_lock(&a->pool_lock);
     t->all_next = a->theaps;
     a->theaps = t;
@@ -122,7 +138,7 @@ static int run_collect(struct pmi_run *r) {
 /* take_run_if_empty -- unlink *pp into got[] if its run has no allocated block. */
 static int take_run_if_empty(struct pmi_run **pp, struct pmi_run **got, uint32_t *n) {
     struct pmi_run *r = *pp;
-    if (atomic_load(&r->used) != 0) return 0;
+    if (atomic_load(&r->used) != 0 || atomic_load(&r->held) != 0) return 0;
     *pp = r->link;
     got[(*n)++] = r;
     return 1;
@@ -172,18 +188,31 @@ static uint32_t runs_reclaim(pm_heap *h, struct pmi_theap *t) {
     return pages;
 }
 
-/* take_pages -- pages from the free spans, reclaiming empty runs if there are none. */
+static uint32_t pages_take(struct pmi_alloc *a, uint32_t pages) {
+    pthread_mutex_lock(&a->span_lock);
+    uint32_t head = pmi_span_take(a, pages);
+    if (head != PMI_NO_PAGE)
+        for (uint32_t i = 0; i < pages; i++) a->slots[head + i].head = head;
+    pthread_mutex_unlock(&a->span_lock);
+    return head;
+}
+
+/* take_pages -- pages from the free spans; if there are none, reclaim empty runs, then
+ * release this thread's held-back frees (spans, and blocks that may empty a run). */
 static uint32_t take_pages(pm_heap *h, uint32_t pages) {
     struct pmi_alloc *a = h->alloc;
-    for (int attempt = 0;; attempt++) {
-        pthread_mutex_lock(&a->span_lock);
-        uint32_t head = pmi_span_take(a, pages);
-        if (head != PMI_NO_PAGE)
-            for (uint32_t i = 0; i < pages; i++) a->slots[head + i].head = head;
-        pthread_mutex_unlock(&a->span_lock);
-        if (head != PMI_NO_PAGE || attempt || !runs_reclaim(h, pthread_getspecific(a->theap_key)))
-            return head;
+    uint32_t head = pages_take(a, pages);
+    if (head != PMI_NO_PAGE) return head;
+    struct pmi_theap *t = pthread_getspecific(a->theap_key);
+    if (runs_reclaim(h, t) && (head = pages_take(a, pages)) != PMI_NO_PAGE) return head;
+    if (t && t->limbo.n) {
+        limbo_drain(h, t);
+        runs_reclaim(h, t);
+        if ((head = pages_take(a, pages)) != PMI_NO_PAGE) return head;
     }
+    if (!limbo_steal_all(h)) return PMI_NO_PAGE;   /* other threads' held-back frees */
+    runs_reclaim(h, t);
+    return pages_take(a, pages);
 }
 
 /* run_format -- a new run of class cls from free pages: its bitmap is zeroed durably while
@@ -231,14 +260,25 @@ static int run_find_generic(pm_heap *h, struct pmi_theap *t, uint32_t cls, struc
         t->owned[cls] = r;
         if (run_collect(r)) { t->current[cls] = r; *out = r; return PM_OK; }
     }
+    if (t->limbo.n) {   /* held-back frees first, if they are ready (L7); seal the rest */
+        pthread_mutex_lock(&t->limbo.lock);
+        int released = limbo_poll(h, &t->limbo);
+        pthread_mutex_unlock(&t->limbo.lock);
+        if (released)
+            for (r = t->owned[cls]; r; r = r->link)
+                if (run_collect(r)) { t->current[cls] = r; *out = r; return PM_OK; }
+    }
     int rc = run_format(h, t, cls, &r);
+    if (rc == PM_E_NEED_GROW)   /* take_pages drained this thread's held-back frees: one may fit */
+        for (r = t->owned[cls]; r; r = r->link)
+            if (run_collect(r)) { t->current[cls] = r; *out = r; return PM_OK; }
     if (rc) return rc;
     t->current[cls] = r;
     *out = r;
     return PM_OK;
 }
 
-/* block_release -- a freed (committed) block back on a list: local if we own its run. */
+/* block_release -- a block back on a list: local if we own its run. */
 static void block_release(pm_heap *h, struct pmi_run *r, uint32_t idx) {
     struct pmi_theap *t = pthread_getspecific(h->alloc->theap_key);
     if (t && atomic_load_explicit(&r->owner, memory_order_relaxed) == t) {
@@ -250,7 +290,134 @@ static void block_release(pm_heap *h, struct pmi_run *r, uint32_t idx) {
         while (!atomic_compare_exchange_weak_explicit(&r->thread_head, &old, idx, memory_order_release,
                                                       memory_order_relaxed));
     }
-    atomic_fetch_sub_explicit(&r->used, 1, memory_order_relaxed);
+}
+
+/* ------------------------------------------------------------------ limbo (L7) */
+
+#define LIMBO_BATCH 64      /* frees per batch: one snapshot and one check each */
+
+/* release_now -- freed memory becomes reusable: a block on its run's list, a span back
+ * to the free spans. */
+static void release_now(pm_heap *h, const struct reservation *res) {
+    struct pmi_alloc *a = h->alloc;
+    if (res->run) {
+        block_release(h, res->run, res->idx);
+        atomic_fetch_sub_explicit(&res->run->held, 1, memory_order_release);
+        return;
+    }
+    pthread_mutex_lock(&a->span_lock);
+    pmi_span_insert(a, res->idx, res->span_pages);
+    pthread_mutex_unlock(&a->span_lock);
+}
+
+/* limbo_release_sealed -- release the sealed batch if its snapshot's commits are gone. */
+static int limbo_release_sealed(pm_heap *h, struct pmi_limbo *l) {
+    if (!l->sealed || !pmi_redo_all_gone(h, l->snap, l->nsnap)) return 0;
+    for (uint32_t k = 0; k < l->sealed; k++) release_now(h, &l->e[k]);
+    memmove(l->e, l->e + l->sealed, (l->n - l->sealed) * sizeof *l->e);
+    l->n -= l->sealed;
+    l->sealed = 0;
+    return 1;
+}
+
+/* limbo_seal -- the open entries become the sealed batch: snapshot the commits not gone
+ * yet (every commit that returned before these frees is among them or gone). */
+static void limbo_seal(pm_heap *h, struct pmi_limbo *l) {
+    if (l->sealed || !l->n) return;
+    if (!l->snap && !(l->snap = malloc(h->lane_count * sizeof *l->snap))) return;
+    l->nsnap = pmi_redo_snapshot(h, l->snap);
+    l->sealed = l->n;
+}
+
+/* limbo_poll -- release the sealed batch if it is ready, then seal the open entries.
+ * 1 if it released any. */
+static int limbo_poll(pm_heap *h, struct pmi_limbo *l) {
+    int released = limbo_release_sealed(h, l);
+    limbo_seal(h, l);
+    return released;
+}
+
+/* wait_gone -- settle rounds until the snapshot's commits are gone; 0 if that never
+ * happens (a barrier failed, or a commit never finishes). */
+static int wait_gone(pm_heap *h, const uint64_t *snap, uint32_t n) {
+    for (int round = 0; round < 10000; round++) {
+        if (pmi_redo_all_gone(h, snap, n)) return 1;
+        if (pmi_redo_settle(h, 2)) return 0;    /* EIO: the heap refuses writes now */
+        if (round > 8) sched_yield();
+    }
+    return 0;
+}
+
+/* limbo_drain -- release everything this thread holds, settling other lanes as needed
+ * (slow path: memory is short, stats, or the thread is exiting). If the commits never go
+ * the blocks stay held: a DRAM leak that the next open undoes. */
+static void limbo_drain(pm_heap *h, struct pmi_theap *t) {
+    struct pmi_limbo *l = &t->limbo;
+    for (int k = 0; k < 3; k++) {
+        pthread_mutex_lock(&l->lock);
+        limbo_poll(h, l);
+        int more = l->sealed != 0;
+        pthread_mutex_unlock(&l->lock);
+        if (!more || !wait_gone(h, l->snap, l->nsnap)) return;
+    }
+}
+
+/* limbo_steal_all -- a thread short of pages takes every thread's held-back frees, waits
+ * until the commits before them are gone, and releases them. 1 if it released any. */
+static int limbo_steal_all(pm_heap *h) {
+    struct pmi_alloc *a = h->alloc;
+    struct reservation *got = NULL;
+    uint32_t n = 0, cap = 0;
+    pthread_mutex_lock(&a->pool_lock);
+    for (struct pmi_theap *t = a->theaps; t; t = t->all_next) {
+        struct pmi_limbo *l = &t->limbo;
+        pthread_mutex_lock(&l->lock);
+        if (l->n && n + l->n > cap) {
+            uint32_t c = 2 * (n + l->n);
+            struct reservation *g = realloc(got, c * sizeof *g);
+            if (g) got = g, cap = c;
+        }
+        if (l->n && n + l->n <= cap) {
+            memcpy(got + n, l->e, l->n * sizeof *got);
+            n += l->n;
+            l->n = l->sealed = 0;
+        }
+        pthread_mutex_unlock(&l->lock);
+    }
+    pthread_mutex_unlock(&a->pool_lock);
+    if (!n) { free(got); return 0; }
+    uint64_t *snap = malloc(h->lane_count * sizeof *snap);
+    if (snap && wait_gone(h, snap, pmi_redo_snapshot(h, snap)))
+        for (uint32_t k = 0; k < n; k++) release_now(h, &got[k]);
+    /* else they stay held (DRAM leak until the next open): never reused unsafely */
+    free(snap);
+    free(got);
+    return 1;
+}
+
+/* limbo_push -- a block or span freed by a commit that returned: hold it back (L7). */
+static void limbo_push(pm_heap *h, const struct reservation *res) {
+    struct pmi_theap *t = theap_get(h);
+    struct pmi_limbo *l = t ? &t->limbo : NULL;
+    if (res->run) {     /* the block is free as far as stats go; `held` keeps its run alive */
+        atomic_fetch_add_explicit(&res->run->held, 1, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&res->run->used, 1, memory_order_relaxed);
+    }
+    if (l) pthread_mutex_lock(&l->lock);
+    if (l && l->n == l->cap) {
+        uint32_t cap = l->cap ? 2 * l->cap : 2 * LIMBO_BATCH;
+        struct reservation *e = realloc(l->e, cap * sizeof *e);
+        if (e) l->e = e, l->cap = cap;
+    }
+    if (!l || l->n == l->cap) {     /* no DRAM to hold it: wait until it is safe, then release */
+        if (l) pthread_mutex_unlock(&l->lock);
+        uint64_t snap[MAX_SNAP];
+        if (h->lane_count <= MAX_SNAP && wait_gone(h, snap, pmi_redo_snapshot(h, snap))) release_now(h, res);
+        return;
+    }
+    l->e[l->n++] = *res;
+    if (l->n - l->sealed >= LIMBO_BATCH) limbo_poll(h, l);
+    pthread_mutex_unlock(&l->lock);
 }
 
 /* ------------------------------------------------------------------ reserve / release */
@@ -289,7 +456,11 @@ int pmi_reserve(pm_heap *h, uint64_t size, struct reservation *res, struct pmd_r
 /* unreserve -- give back a reservation whose commit did not happen. */
 void pmi_unreserve(pm_heap *h, const struct reservation *res) {
     struct pmi_alloc *a = h->alloc;
-    if (res->run) { block_release(h, res->run, res->idx); return; }
+    if (res->run) {     /* never committed: nothing wrote its words, reusable at once */
+        block_release(h, res->run, res->idx);
+        atomic_fetch_sub_explicit(&res->run->used, 1, memory_order_relaxed);
+        return;
+    }
     pthread_mutex_lock(&a->span_lock);
     pmi_span_insert(a, res->idx, res->span_pages);
     pthread_mutex_unlock(&a->span_lock);
@@ -327,15 +498,15 @@ int pmi_locate(pm_heap *h, uint64_t off, struct reservation *res, struct pmd_red
     return PM_OK;
 }
 
-/* released -- after the commit that freed it, the block or span becomes reusable. */
+/* released -- after the commit that freed it, the block or span is free; it becomes
+ * reusable once the commits before it are gone (limbo, L7). */
 void pmi_released(pm_heap *h, const struct reservation *res) {
     struct pmi_alloc *a = h->alloc;
-    if (res->run) { block_release(h, res->run, res->idx); return; }
-    atomic_fetch_sub(&a->live_spans, 1);
-    atomic_fetch_sub(&a->span_pages, res->span_pages);
-    pthread_mutex_lock(&a->span_lock);
-    pmi_span_insert(a, res->idx, res->span_pages);
-    pthread_mutex_unlock(&a->span_lock);
+    if (!res->run) {
+        atomic_fetch_sub(&a->live_spans, 1);
+        atomic_fetch_sub(&a->span_pages, res->span_pages);
+    }
+    limbo_push(h, res);
 }
 
 static int dest_is_valid(pm_heap *h, uint64_t dest) {
@@ -475,7 +646,7 @@ static void alloc_destroy(struct pmi_alloc *a) {
     pthread_key_delete(a->theap_key);
     for (struct pmi_theap *t = a->theaps, *nx; t; t = nx) {
         nx = t->all_next;
-        if (t == mine) free(t);
+        if (t == mine) theap_free(t);
         else t->dead = 1;
     }
     pthread_mutex_unlock(&theap_life);
@@ -578,10 +749,13 @@ int pm_alloc_add_pages(pm_heap *h, uint64_t new_size) {
     return PM_OK;
 }
 
-/* pm_alloc_stats -- a snapshot (not atomic across threads; counts settle when idle). */
+/* pm_alloc_stats -- a snapshot (not atomic across threads; counts settle when idle). The
+ * caller's held-back frees are released first, so its own frees show as free space. */
 int pm_alloc_stats(pm_heap *h, struct pm_alloc_stats *out, struct pm_class_stats *cls) {
     struct pmi_alloc *a = h->alloc;
     if (!a) return PM_E_ARG;
+    struct pmi_theap *t = pthread_getspecific(a->theap_key);
+    if (t && t->limbo.n) limbo_drain(h, t);
     memset(out, 0, sizeof *out);
     memset(cls, 0, PMD_CLASS_COUNT * sizeof *cls);
     pthread_mutex_lock(&a->span_lock);

@@ -15,6 +15,11 @@
 #define PMI_BINS 40
 
 struct pmi_theap;
+struct pmi_run;
+
+/* A reservation: a block taken off the free lists (or a span off the free spans) whose
+ * allocation is not durable until the entries it returns are committed. */
+struct reservation { uint64_t off; struct pmi_run *run; uint32_t idx; uint32_t span_pages; };
 
 struct pmi_run {
     uint32_t head;              /* page index of the first page */
@@ -29,13 +34,26 @@ struct pmi_run {
     uint32_t local_head;        /* owner only */
     _Atomic uint32_t thread_head;   /* any thread: CAS push; owner: exchange-all */
     _Atomic uint32_t used;      /* blocks allocated or reserved */
+    _Atomic uint32_t held;      /* freed blocks held back in a limbo (not reusable yet) */
     _Atomic(struct pmi_theap *) owner;  /* NULL: in the class pool */
     int desc_pending;           /* descriptor not durable yet: the next commit carries it */
     struct pmi_run *link;       /* owner's class list, or the pool */
 };
 
+/* Memory freed by a commit is held back until every commit that returned before the free
+ * is gone (L7): a stale seal could otherwise replay a word into its next owner's data.
+ * Freed blocks and spans queue here; a batch is sealed with a snapshot of the commits not
+ * yet gone, and released once they are. */
+struct pmi_limbo {
+    pthread_mutex_t lock;       /* the owner's pushes vs another thread short of pages (steal) */
+    struct reservation *e;      /* [0, sealed): the sealed batch; [sealed, n): open */
+    uint32_t n, cap, sealed, nsnap;
+    uint64_t *snap;             /* the sealed batch's snapshot (redo.c cids), lane_count */
+};
+
 struct pmi_theap {              /* one per thread per heap */
     pm_heap *h;
+    struct pmi_limbo limbo;
     struct pmi_run *current[PMD_CLASS_COUNT];
     struct pmi_run *owned[PMD_CLASS_COUNT];
     struct pmi_theap *all_next; /* registry, for cleanup */
@@ -67,9 +85,6 @@ struct pmi_alloc {
     _Atomic uint64_t span_pages;    /* pages held by large objects */
 };
 
-/* A reservation: a block taken off the free lists (or a span off the free spans) whose
- * allocation is not durable until the entries it returns are committed. */
-struct reservation { uint64_t off; struct pmi_run *run; uint32_t idx; uint32_t span_pages; };
 
 /* alloc.c -- building blocks for callers that compose their own redo commits (store/csrc).
  * reserve/locate append at most 2 entries; after the commit call reserved_committed /

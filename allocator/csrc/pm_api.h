@@ -5,11 +5,11 @@
  *    caller runs alone, and pm_heap_grow, which the caller serialises against itself.
  *  - Reads (pm_read, pm_load8) take no lock; pm_load8 / pm_store8 are single aligned
  *    8-byte accesses, so a reader sees the old or the new word, never a mix.
- *  - pm_redo_commit takes a free lane (one CAS) and no other lock; it also claims other
- *    lanes' DEFERRED commits (one CAS each) to fold their words into its barrier, and may
- *    briefly spin on a lane another thread is settling. Two commits that write the same
- *    word must be ordered by the caller (the second starts after the first returns).
- *    Replay order relies on it (FORMAT.md 7.1, L4).
+ *  - pm_redo_commit takes a free lane (one CAS) and locks the word slots of its words
+ *    (in slot order, for nanoseconds); it claims another lane's DEFERRED commit (one CAS)
+ *    only when it depends on it (a shared word or line), and never waits for a lane. Two
+ *    commits that write the same word must be ordered by the caller (the second starts
+ *    after the first returns). Replay order relies on it (FORMAT.md 7.1, L4).
  *  - Trace recording (crash simulator) serialises writers on one mutex; tests only.
  * Every function that can fail returns 0 or a negative PM_E* code; pm_errno() gives
  * the errno of the last failing system call in this thread.

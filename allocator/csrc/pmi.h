@@ -18,8 +18,9 @@
 #define PMI_STRIPES 16   /* striped counters: threads add to their own line */
 
 /* Lane states (FORMAT.md 7.1). A commit holds its lane BUSY; a commit whose applied words
- * wait for the next barrier leaves it DEFERRED; a committer that folds those words into
- * its own barrier holds it SETTLING until it has cleared the seal. */
+ * wait for a later barrier (or whose dependencies are not gone yet) leaves it DEFERRED; a
+ * committer that folds those words into its own barrier holds it SETTLING until it has
+ * cleared the seal or put it back. */
 enum { PMI_LANE_FREE = 0, PMI_LANE_BUSY = 1, PMI_LANE_DEFERRED = 2, PMI_LANE_SETTLING = 3 };
 
 #define PMI_DEFER_MAX 28    /* applied words a commit may leave to the next barrier */
@@ -27,10 +28,12 @@ enum { PMI_LANE_FREE = 0, PMI_LANE_BUSY = 1, PMI_LANE_DEFERRED = 2, PMI_LANE_SET
 struct pmi_lane {
     _Alignas(64) atomic_int state;      /* PMI_LANE_* */
     uint32_t word_count;                /* words in word_off, valid while DEFERRED / SETTLING */
-    atomic_uint_fast64_t inval_seq;     /* seq of the last commit whose seal=0 store may not be durable */
-    atomic_uint_fast64_t last_seq;      /* the seq of the last commit on this lane (Lamport clock) */
-    uint64_t seq;                       /* seq of the deferred commit */
+    _Atomic uint64_t seq;               /* seq of this lane's latest commit, published while BUSY */
+    _Atomic uint64_t gone_seq;          /* every commit on this lane with seq <= this is gone (L6) */
+    uint32_t dep_count;                 /* commits in deps */
     uint64_t word_off[PMI_DEFER_MAX];   /* its applied words, not yet durable */
+    uint64_t deps[PMI_DEFER_MAX];       /* seq << 12 | lane of earlier commits on its words that
+                                           must be gone before its seal is cleared (L6) */
 };
 
 struct pmi_stripe { _Alignas(64) atomic_uint_fast64_t n; };
@@ -51,6 +54,7 @@ struct pm_heap {
     uint32_t lane_capacity;     /* entries per lane */
     struct pmi_lane *lanes;     /* cache-line aligned */
     _Atomic uint64_t *lane_used;    /* bit i: lane i has been taken at least once (read-mostly) */
+    _Atomic uint64_t *slots;    /* word slots (redo.c): seq << 12 | lane of the last commit on each hashed word */
     struct pmi_alloc *alloc;    /* allocator (alloc.c, span.c) */
     /* written rarely; its own line so the hot reads above stay shared */
     _Alignas(64) atomic_int failed_errno;   /* a barrier failed (EIO...): sticky, every later write refuses */
@@ -99,6 +103,9 @@ void pmi_trace_free(pm_heap *h);
 void pmi_redo_free(pm_heap *h);
 int pmi_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t count,
                     const struct pmi_range *extra, uint32_t nextra);
+int pmi_redo_settle(pm_heap *h, int rounds);
+uint32_t pmi_redo_snapshot(pm_heap *h, uint64_t *out);     /* out: lane_count entries */
+int pmi_redo_all_gone(pm_heap *h, const uint64_t *snap, uint32_t n);
 /* alloc.c */
 void pmi_alloc_free(pm_heap *h);
 #endif

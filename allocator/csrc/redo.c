@@ -1,10 +1,12 @@
 /* redo.c -- redo lanes: commit a list of 8-byte word updates atomically.
  *
- * FORMAT.md 4.3 and 7.1-7.2; invariants L1-L5. A commit costs one persist barrier, its
+ * FORMAT.md 4.3 and 7.1-7.2; invariants L1-L6. A commit costs one persist barrier, its
  * commit point: entries + seal (+ CHECKed data). Its applied words become durable in the
- * next barrier any thread issues (the next commit point folds them in, 7.1 steps 2-4), and
- * only then is its seal cleared, so a log outlives the words it protects. Clearing is a
- * plain store that the barrier after it makes durable, in dependency order (L4).
+ * committing thread's next barrier (or in the barrier of a later commit that depends on
+ * it), and only then is its seal cleared (L4); a seal is cleared only once every earlier
+ * commit it depends on is gone, i.e. its own clear is durable (L6). Dependencies are
+ * found per word: a DRAM table of word slots holds the last commit that wrote each
+ * (hashed) word, so commits on disjoint words never touch each other's lanes.
  * pmi_redo_apply is the one apply function: commit and recovery both call it.
  * Must not: store to the mapping except through pmem.c.
  */
@@ -15,21 +17,35 @@
 
 #define MAX_LANES 4096
 #define CHECK_SIZE_MAX ((1ull << 29) - 1)   /* bytes one CHECK entry covers */
+#define SLOT_LOCK (1ull << 63)
+#define SLOT_BITS 16                        /* line slots: 64 Ki x 8 B per heap */
+
+/* A commit's identity, packed as in the word slots: seq << 12 | lane. */
+static uint64_t cid(uint32_t lane, uint64_t seq) { return seq << 12 | lane; }
+static uint32_t cid_lane(uint64_t c) { return (uint32_t)(c & 0xfff); }
+static uint64_t cid_seq(uint64_t c) { return (c & ~SLOT_LOCK) >> 12; }
 
 static __thread uint32_t my_lane = UINT32_MAX;  /* this thread's home lane (mod lane_count); MAX = none yet */
 
-/* Per thread: for one heap, the inval_seq of each other lane that this thread's own
- * barriers already made durable, so it flushes each foreign invalidation once (L4)
- * without writing any other thread's cache line. */
-static __thread struct { uint64_t heap_id; uint32_t n; uint64_t *seen; } tl_inval;
+/* Per thread, for one heap: the lanes this thread left DEFERRED (it settles them in its
+ * next barrier) and the seals it cleared whose clear is not durable yet (its next barrier
+ * flushes them). Forgetting either is safe: dependents and settle_round find them too. */
+static __thread struct tl_redo {
+    uint64_t heap_id;
+    uint32_t cap, nmine, npend;
+    uint32_t *mine;
+    uint64_t *pend;     /* cid of each cleared seal */
+    uint64_t *deps;     /* scratch: a commit's dependencies */
+} tl;
 
-static uint64_t *seen_for(pm_heap *h) {
-    if (tl_inval.heap_id == h->id && tl_inval.n == h->lane_count) return tl_inval.seen;
-    uint64_t *s = calloc(h->lane_count, sizeof *s);
-    if (!s) return NULL;    /* no cache: flush every pending invalidation, always safe */
-    free(tl_inval.seen);
-    tl_inval.seen = s; tl_inval.n = h->lane_count; tl_inval.heap_id = h->id;
-    return s;
+static struct tl_redo *tl_for(pm_heap *h) {
+    if (tl.heap_id == h->id && tl.cap >= h->lane_count) return &tl;
+    uint32_t *m = malloc(h->lane_count * sizeof *m);
+    uint64_t *p = malloc(h->lane_count * sizeof *p), *d = malloc(h->lane_count * sizeof *d);
+    if (!m || !p || !d) { free(m); free(p); free(d); return NULL; }
+    free(tl.mine); free(tl.pend); free(tl.deps);
+    tl = (struct tl_redo){h->id, h->lane_count, 0, 0, m, p, d};
+    return &tl;
 }
 
 static uint64_t lane_off(pm_heap *h, uint32_t i) { return h->redo_off + (uint64_t)i * h->lane_size; }
@@ -40,10 +56,11 @@ int pm_redo_init(pm_heap *h, uint64_t redo_off, uint32_t lane_count, uint32_t la
         redo_off % 4096 || !pmi_in_range(h, redo_off, (uint64_t)lane_count * lane_size))
         return PM_E_ARG;
     h->lanes = aligned_alloc(64, lane_count * sizeof *h->lanes);
-    if (!h->lanes) return PM_E_NOMEM;
-    memset(h->lanes, 0, lane_count * sizeof *h->lanes);
     h->lane_used = calloc((lane_count + 63) / 64, sizeof *h->lane_used);
-    if (!h->lane_used) { free(h->lanes); h->lanes = NULL; return PM_E_NOMEM; }
+    h->slots = aligned_alloc(64, sizeof *h->slots << SLOT_BITS);
+    if (!h->lanes || !h->lane_used || !h->slots) { pmi_redo_free(h); return PM_E_NOMEM; }
+    memset(h->lanes, 0, lane_count * sizeof *h->lanes);
+    memset((void *)h->slots, 0, sizeof *h->slots << SLOT_BITS);
     h->redo_off = redo_off;
     h->lane_count = lane_count;
     h->lane_size = lane_size;
@@ -56,6 +73,7 @@ uint32_t pm_redo_capacity(pm_heap *h) { return h->lane_capacity; }
 void pmi_redo_free(pm_heap *h) {
     free(h->lanes); h->lanes = NULL;
     free((void *)h->lane_used); h->lane_used = NULL;
+    free((void *)h->slots); h->slots = NULL;
 }
 
 /* seal_crc -- L3: CRC32C over (lane index, seq, entry count, entries). */
@@ -92,47 +110,117 @@ static void pmi_redo_apply(pm_heap *h, const struct pmd_redo_entry *e, uint32_t 
     }
 }
 
-/* persist_entries -- one barrier over the words of n entries (recovery, and commits too
- * large to defer). */
-static void persist_entries(pm_heap *h, const struct pmd_redo_entry *e, uint32_t n,
-                            const struct pmi_range *more, size_t nmore) {
-#ifdef PMSTORE_MUTANT_NOAPPLYFENCE
-    n = 0;      /* mutant: the applied words are never made durable here */
-#endif
-    size_t total = n + nmore;
-    struct pmi_range local[48], *r = total <= 48 ? local : malloc(total * sizeof *r);
+/* persist_entries -- one barrier over the words of n entries (recovery). */
+static void persist_entries(pm_heap *h, const struct pmd_redo_entry *e, uint32_t n) {
+    struct pmi_range local[48], *r = n <= 48 ? local : malloc(n * sizeof *r);
     if (!r) {   /* no DRAM for the range list: one barrier per word */
         for (uint32_t i = 0; i < n; i++) {
             struct pmi_range one = {e[i].off_op & ~(uint64_t)PMD_REDO_OP_MASK, 8};
             pmi_persist_ranges(h, &one, 1);  /* durable: this applied word */
         }
-        if (nmore) pmi_persist_ranges(h, more, nmore);  /* durable: the seal words passed in */
         return;
     }
     for (uint32_t i = 0; i < n; i++) r[i].off = e[i].off_op & ~(uint64_t)PMD_REDO_OP_MASK, r[i].size = 8;
-    if (nmore) memcpy(r + n, more, nmore * sizeof *r);
-    pmi_persist_ranges(h, r, total);    /* durable: every applied word (and the seals passed in) */
+    pmi_persist_ranges(h, r, n);    /* durable: every applied word */
     if (r != local) free(r);
 }
 
-/* A barrier being assembled: its ranges, the DEFERRED lanes it settles (claimed, state
- * SETTLING), lanes another thread is settling (to wait for), and a snapshot of the
- * foreign invalidations it makes durable (for the thread-local cache). Thread-local
- * storage, grown on demand, so a commit does not call malloc. */
+/* ------------------------------------------------------------------ dependencies */
+
+enum { DEP_GONE = -1, DEP_CLEARED = -2 };   /* else the lane state: BUSY, DEFERRED, SETTLING */
+
+static void max_store(_Atomic uint64_t *p, uint64_t v) {
+    uint64_t cur = atomic_load_explicit(p, memory_order_relaxed);
+    while (cur < v && !atomic_compare_exchange_weak_explicit(p, &cur, v, memory_order_release, memory_order_relaxed)) {}
+}
+
+/* dep_state -- where the commit c stands: GONE (its seal is durably cleared or durably
+ * overwritten, L6), CLEARED (its seal was stored 0 or its lane reused: one barrier over
+ * the lane header makes it gone), or still sealed: its lane's state. The lane's seq is
+ * read after its state, and a lane publishes a new seq only while BUSY, so a seq that
+ * differs from c's means c was cleared before the lane was reused. */
+static int dep_state(pm_heap *h, uint64_t c) {
+    struct pmi_lane *l = &h->lanes[cid_lane(c)];
+    uint64_t s = cid_seq(c);
+    if (atomic_load_explicit(&l->gone_seq, memory_order_acquire) >= s) return DEP_GONE;
+    int st = atomic_load_explicit(&l->state, memory_order_acquire);
+    if (st == PMI_LANE_FREE || atomic_load_explicit(&l->seq, memory_order_acquire) != s) return DEP_CLEARED;
+    return st;
+}
+
+/* slot_of -- a word's slot: one per 64-byte line (hashed). Coarser than a word, so two
+ * commits on one word always meet in its slot; neighbouring words of one thread (a table
+ * of published offsets) share a slot, which keeps the slots a thread touches few. */
+static uint32_t slot_of(uint64_t off) { return (uint32_t)(((off >> 6) * 0x9E3779B97F4A7C15ull) >> (64 - SLOT_BITS)); }
+
+/* word_chain -- step 2: lock the word slots of this commit's words (in index order, so
+ * two commits cannot deadlock), take seq above every commit found there and above this
+ * lane's last, publish it, and leave this commit in the slots. The commits found there
+ * (other lanes) are its dependencies, deduplicated per lane (at most lane_count). */
+static int cmp_u32(const void *a, const void *b) {
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int word_chain(pm_heap *h, uint32_t lane, const struct pmd_redo_entry *e, uint32_t count,
+                      uint64_t *deps, uint32_t *ndeps, uint64_t *seq_out) {
+    uint32_t local[64], *idx = count <= 64 ? local : malloc(count * sizeof *idx), n = 0;
+    if (!idx) return PM_E_NOMEM;
+    uint64_t seq = atomic_load_explicit(&h->lanes[lane].seq, memory_order_relaxed);
+    for (uint32_t i = 0; i < count; i++)
+        if ((e[i].off_op & PMD_REDO_OP_MASK) != PMD_REDO_OP_CHECK)
+            idx[n++] = slot_of(e[i].off_op & ~(uint64_t)PMD_REDO_OP_MASK);
+    if (n <= 8) {   /* the usual 1-3 words: insertion sort */
+        for (uint32_t i = 1; i < n; i++)
+            for (uint32_t k = i; k > 0 && idx[k - 1] > idx[k]; k--) { uint32_t x = idx[k]; idx[k] = idx[k - 1]; idx[k - 1] = x; }
+    } else qsort(idx, n, sizeof *idx, cmp_u32);
+    uint32_t u = 0;     /* one lock per slot: two words may share one */
+    for (uint32_t i = 0; i < n; i++) if (!u || idx[u - 1] != idx[i]) idx[u++] = idx[i];
+    n = u;
+    *ndeps = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        _Atomic uint64_t *p = &h->slots[idx[k]];
+        uint64_t v;
+        for (uint32_t spins = 0;; spins++) {
+            v = atomic_load_explicit(p, memory_order_relaxed);
+            if (!(v & SLOT_LOCK) && atomic_compare_exchange_weak_explicit(p, &v, v | SLOT_LOCK,
+                                                                          memory_order_acquire, memory_order_relaxed))
+                break;
+            if (spins < 64) __builtin_ia32_pause(); else sched_yield();
+        }
+        if (!v) continue;
+        if (cid_seq(v) > seq) seq = cid_seq(v);
+        if (cid_lane(v) == lane) continue;  /* an older commit on this lane: our commit point overwrites it */
+        uint32_t d = 0;
+        while (d < *ndeps && cid_lane(deps[d]) != cid_lane(v)) d++;
+        if (d == *ndeps) deps[(*ndeps)++] = v;
+        else if (cid_seq(v) > cid_seq(deps[d])) deps[d] = v;
+    }
+    seq++;
+    atomic_store_explicit(&h->lanes[lane].seq, seq, memory_order_release);   /* before anyone can find it */
+    for (uint32_t k = 0; k < n; k++) atomic_store_explicit(&h->slots[idx[k]], cid(lane, seq), memory_order_release);
+    if (idx != local) free(idx);
+    *seq_out = seq;
+    return PM_OK;
+}
+
+/* ------------------------------------------------------------------ barriers */
+
+/* A barrier being assembled: its ranges, the lanes it settles (claimed: SETTLING), and
+ * the commits it makes gone (their seal words ride it). Thread-local, grown on demand, so
+ * a commit does not call malloc. */
 struct bar {
     struct pmi_range *r; size_t nr, cap;
     uint32_t *claimed; size_t nclaimed;
-    uint32_t *waits; size_t nwaits;
-    uint64_t max_seq;       /* the largest last_seq of any lane, read by the pass */
+    uint64_t *gone; size_t ngone;
     uint32_t lanes_cap;
-    uint64_t snap[16]; uint32_t snap_lane[16]; size_t ns;
 };
 static __thread struct bar tl_bar;
 
 /* bar_start -- an empty barrier with room for `extra` ranges beyond the lanes' worst case. */
 static struct bar *bar_start(pm_heap *h, size_t extra) {
     struct bar *b = &tl_bar;
-    size_t need = extra + (size_t)h->lane_count * (1 + PMI_DEFER_MAX);
+    size_t need = extra + (size_t)h->lane_count * (2 + PMI_DEFER_MAX);
     if (need > b->cap) {
         struct pmi_range *r = realloc(b->r, need * sizeof *r);
         if (!r) return NULL;
@@ -142,123 +230,199 @@ static struct bar *bar_start(pm_heap *h, size_t extra) {
         uint32_t *c = realloc(b->claimed, h->lane_count * sizeof *c);
         if (!c) return NULL;
         b->claimed = c;
-        uint32_t *w = realloc(b->waits, h->lane_count * sizeof *w);
-        if (!w) return NULL;
-        b->waits = w; b->lanes_cap = h->lane_count;
+        uint64_t *g = realloc(b->gone, 2 * h->lane_count * sizeof *g);
+        if (!g) return NULL;
+        b->gone = g; b->lanes_cap = h->lane_count;
     }
-    b->nr = b->nclaimed = b->nwaits = b->ns = 0;
-    b->max_seq = 0;
+    b->nr = b->nclaimed = b->ngone = 0;
     return b;
 }
 
 static void bar_add(struct bar *b, uint64_t off, uint64_t size) { b->r[b->nr].off = off; b->r[b->nr].size = size; b->nr++; }
 
-/* bar_collect -- one pass over the lanes (7.1 step 2): claim every DEFERRED lane, so its
- * applied words join this barrier; note lanes another thread is settling; add the seal
- * word of every lane whose invalidation this thread has not yet made durable (L4); and
- * find the largest seq any lane has used. `own` is the lane this barrier seals (its old
- * seal word is overwritten, not cleared).
- * Seq is a Lamport clock: a commit that began after another returned reads that one's
- * last_seq here, so its seq (max_seq + 1) is larger -- without a shared counter. */
-static void bar_collect(pm_heap *h, uint32_t own, struct bar *b) {
-    const uint64_t *seen = seen_for(h);
-    /* only lanes ever taken can hold anything: a few, for a few threads */
+/* bar_gone -- commit c's seal is cleared (or its lane reused): its lane's seal word joins
+ * this barrier, after which c is gone. */
+static void bar_gone(pm_heap *h, struct bar *b, uint64_t c) {
+    if (b->ngone == 2 * (size_t)h->lane_count) return;     /* full: c stays CLEARED, found again later */
+    for (size_t k = 0; k < b->ngone; k++)
+        if (cid_lane(b->gone[k]) == cid_lane(c)) {
+            if (cid_seq(c) > cid_seq(b->gone[k])) b->gone[k] = c;
+            return;
+        }
+    b->gone[b->ngone++] = c;
+#ifndef PMSTORE_MUTANT_NOINVAL
+    bar_add(b, lane_off(h, cid_lane(c)), 8);
+#endif
+}
+
+static int claim(pm_heap *h, uint32_t i) {
+    int st = PMI_LANE_DEFERRED;
+    return atomic_compare_exchange_strong_explicit(&h->lanes[i].state, &st, PMI_LANE_SETTLING,
+                                                   memory_order_acq_rel, memory_order_acquire);
+}
+
+/* bar_settle -- lane i is claimed: its applied words join this barrier; each dependency
+ * that is CLEARED rides it too (its seal word), one that is DEFERRED is claimed and
+ * settled with it (to depth 2); the rest stay listed for a later barrier. */
+static void bar_settle(pm_heap *h, struct bar *b, uint32_t i, int depth) {
+    struct pmi_lane *l = &h->lanes[i];
+    b->claimed[b->nclaimed++] = i;
+#ifndef PMSTORE_MUTANT_NOAPPLYFENCE
+    for (uint32_t k = 0; k < l->word_count; k++) bar_add(b, l->word_off[k], 8);
+#endif
+#ifdef PMSTORE_MUTANT_EARLYCLEAR
+    if (l->word_count) pmi_store8(h, lane_off(h, i), 0);   /* mutant: the seal is cleared before its words are durable */
+#endif
+    for (uint32_t k = 0; k < l->dep_count; k++) {
+        int st = dep_state(h, l->deps[k]);
+        if (st == DEP_CLEARED) bar_gone(h, b, l->deps[k]);
+        else if (st == PMI_LANE_DEFERRED && depth < 2 && claim(h, cid_lane(l->deps[k])))
+            bar_settle(h, b, cid_lane(l->deps[k]), depth + 1);
+    }
+}
+
+/* clear_seal -- a lane whose words are durable and whose dependencies are gone: store 0
+ * to its seal (made durable by the clearing thread's next barrier, or by any barrier
+ * that needs it gone) and free it. */
+static void clear_seal(pm_heap *h, struct tl_redo *t, uint32_t i) {
+    struct pmi_lane *l = &h->lanes[i];
+    pmi_store8(h, lane_off(h, i), 0);
+    l->word_count = l->dep_count = 0;
+    uint64_t c = cid(i, atomic_load_explicit(&l->seq, memory_order_relaxed));
+    atomic_store_explicit(&l->state, PMI_LANE_FREE, memory_order_release);
+    if (t && t->npend < t->cap) t->pend[t->npend++] = c;
+}
+
+/* deps_prune -- drop the dependencies that are gone; 1 if none is left. */
+static int deps_prune(pm_heap *h, struct pmi_lane *l) {
+    uint32_t n = 0;
+    for (uint32_t k = 0; k < l->dep_count; k++)
+        if (dep_state(h, l->deps[k]) != DEP_GONE) l->deps[n++] = l->deps[k];
+    l->dep_count = n;
+    return n == 0;
+}
+
+/* bar_persist -- issue the barrier, then: every commit it made gone is marked so (L6);
+ * every claimed lane has durable words, and is cleared if its dependencies are gone or
+ * else goes back to DEFERRED with no words (L4). On failure nothing is known durable:
+ * claimed lanes go back to DEFERRED untouched (the heap refuses writes now). */
+static int bar_persist(pm_heap *h, struct bar *b, struct tl_redo *t) {
+    pmi_persist_ranges(h, b->r, b->nr); /* durable: the ranges collected (see each caller) */
+    int ok = !pmi_failed(h);
+    if (ok)
+        for (size_t k = 0; k < b->ngone; k++)
+            max_store(&h->lanes[cid_lane(b->gone[k])].gone_seq, cid_seq(b->gone[k]));
+    for (size_t k = b->nclaimed; k-- > 0; ) {   /* deepest dependencies first */
+        struct pmi_lane *l = &h->lanes[b->claimed[k]];
+        if (ok) {
+            l->word_count = 0;
+            if (deps_prune(h, l)) { clear_seal(h, t, b->claimed[k]); continue; }
+        }
+        atomic_store_explicit(&l->state, PMI_LANE_DEFERRED, memory_order_release);
+    }
+    return ok ? PM_OK : PM_E_IO;
+}
+
+/* bar_mine -- this thread's own part of any barrier: its DEFERRED lanes (claimed and
+ * settled) and the seal words it cleared since its last barrier, but for lane `own`, the
+ * one this barrier seals (its older commits go with this commit point). */
+static void bar_mine(pm_heap *h, struct bar *b, struct tl_redo *t, uint32_t own) {
+    if (!t) return;
+    for (uint32_t k = 0; k < t->npend; k++)     /* `own`'s seal word is in the barrier already */
+        if (cid_lane(t->pend[k]) != own) bar_gone(h, b, t->pend[k]);
+    t->npend = 0;
+    for (uint32_t k = 0; k < t->nmine; k++)
+        if (claim(h, t->mine[k])) bar_settle(h, b, t->mine[k], 0);
+    t->nmine = 0;   /* lanes left DEFERRED by bar_persist are re-listed by the caller */
+}
+
+/* settle_round -- a standalone barrier over every lane: claim and settle each DEFERRED
+ * one, make every CLEARED seal gone. Returns PM_OK, or 1 if nothing was left to do. For
+ * lane starvation, memory held back until commits are gone (alloc.c), and quiesce. */
+static int settle_round(pm_heap *h) {
+    struct tl_redo *t = tl_for(h);
+    struct bar *b = bar_start(h, 0);
+    if (!b) return PM_E_NOMEM;
+    bar_mine(h, b, t, UINT32_MAX);
     for (uint32_t wi = 0; wi < (h->lane_count + 63) / 64; wi++)
     for (uint64_t used = atomic_load_explicit(&h->lane_used[wi], memory_order_acquire); used; used &= used - 1) {
         uint32_t i = wi * 64 + (uint32_t)__builtin_ctzll(used);
         struct pmi_lane *l = &h->lanes[i];
-        int st = atomic_load_explicit(&l->state, memory_order_acquire);
-        uint64_t last = atomic_load_explicit(&l->last_seq, memory_order_relaxed);
-        if (last > b->max_seq) b->max_seq = last;
-        if (st == PMI_LANE_DEFERRED &&
-            atomic_compare_exchange_strong_explicit(&l->state, &st, PMI_LANE_SETTLING,
-                                                    memory_order_acq_rel, memory_order_acquire)) {
-            b->claimed[b->nclaimed++] = i;
-#ifndef PMSTORE_MUTANT_NOAPPLYFENCE
-            for (uint32_t k = 0; k < l->word_count; k++) bar_add(b, l->word_off[k], 8);
-#endif
-#ifdef PMSTORE_MUTANT_EARLYCLEAR
-            pmi_store8(h, lane_off(h, i), 0);   /* mutant: the seal is cleared before its words are durable */
-#endif
-            continue;   /* its seal is cleared after this barrier, not flushed by it */
-        }
-        if (st == PMI_LANE_SETTLING) b->waits[b->nwaits++] = i;
-#ifndef PMSTORE_MUTANT_NOINVAL
-        uint64_t s = atomic_load_explicit(&l->inval_seq, memory_order_acquire);
-        if (!s || i == own || (seen && seen[i] == s)) continue;
-        bar_add(b, lane_off(h, i), 8);
-        if (b->ns < 16) b->snap[b->ns] = s, b->snap_lane[b->ns] = i, b->ns++;
-#endif
+        uint64_t s = atomic_load_explicit(&l->seq, memory_order_acquire);
+        if (atomic_load_explicit(&l->gone_seq, memory_order_acquire) >= s) continue;
+        if (claim(h, i)) bar_settle(h, b, i, 0);
+        else if (atomic_load_explicit(&l->state, memory_order_acquire) == PMI_LANE_FREE) bar_gone(h, b, cid(i, s));
     }
+    if (!b->nr && !b->nclaimed) return 1;
+    return bar_persist(h, b, t);   /* durable: the claimed lanes' words, the cleared seals */
 }
 
-/* clear_seal -- invalidate a lane whose words are durable: a plain store, made durable by
- * the next barrier of whichever thread collects it (L4). */
-static void clear_seal(pm_heap *h, uint32_t i, uint64_t seq) {
-    pmi_store8(h, lane_off(h, i), 0);
-    atomic_store_explicit(&h->lanes[i].inval_seq, seq, memory_order_release);
-    atomic_store_explicit(&h->lanes[i].state, PMI_LANE_FREE, memory_order_release);
-}
-
-/* bar_finish -- after the barrier: the claimed lanes' words are durable, so clear their
- * seals and free them; remember the invalidations this thread made durable. On failure
- * nothing is known durable: the lanes go back to DEFERRED (the heap refuses writes now). */
-static void bar_finish(pm_heap *h, struct bar *b, int ok) {
-    for (size_t k = 0; k < b->nclaimed; k++) {
-        struct pmi_lane *l = &h->lanes[b->claimed[k]];
-        if (ok) clear_seal(h, b->claimed[k], l->seq);
-        else atomic_store_explicit(&l->state, PMI_LANE_DEFERRED, memory_order_release);
+/* pmi_redo_settle -- rounds of settle_round until every commit that returned before the
+ * call is gone, or `rounds` rounds (callers that only need progress pass 1-2). */
+int pmi_redo_settle(pm_heap *h, int rounds) {
+    for (int k = 0; k < rounds; k++) {
+        int rc = settle_round(h);
+        if (rc == 1) return PM_OK;
+        if (rc) return rc;
     }
-    uint64_t *seen = seen_for(h);
-    for (size_t k = 0; ok && seen && k < b->ns; k++) seen[b->snap_lane[k]] = b->snap[k];
+    return PM_OK;
 }
 
-/* bar_wait -- wait until the lanes another thread was settling have their seals cleared:
- * those clears must be visible before this commit's own seal can be cleared (L4). The
- * settler holds no lane we could hold, so this cannot deadlock. */
-static void bar_wait(pm_heap *h, struct bar *b) {
-    for (size_t k = 0; k < b->nwaits; k++)
-        for (uint32_t spins = 0;
-             atomic_load_explicit(&h->lanes[b->waits[k]].state, memory_order_acquire) == PMI_LANE_SETTLING; spins++)
-            if (spins < 256) __builtin_ia32_pause();    /* a settler needs one barrier: spin a little */
-            else sched_yield();                         /* it was descheduled: let it run */
-}
-
-/* settle_all -- one standalone barrier over every DEFERRED lane's words and the pending
- * invalidations, then clear those lanes' seals. For lane starvation and quiesce. */
-static int settle_all(pm_heap *h) {
-    struct bar *b = bar_start(h, 0);
-    if (!b) return PM_E_NOMEM;
-    bar_collect(h, UINT32_MAX, b);
-    bar_wait(h, b);
-    if (b->nr) pmi_persist_ranges(h, b->r, b->nr);  /* durable: deferred words of the claimed lanes,
-                                                       and the pending invalidations */
-    int ok = !pmi_failed(h);
-    bar_finish(h, b, ok);
-    return ok ? PM_OK : PM_E_IO;
-}
-
-/* pm_redo_quiesce -- make every commit's words durable and every lane empty (close). */
+/* pm_redo_quiesce -- make every commit's words durable and every lane empty (close).
+ * Callers are quiet, so each round clears the lanes whose dependencies the last one made
+ * gone; a chain of d dependent lanes takes d + 1 rounds. */
 int pm_redo_quiesce(pm_heap *h) {
     if (!h->lanes) return PM_OK;
-    int rc = settle_all(h);             /* the deferred words durable, their seals cleared */
-    if (rc) return rc;
-    return settle_all(h);               /* nothing DEFERRED is left (callers are quiet): only
-                                           the seal clears above are collected, made durable */
+    for (uint32_t k = 0; k < 4 * h->lane_count + 8; k++) {
+        int rc = settle_round(h);
+        if (rc) return rc == 1 ? PM_OK : rc;
+    }
+    return PM_E_IO;     /* cannot happen while callers are quiet: a dependency never went */
 }
 
-/* lane_acquire -- take a FREE lane: this thread's home lane, else the one half the lanes
- * away (the home lane is DEFERRED after this thread's last commit, so a thread alternates
- * between two lanes), else any. If every lane is taken and some are DEFERRED, settle them. */
-static int lane_acquire(pm_heap *h, uint32_t *out) {
+/* pmi_redo_snapshot -- the commits not yet gone, one cid per lane (its latest): memory
+ * freed before the call may be reused once pmi_redo_all_gone says they are (alloc.c). */
+uint32_t pmi_redo_snapshot(pm_heap *h, uint64_t *out) {
+    uint32_t n = 0;
+    for (uint32_t wi = 0; wi < (h->lane_count + 63) / 64; wi++)
+    for (uint64_t used = atomic_load_explicit(&h->lane_used[wi], memory_order_acquire); used; used &= used - 1) {
+        uint32_t i = wi * 64 + (uint32_t)__builtin_ctzll(used);
+        uint64_t g = atomic_load_explicit(&h->lanes[i].gone_seq, memory_order_acquire);
+        uint64_t s = atomic_load_explicit(&h->lanes[i].seq, memory_order_acquire);
+        if (s > g) out[n++] = cid(i, s);
+    }
+    return n;
+}
+
+int pmi_redo_all_gone(pm_heap *h, const uint64_t *snap, uint32_t n) {
+    for (uint32_t k = 0; k < n; k++)
+        if (atomic_load_explicit(&h->lanes[cid_lane(snap[k])].gone_seq, memory_order_acquire) < cid_seq(snap[k]))
+            return 0;
+    return 1;
+}
+
+/* lane_acquire -- take a FREE lane: this thread's home lane, else the next one (the home
+ * lane is DEFERRED after this thread's last commit, so a thread alternates between its
+ * pair), else any; a DEFERRED lane of its pair is adopted (see adopt). If every lane
+ * is taken, settle a round and retry. */
+/* adopt -- a lane of this thread's pair left DEFERRED by a thread that has exited (or
+ * by this one): this thread's next barrier settles it, so the pair does not stay taken. */
+static void adopt(struct tl_redo *t, uint32_t i) {
+    for (uint32_t k = 0; k < t->nmine; k++) if (t->mine[k] == i) return;
+    if (t->nmine < t->cap) t->mine[t->nmine++] = i;
+}
+
+static int lane_acquire(pm_heap *h, struct tl_redo *t, uint32_t *out) {
     if (my_lane == UINT32_MAX) my_lane = pmi_thread_idx();
-    uint32_t n = h->lane_count, home = my_lane % n;
+    /* thread i's pair: lanes 2i and 2i + 1 (mod n), disjoint for n / 2 consecutive threads */
+    uint32_t n = h->lane_count, home = (uint32_t)((2ull * my_lane) % n);
     for (uint32_t spins = 0;; spins++) {
         int deferred = 0;
         for (uint32_t k = 0; k < n; k++) {
-            uint32_t i = k == 0 ? home : k == 1 ? (home + n / 2) % n : (home + k - 1) % n;
+            uint32_t i = (home + k) % n;
             int z = PMI_LANE_FREE, st = atomic_load_explicit(&h->lanes[i].state, memory_order_relaxed);
             deferred |= st == PMI_LANE_DEFERRED;
+            if (st == PMI_LANE_DEFERRED && k < 2 && t) adopt(t, i);
             if (st == PMI_LANE_FREE &&
                 atomic_compare_exchange_strong(&h->lanes[i].state, &z, PMI_LANE_BUSY)) {
                 uint64_t bit = 1ull << (i % 64);
@@ -269,8 +433,8 @@ static int lane_acquire(pm_heap *h, uint32_t *out) {
             }
         }
         if (deferred) {
-            int rc = settle_all(h);
-            if (rc) return rc;
+            int rc = settle_round(h);
+            if (rc < 0) return rc;
         } else if (spins > 4) sched_yield();
     }
 }
@@ -315,6 +479,17 @@ int pmi_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t c
     return rc;
 }
 
+/* words_of -- the offsets of the words a commit applies (CHECK entries apply nothing). */
+static uint32_t words_of(const struct pmd_redo_entry *e, uint32_t count, uint64_t *out, uint32_t max) {
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < count; i++)
+        if ((e[i].off_op & PMD_REDO_OP_MASK) != PMD_REDO_OP_CHECK) {
+            if (n < max) out[n] = e[i].off_op & ~(uint64_t)PMD_REDO_OP_MASK;
+            n++;
+        }
+    return n;
+}
+
 static int redo_commit_log(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t count,
                            const struct pmi_range *extra, uint32_t nextra) {
     if (count == 0) {
@@ -323,16 +498,23 @@ static int redo_commit_log(pm_heap *h, const struct pmd_redo_entry *entries, uin
     }
     if (count > h->lane_capacity) return PM_E_TOO_BIG;
     if (pmi_failed(h)) return PM_E_IO;
+    struct tl_redo *t = tl_for(h);
+    if (!t) return PM_E_NOMEM;
     uint32_t lane;
-    int rc = lane_acquire(h, &lane);   /* step 1; may settle lanes with a barrier of its own (tl_bar) */
+    int rc = lane_acquire(h, t, &lane);   /* step 1; may settle lanes with a barrier of its own (tl_bar) */
     if (rc) return rc;
     struct pmi_lane *l = &h->lanes[lane];
     struct bar *b = bar_start(h, 1 + (size_t)nextra);
     if (!b) { atomic_store_explicit(&l->state, PMI_LANE_FREE, memory_order_release); return PM_E_NOMEM; }
     uint64_t lo = lane_off(h, lane);
-    bar_collect(h, lane, b);        /* step 2: claim DEFERRED lanes, collect seal clears, largest seq */
-    uint64_t seq = b->max_seq + 1;
-    atomic_store_explicit(&l->last_seq, seq, memory_order_relaxed);
+    uint64_t prev_seq = atomic_load_explicit(&l->seq, memory_order_relaxed);
+
+    /* step 2: seq and dependencies from the word slots */
+    uint64_t *deps = t->deps, seq;
+    uint32_t ndeps;
+    rc = word_chain(h, lane, entries, count, deps, &ndeps, &seq);
+    if (rc) { atomic_store_explicit(&l->state, PMI_LANE_FREE, memory_order_release); return rc; }
+
     /* step 3: entries, seq and seal, all in this lane; the seal's CRC covers the rest (L3) */
     pmi_write(h, lo + PMD_LANE_HDR_SIZE, entries, (uint64_t)count * PMD_REDO_ENTRY_SIZE);
     pmi_store8(h, lo + 8, seq);
@@ -341,51 +523,67 @@ static int redo_commit_log(pm_heap *h, const struct pmd_redo_entry *entries, uin
     pmi_redo_apply(h, entries, count);   /* mutant: steps reordered, the words are applied before the commit point */
 #endif
 
-    /* step 4: one barrier over this lane, the caller's data, the words of every DEFERRED
-     * lane (earlier commits, this thread's included), and the seal words of lanes whose
-     * clearing may not be durable yet (L4): all but the first two collected above. */
+    /* step 4: one barrier over this lane, the caller's data, this thread's DEFERRED lanes'
+     * words and the seal words it cleared, and for each dependency: its seal word if it
+     * is CLEARED, or its words if it is DEFERRED (claimed). */
     bar_add(b, lo, PMD_LANE_HDR_SIZE + (uint64_t)count * PMD_REDO_ENTRY_SIZE);
 #ifdef PMSTORE_MUTANT_NODATA
     nextra = 0;     /* mutant: the published data is left out of the commit-point barrier */
 #endif
     for (uint32_t i = 0; i < nextra; i++) bar_add(b, extra[i].off, extra[i].size);
-    pmi_persist_ranges(h, b->r, b->nr); /* durable: this commit's log (the commit point), its data,
-                                           earlier commits' deferred words, pending seal clears */
-    int ok = !pmi_failed(h);
-    bar_finish(h, b, ok);               /* step 5: the claimed lanes' seals cleared */
-    if (!ok) {
+    bar_mine(h, b, t, lane);
+    size_t mine_claimed = b->nclaimed;
+    uint32_t nd = 0;
+    for (uint32_t k = 0; k < ndeps; k++) {
+        int st = dep_state(h, deps[k]);
+        if (st == DEP_GONE) continue;
+        if (st == DEP_CLEARED) bar_gone(h, b, deps[k]);
+        else if (st == PMI_LANE_DEFERRED && claim(h, cid_lane(deps[k]))) bar_settle(h, b, cid_lane(deps[k]), 1);
+        deps[nd++] = deps[k];
+    }
+    rc = bar_persist(h, b, t);          /* durable: this commit's log (the commit point), its data,
+                                           earlier commits' words, cleared seals */
+    if (rc) {
         /* The commit point may or may not be durable: the next open decides (replays the
          * lane or discards it). Apply nothing here; the heap refuses all writes from now. */
         atomic_store_explicit(&l->state, PMI_LANE_FREE, memory_order_release);
-        return PM_E_IO;
+        return rc;
     }
+    max_store(&l->gone_seq, prev_seq);  /* this lane's older commits: overwritten, durably */
+    for (size_t k = 0; k < mine_claimed; k++)   /* own lanes (and theirs) still waiting on a dependency */
+        if (atomic_load_explicit(&h->lanes[b->claimed[k]].state, memory_order_relaxed) == PMI_LANE_DEFERRED &&
+            t->nmine < t->cap)
+            t->mine[t->nmine++] = b->claimed[k];
 
-    /* step 6: apply */
+    /* step 5: apply */
 #ifndef PMSTORE_MUTANT_APPLYFIRST
     pmi_redo_apply(h, entries, count);
 #endif
-    bar_wait(h, b);     /* seals another thread was clearing: visible before ours can go (L4) */
 
-    /* step 7: leave the words to the next barrier (the usual case), or persist them now */
-    uint32_t nwords = 0;
-    for (uint32_t i = 0; i < count; i++) nwords += (entries[i].off_op & PMD_REDO_OP_MASK) != PMD_REDO_OP_CHECK;
-    if (nwords <= PMI_DEFER_MAX) {
+    /* step 6: leave the words to the next barrier (the usual case), or persist them now */
+    l->dep_count = 0;
+    for (uint32_t k = 0; k < nd; k++)
+        if (dep_state(h, deps[k]) != DEP_GONE) l->deps[l->dep_count++] = deps[k];
+    uint32_t nwords = words_of(entries, count, l->word_off, PMI_DEFER_MAX);
+    if (nwords > PMI_DEFER_MAX || l->dep_count > PMI_DEFER_MAX) {
+        /* too many to list: persist the words now; wait out the dependencies */
         l->word_count = 0;
+        b = bar_start(h, count);
+        if (!b) { atomic_store_explicit(&l->state, PMI_LANE_FREE, memory_order_release); return PM_E_NOMEM; }
         for (uint32_t i = 0; i < count; i++)
             if ((entries[i].off_op & PMD_REDO_OP_MASK) != PMD_REDO_OP_CHECK)
-                l->word_off[l->word_count++] = entries[i].off_op & ~(uint64_t)PMD_REDO_OP_MASK;
-        l->seq = seq;
-        atomic_store_explicit(&l->state, PMI_LANE_DEFERRED, memory_order_release);
-        return PM_OK;
-    }
-    b = bar_start(h, 0);    /* cannot fail: the first call reserved at least as much */
-    bar_collect(h, lane, b);
-    persist_entries(h, entries, count, b->r, b->nr);
-    /* durable: every applied word, and the seal clears this commit must follow (L4) */
-    ok = !pmi_failed(h);
-    bar_finish(h, b, ok);
-    if (!ok) { atomic_store_explicit(&l->state, PMI_LANE_FREE, memory_order_release); return PM_E_IO; }
-    clear_seal(h, lane, seq);
+                bar_add(b, entries[i].off_op & ~(uint64_t)PMD_REDO_OP_MASK, 8);
+        rc = bar_persist(h, b, t);      /* durable: every applied word */
+        if (rc) { atomic_store_explicit(&l->state, PMI_LANE_FREE, memory_order_release); return rc; }
+        while (l->dep_count > PMI_DEFER_MAX) {
+            rc = settle_round(h);
+            if (rc < 0) { atomic_store_explicit(&l->state, PMI_LANE_FREE, memory_order_release); return rc; }
+            deps_prune(h, l);
+            if (rc == 1) sched_yield();
+        }
+    } else l->word_count = nwords;
+    atomic_store_explicit(&l->state, PMI_LANE_DEFERRED, memory_order_release);
+    if (t->nmine < t->cap) t->mine[t->nmine++] = lane;
     return PM_OK;
 }
 
@@ -438,7 +636,7 @@ int pm_redo_recover(pm_heap *h, struct pm_recover_report *out) {
         uint64_t lo = lane_off(h, s[k].lane);
         const struct pmd_redo_entry *e = (const void *)(h->base + lo + PMD_LANE_HDR_SIZE);
         pmi_redo_apply(h, e, s[k].count);
-        persist_entries(h, e, s[k].count, NULL, 0);     /* durable: the replayed words */
+        persist_entries(h, e, s[k].count);     /* durable: the replayed words */
         pmi_store8(h, lo, 0);
         struct pmi_range one = {lo, 8};
         pmi_persist_ranges(h, &one, 1);     /* durable: this lane empty, after its replay */

@@ -286,7 +286,9 @@ def test_a_block_freed_in_a_transaction_is_not_reused_before_commit(heap):
         assert got not in full, f"tx reused block {got}, which it frees only at commit"
         assert got_span != span, f"tx reused span {span}, which it frees only at commit"
     assert not _is_allocated(heap, full[3]) and not _is_allocated(heap, span)
-    # after the commit the freed blocks are reusable
+    # after the commit the freed blocks are reusable, once the commits before the free are
+    # gone (L7); stats() releases this thread's held-back frees at once
+    heap.stats()
     assert heap.alloc(3 * PAGE) == span
     again = {heap.alloc(8192) for _ in range(6)}    # fills the second run, then the hole in the first
     again.add(heap.alloc(8192))

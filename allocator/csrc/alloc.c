@@ -188,6 +188,13 @@ static uint32_t runs_reclaim(pm_heap *h, struct pmi_theap *t) {
     return pages;
 }
 
+/* span_back -- free pages back to the free spans (coalescing). */
+static void span_back(struct pmi_alloc *a, uint32_t head, uint32_t pages) {
+    pthread_mutex_lock(&a->span_lock);
+    pmi_span_insert(a, head, pages);
+    pthread_mutex_unlock(&a->span_lock);
+}
+
 static uint32_t pages_take(struct pmi_alloc *a, uint32_t pages) {
     pthread_mutex_lock(&a->span_lock);
     uint32_t head = pmi_span_take(a, pages);
@@ -224,9 +231,7 @@ static int run_format(pm_heap *h, struct pmi_theap *t, uint32_t cls, struct pmi_
     if (head == PMI_NO_PAGE) return PM_E_NEED_GROW;
     struct pmi_run *r = run_new(a, head, cls);
     if (!r) {
-        pthread_mutex_lock(&a->span_lock);
-        pmi_span_insert(a, head, pages);
-        pthread_mutex_unlock(&a->span_lock);
+        span_back(a, head, pages);
         return PM_E_NOMEM;
     }
     static const uint8_t zero[PMD_RUN_BITMAP_SIZE];
@@ -305,9 +310,7 @@ static void release_now(pm_heap *h, const struct reservation *res) {
         atomic_fetch_sub_explicit(&res->run->held, 1, memory_order_release);
         return;
     }
-    pthread_mutex_lock(&a->span_lock);
-    pmi_span_insert(a, res->idx, res->span_pages);
-    pthread_mutex_unlock(&a->span_lock);
+    span_back(a, res->idx, res->span_pages);
 }
 
 /* limbo_release_sealed -- release the sealed batch if its snapshot's commits are gone. */
@@ -461,9 +464,7 @@ void pmi_unreserve(pm_heap *h, const struct reservation *res) {
         atomic_fetch_sub_explicit(&res->run->used, 1, memory_order_relaxed);
         return;
     }
-    pthread_mutex_lock(&a->span_lock);
-    pmi_span_insert(a, res->idx, res->span_pages);
-    pthread_mutex_unlock(&a->span_lock);
+    span_back(a, res->idx, res->span_pages);
 }
 
 void pmi_reserved_committed(pm_heap *h, const struct reservation *res) {

@@ -210,6 +210,7 @@ static int word_chain(pm_heap *h, uint32_t lane, const struct pmd_redo_entry *e,
  * the commits it makes gone (their seal words ride it). Thread-local, grown on demand, so
  * a commit does not call malloc. */
 struct bar {
+    uint32_t own;           /* the lane this barrier seals (its header rides it anyway), or MAX */
     struct pmi_range *r; size_t nr, cap;
     uint32_t *claimed; size_t nclaimed;
     uint64_t *gone; size_t ngone;
@@ -235,13 +236,14 @@ static struct bar *bar_start(pm_heap *h, size_t extra) {
         b->gone = g; b->lanes_cap = h->lane_count;
     }
     b->nr = b->nclaimed = b->ngone = 0;
+    b->own = UINT32_MAX;
     return b;
 }
 
 static void bar_add(struct bar *b, uint64_t off, uint64_t size) { b->r[b->nr].off = off; b->r[b->nr].size = size; b->nr++; }
 
 /* bar_gone -- commit c's seal is cleared (or its lane reused): its lane's seal word joins
- * this barrier, after which c is gone. */
+ * this barrier (unless it is the lane this barrier seals), after which c is gone. */
 static void bar_gone(pm_heap *h, struct bar *b, uint64_t c) {
     if (b->ngone == 2 * (size_t)h->lane_count) return;     /* full: c stays CLEARED, found again later */
     for (size_t k = 0; k < b->ngone; k++)
@@ -251,7 +253,7 @@ static void bar_gone(pm_heap *h, struct bar *b, uint64_t c) {
         }
     b->gone[b->ngone++] = c;
 #ifndef PMSTORE_MUTANT_NOINVAL
-    bar_add(b, lane_off(h, cid_lane(c)), 8);
+    if (cid_lane(c) != b->own) bar_add(b, lane_off(h, cid_lane(c)), 8);
 #endif
 }
 
@@ -324,12 +326,10 @@ static int bar_persist(pm_heap *h, struct bar *b, struct tl_redo *t) {
 }
 
 /* bar_mine -- this thread's own part of any barrier: its DEFERRED lanes (claimed and
- * settled) and the seal words it cleared since its last barrier, but for lane `own`, the
- * one this barrier seals (its older commits go with this commit point). */
-static void bar_mine(pm_heap *h, struct bar *b, struct tl_redo *t, uint32_t own) {
+ * settled) and the seal words it cleared since its last barrier. */
+static void bar_mine(pm_heap *h, struct bar *b, struct tl_redo *t) {
     if (!t) return;
-    for (uint32_t k = 0; k < t->npend; k++)     /* `own`'s seal word is in the barrier already */
-        if (cid_lane(t->pend[k]) != own) bar_gone(h, b, t->pend[k]);
+    for (uint32_t k = 0; k < t->npend; k++) bar_gone(h, b, t->pend[k]);
     t->npend = 0;
     for (uint32_t k = 0; k < t->nmine; k++)
         if (claim(h, t->mine[k])) bar_settle(h, b, t->mine[k], 0);
@@ -343,7 +343,7 @@ static int settle_round(pm_heap *h) {
     struct tl_redo *t = tl_for(h);
     struct bar *b = bar_start(h, 0);
     if (!b) return PM_E_NOMEM;
-    bar_mine(h, b, t, UINT32_MAX);
+    bar_mine(h, b, t);
     for (uint32_t wi = 0; wi < (h->lane_count + 63) / 64; wi++)
     for (uint64_t used = atomic_load_explicit(&h->lane_used[wi], memory_order_acquire); used; used &= used - 1) {
         uint32_t i = wi * 64 + (uint32_t)__builtin_ctzll(used);
@@ -498,6 +498,8 @@ static int redo_commit_log(pm_heap *h, const struct pmd_redo_entry *entries, uin
     }
     if (count > h->lane_capacity) return PM_E_TOO_BIG;
     if (pmi_failed(h)) return PM_E_IO;
+    for (uint32_t i = 0; i < count && i < 8; i++)     /* the slots step 2 locks: start their misses now */
+        __builtin_prefetch((const void *)&h->slots[slot_of(entries[i].off_op & ~(uint64_t)PMD_REDO_OP_MASK)], 1);
     struct tl_redo *t = tl_for(h);
     if (!t) return PM_E_NOMEM;
     uint32_t lane;
@@ -527,11 +529,12 @@ static int redo_commit_log(pm_heap *h, const struct pmd_redo_entry *entries, uin
      * words and the seal words it cleared, and for each dependency: its seal word if it
      * is CLEARED, or its words if it is DEFERRED (claimed). */
     bar_add(b, lo, PMD_LANE_HDR_SIZE + (uint64_t)count * PMD_REDO_ENTRY_SIZE);
+    b->own = lane;  /* older commits on this lane go with this seal word: no second flush */
 #ifdef PMSTORE_MUTANT_NODATA
     nextra = 0;     /* mutant: the published data is left out of the commit-point barrier */
 #endif
     for (uint32_t i = 0; i < nextra; i++) bar_add(b, extra[i].off, extra[i].size);
-    bar_mine(h, b, t, lane);
+    bar_mine(h, b, t);
     size_t mine_claimed = b->nclaimed;
     uint32_t nd = 0;
     for (uint32_t k = 0; k < ndeps; k++) {

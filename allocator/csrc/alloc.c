@@ -345,6 +345,7 @@ static int limbo_poll(pm_heap *h, struct pmi_limbo *l) {
 static int wait_gone(pm_heap *h, const uint64_t *snap, uint32_t n) {
     for (int round = 0; round < 10000; round++) {
         if (pmi_redo_all_gone(h, snap, n)) return 1;
+        PMI_COUNT(PMI_CNT_LIMBO_WAIT);
         if (pmi_redo_settle(h, 2)) return 0;    /* EIO: the heap refuses writes now */
         if (round > 8) sched_yield();
     }
@@ -389,6 +390,7 @@ static int limbo_steal_all(pm_heap *h) {
     }
     pthread_mutex_unlock(&a->pool_lock);
     if (!n) { free(got); return 0; }
+    PMI_COUNT(PMI_CNT_STEAL);
     uint64_t *snap = malloc(h->lane_count * sizeof *snap);
     if (snap && wait_gone(h, snap, pmi_redo_snapshot(h, snap)))
         for (uint32_t k = 0; k < n; k++) release_now(h, &got[k]);

@@ -26,6 +26,21 @@
 __thread int pmi_errno;
 static atomic_uint_fast64_t next_heap_id = 1;
 static atomic_uint thread_rr;
+#ifdef PMI_COUNTERS
+#include <stdio.h>
+_Atomic uint64_t pmi_count[PMI_CNT_N];
+__attribute__((destructor)) static void counters_write(void) {
+    static const char *name[PMI_CNT_N] = {"commits", "settle_rounds", "lane_starved", "lane_off_pair", "lanes_adopted",
+                                          "dep_lanes_claimed", "lanes_blocked_on_deps", "limbo_waits", "limbo_steals"};
+    const char *path = getenv("PMI_COUNTERS_FILE");
+    FILE *f = path ? fopen(path, "a") : NULL;
+    if (!f) return;
+    for (int i = 0; i < PMI_CNT_N; i++) fprintf(f, "%s%s=%llu", i ? " " : "", name[i], (unsigned long long)pmi_count[i]);
+    fprintf(f, "\n");
+    fclose(f);
+}
+#endif
+
 static __thread uint32_t thread_idx = UINT32_MAX;
 
 uint32_t pmi_thread_idx(void) {

@@ -33,14 +33,14 @@ static __thread uint32_t my_lane = UINT32_MAX;  /* this thread's home lane (mod 
 static __thread struct tl_redo {
     uint64_t heap_id;
     uint32_t cap, nmine, npend;
-    uint32_t *mine;
+    uint64_t *mine;     /* cid of each DEFERRED commit this thread settles next */
     uint64_t *pend;     /* cid of each cleared seal */
     uint64_t *deps;     /* scratch: a commit's dependencies */
 } tl;
 
 static struct tl_redo *tl_for(pm_heap *h) {
     if (tl.heap_id == h->id && tl.cap >= h->lane_count) return &tl;
-    uint32_t *m = malloc(h->lane_count * sizeof *m);
+    uint64_t *m = malloc(h->lane_count * sizeof *m);
     uint64_t *p = malloc(h->lane_count * sizeof *p), *d = malloc(h->lane_count * sizeof *d);
     if (!m || !p || !d) { free(m); free(p); free(d); return NULL; }
     free(tl.mine); free(tl.pend); free(tl.deps);
@@ -49,6 +49,14 @@ static struct tl_redo *tl_for(pm_heap *h) {
 }
 
 static uint64_t lane_off(pm_heap *h, uint32_t i) { return h->redo_off + (uint64_t)i * h->lane_size; }
+
+/* adopt -- list lane i's current commit among those this thread settles in its next
+ * barrier (once per lane). */
+static void adopt(pm_heap *h, struct tl_redo *t, uint32_t i) {
+    uint64_t c = cid(i, atomic_load_explicit(&h->lanes[i].seq, memory_order_acquire));
+    for (uint32_t k = 0; k < t->nmine; k++) if (cid_lane(t->mine[k]) == i) { t->mine[k] = c; return; }
+    if (t->nmine < t->cap) t->mine[t->nmine++] = c;
+}
 
 /* pm_redo_init -- attach the volatile lane state; call once after mapping. */
 int pm_redo_init(pm_heap *h, uint64_t redo_off, uint32_t lane_count, uint32_t lane_size) {
@@ -319,6 +327,7 @@ static int bar_persist(pm_heap *h, struct bar *b, struct tl_redo *t) {
         if (ok) {
             l->word_count = 0;
             if (deps_prune(h, l)) { clear_seal(h, t, b->claimed[k]); continue; }
+            PMI_COUNT(PMI_CNT_BLOCKED);
         }
         atomic_store_explicit(&l->state, PMI_LANE_DEFERRED, memory_order_release);
     }
@@ -331,15 +340,21 @@ static void bar_mine(pm_heap *h, struct bar *b, struct tl_redo *t) {
     if (!t) return;
     for (uint32_t k = 0; k < t->npend; k++) bar_gone(h, b, t->pend[k]);
     t->npend = 0;
-    for (uint32_t k = 0; k < t->nmine; k++)
-        if (claim(h, t->mine[k])) bar_settle(h, b, t->mine[k], 0);
-    t->nmine = 0;   /* lanes left DEFERRED by bar_persist are re-listed by the caller */
+    uint32_t keep = 0;
+    for (uint32_t k = 0; k < t->nmine; k++) {
+        uint32_t i = cid_lane(t->mine[k]);
+        if (claim(h, i)) bar_settle(h, b, i, 0);    /* re-listed after the barrier if still DEFERRED */
+        else if (dep_state(h, t->mine[k]) == PMI_LANE_SETTLING)
+            t->mine[keep++] = t->mine[k];   /* another thread is settling it: it may come back */
+    }
+    t->nmine = keep;
 }
 
 /* settle_round -- a standalone barrier over every lane: claim and settle each DEFERRED
  * one, make every CLEARED seal gone. Returns PM_OK, or 1 if nothing was left to do. For
  * lane starvation, memory held back until commits are gone (alloc.c), and quiesce. */
 static int settle_round(pm_heap *h) {
+    PMI_COUNT(PMI_CNT_ROUND);
     struct tl_redo *t = tl_for(h);
     struct bar *b = bar_start(h, 0);
     if (!b) return PM_E_NOMEM;
@@ -354,7 +369,11 @@ static int settle_round(pm_heap *h) {
         else if (atomic_load_explicit(&l->state, memory_order_acquire) == PMI_LANE_FREE) bar_gone(h, b, cid(i, s));
     }
     if (!b->nr && !b->nclaimed) return 1;
-    return bar_persist(h, b, t);   /* durable: the claimed lanes' words, the cleared seals */
+    int rc = bar_persist(h, b, t);  /* durable: the claimed lanes' words, the cleared seals */
+    for (size_t k = 0; t && k < b->nclaimed; k++)   /* still waiting on a dependency: retried */
+        if (atomic_load_explicit(&h->lanes[b->claimed[k]].state, memory_order_relaxed) == PMI_LANE_DEFERRED)
+            adopt(h, t, b->claimed[k]);
+    return rc;
 }
 
 /* pmi_redo_settle -- rounds of settle_round until every commit that returned before the
@@ -405,13 +424,6 @@ int pmi_redo_all_gone(pm_heap *h, const uint64_t *snap, uint32_t n) {
  * lane is DEFERRED after this thread's last commit, so a thread alternates between its
  * pair), else any; a DEFERRED lane of its pair is adopted (see adopt). If every lane
  * is taken, settle a round and retry. */
-/* adopt -- a lane of this thread's pair left DEFERRED by a thread that has exited (or
- * by this one): this thread's next barrier settles it, so the pair does not stay taken. */
-static void adopt(struct tl_redo *t, uint32_t i) {
-    for (uint32_t k = 0; k < t->nmine; k++) if (t->mine[k] == i) return;
-    if (t->nmine < t->cap) t->mine[t->nmine++] = i;
-}
-
 static int lane_acquire(pm_heap *h, struct tl_redo *t, uint32_t *out) {
     if (my_lane == UINT32_MAX) my_lane = pmi_thread_idx();
     /* thread i's pair: lanes 2i and 2i + 1 (mod n), disjoint for n / 2 consecutive threads */
@@ -422,17 +434,23 @@ static int lane_acquire(pm_heap *h, struct tl_redo *t, uint32_t *out) {
             uint32_t i = (home + k) % n;
             int z = PMI_LANE_FREE, st = atomic_load_explicit(&h->lanes[i].state, memory_order_relaxed);
             deferred |= st == PMI_LANE_DEFERRED;
-            if (st == PMI_LANE_DEFERRED && k < 2 && t) adopt(t, i);
+            if (st == PMI_LANE_DEFERRED && k < 2 && t) {    /* left by an exited thread, or ours */
+                uint32_t before = t->nmine;
+                adopt(h, t, i);
+                if (t->nmine != before) PMI_COUNT(PMI_CNT_ADOPT);
+            }
             if (st == PMI_LANE_FREE &&
                 atomic_compare_exchange_strong(&h->lanes[i].state, &z, PMI_LANE_BUSY)) {
                 uint64_t bit = 1ull << (i % 64);
                 if (!(atomic_load_explicit(&h->lane_used[i / 64], memory_order_relaxed) & bit))
                     atomic_fetch_or_explicit(&h->lane_used[i / 64], bit, memory_order_release);
+                if (k >= 2) PMI_COUNT(PMI_CNT_OFFPAIR);
                 *out = i;
                 return PM_OK;
             }
         }
         if (deferred) {
+            PMI_COUNT(PMI_CNT_STARVE);
             int rc = settle_round(h);
             if (rc < 0) return rc;
         } else if (spins > 4) sched_yield();
@@ -498,6 +516,7 @@ static int redo_commit_log(pm_heap *h, const struct pmd_redo_entry *entries, uin
     }
     if (count > h->lane_capacity) return PM_E_TOO_BIG;
     if (pmi_failed(h)) return PM_E_IO;
+    PMI_COUNT(PMI_CNT_COMMIT);
     for (uint32_t i = 0; i < count && i < 8; i++)     /* the slots step 2 locks: start their misses now */
         __builtin_prefetch((const void *)&h->slots[slot_of(entries[i].off_op & ~(uint64_t)PMD_REDO_OP_MASK)], 1);
     struct tl_redo *t = tl_for(h);
@@ -535,13 +554,15 @@ static int redo_commit_log(pm_heap *h, const struct pmd_redo_entry *entries, uin
 #endif
     for (uint32_t i = 0; i < nextra; i++) bar_add(b, extra[i].off, extra[i].size);
     bar_mine(h, b, t);
-    size_t mine_claimed = b->nclaimed;
     uint32_t nd = 0;
     for (uint32_t k = 0; k < ndeps; k++) {
         int st = dep_state(h, deps[k]);
         if (st == DEP_GONE) continue;
         if (st == DEP_CLEARED) bar_gone(h, b, deps[k]);
-        else if (st == PMI_LANE_DEFERRED && claim(h, cid_lane(deps[k]))) bar_settle(h, b, cid_lane(deps[k]), 1);
+        else if (st == PMI_LANE_DEFERRED && claim(h, cid_lane(deps[k]))) {
+            PMI_COUNT(PMI_CNT_DEP_CLAIM);
+            bar_settle(h, b, cid_lane(deps[k]), 1);
+        }
         deps[nd++] = deps[k];
     }
     rc = bar_persist(h, b, t);          /* durable: this commit's log (the commit point), its data,
@@ -553,10 +574,9 @@ static int redo_commit_log(pm_heap *h, const struct pmd_redo_entry *entries, uin
         return rc;
     }
     max_store(&l->gone_seq, prev_seq);  /* this lane's older commits: overwritten, durably */
-    for (size_t k = 0; k < mine_claimed; k++)   /* own lanes (and theirs) still waiting on a dependency */
-        if (atomic_load_explicit(&h->lanes[b->claimed[k]].state, memory_order_relaxed) == PMI_LANE_DEFERRED &&
-            t->nmine < t->cap)
-            t->mine[t->nmine++] = b->claimed[k];
+    for (size_t k = 0; k < b->nclaimed; k++)   /* lanes still waiting on a dependency: retried next time */
+        if (atomic_load_explicit(&h->lanes[b->claimed[k]].state, memory_order_relaxed) == PMI_LANE_DEFERRED)
+            adopt(h, t, b->claimed[k]);
 
     /* step 5: apply */
 #ifndef PMSTORE_MUTANT_APPLYFIRST
@@ -586,7 +606,7 @@ static int redo_commit_log(pm_heap *h, const struct pmd_redo_entry *entries, uin
         }
     } else l->word_count = nwords;
     atomic_store_explicit(&l->state, PMI_LANE_DEFERRED, memory_order_release);
-    if (t->nmine < t->cap) t->mine[t->nmine++] = lane;
+    adopt(h, t, lane);
     return PM_OK;
 }
 

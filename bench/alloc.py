@@ -64,6 +64,7 @@ PMDK_ENV = {"flush": {"PMEM_IS_PMEM_FORCE": "1"}, "msync": {"PMEM_IS_PMEM_FORCE"
             "none": {"PMEM_IS_PMEM_FORCE": "1", "PMEM_NO_FLUSH": "1"}}
 INSTALL_HINT = {"pmdk": "apt-get install -y libpmemobj-dev", "mimalloc": "apt-get install -y libmimalloc-dev"}
 PERM_COUNT = 4                  # free orders per thread, as in the driver
+LANES_PER_THREAD = 4            # a pair per thread, and as many spare (FORMAT.md 7.1 step 1)
 SLOT_STRIDE = 8                 # W1: one slot per thread, threads a cache line apart
 FAST_WARMUP_S = 0.1             # plus one whole W2/W3 cycle: faults pages in, builds runs
 SLOW_WARMUP_S = 0.02
@@ -211,7 +212,7 @@ def bench_pmstore_c(exe: Path, wl_name: str, backend: str, space: bool, args) ->
     with common.scratch_dir(PATH_KIND[backend]) as d:
         path = d / "alloc.heap"
         size = pmstore_heap_size(wl, params["objects"], max_threads)
-        lane_count = max(layout.DEFAULT_LANE_COUNT, 2 * max_threads)
+        lane_count = max(layout.DEFAULT_LANE_COUNT, LANES_PER_THREAD * max_threads)
         with Heap.create(path, size=size, max_size=size, backend=backend, lane_count=lane_count) as heap:
             slot_off = heap.alloc(max_threads * slots_per_thread(params["objects"]) * 8)
             h = heap.file.header
@@ -338,7 +339,7 @@ def bench_pmstore_python(system: str, wl_name: str, args) -> list[dict]:
     rows = []
     with common.scratch_dir(PATH_KIND[backend]) as d:
         size = pmstore_heap_size(wl, objects, max_threads)
-        lane_count = max(layout.DEFAULT_LANE_COUNT, 2 * max_threads)
+        lane_count = max(layout.DEFAULT_LANE_COUNT, LANES_PER_THREAD * max_threads)
         path = d / "alloc-py.heap"
         with Heap.create(path, size=size, max_size=size, backend=backend, lane_count=lane_count) as heap:
             fs = common.fs_type(d)

@@ -54,7 +54,8 @@ struct pm_heap {
     uint32_t lane_capacity;     /* entries per lane */
     struct pmi_lane *lanes;     /* cache-line aligned */
     _Atomic uint64_t *lane_used;    /* bit i: lane i has been taken at least once (read-mostly) */
-    _Atomic uint64_t *slots;    /* word slots (redo.c): seq << 12 | lane of the last commit on each hashed word */
+    _Atomic uint64_t *slots;    /* word slots (redo.c): seq << 12 | lane of the last commit on each hashed line */
+    uint32_t slot_bits;         /* log2 of the slot count */
     struct pmi_alloc *alloc;    /* allocator (alloc.c, span.c) */
     /* written rarely; its own line so the hot reads above stay shared */
     _Alignas(64) atomic_int failed_errno;   /* a barrier failed (EIO...): sticky, every later write refuses */

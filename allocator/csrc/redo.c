@@ -18,7 +18,8 @@
 #define MAX_LANES 4096
 #define CHECK_SIZE_MAX ((1ull << 29) - 1)   /* bytes one CHECK entry covers */
 #define SLOT_LOCK (1ull << 63)
-#define SLOT_BITS 16                        /* line slots: 64 Ki x 8 B per heap */
+#define SLOT_BITS_MIN 16                    /* line slots: 64 Ki x 8 B per heap at least, */
+#define SLOT_BITS_MAX 21                    /* 2 Mi (16 MiB) at most, else one per 4 KiB of max size */
 
 /* A commit's identity, packed as in the word slots: seq << 12 | lane. */
 static uint64_t cid(uint32_t lane, uint64_t seq) { return seq << 12 | lane; }
@@ -63,12 +64,14 @@ int pm_redo_init(pm_heap *h, uint64_t redo_off, uint32_t lane_count, uint32_t la
     if (lane_count == 0 || lane_count > MAX_LANES || lane_size < 4096 || lane_size % 4096 ||
         redo_off % 4096 || !pmi_in_range(h, redo_off, (uint64_t)lane_count * lane_size))
         return PM_E_ARG;
+    /* few slots per live line keep unrelated commits apart (a shared slot is a dependency) */
+    h->slot_bits = SLOT_BITS_MIN;
+    while (h->slot_bits < SLOT_BITS_MAX && (h->reserve_size >> 12) > (1ull << h->slot_bits)) h->slot_bits++;
     h->lanes = aligned_alloc(64, lane_count * sizeof *h->lanes);
     h->lane_used = calloc((lane_count + 63) / 64, sizeof *h->lane_used);
-    h->slots = aligned_alloc(64, sizeof *h->slots << SLOT_BITS);
+    h->slots = calloc((size_t)1 << h->slot_bits, sizeof *h->slots);
     if (!h->lanes || !h->lane_used || !h->slots) { pmi_redo_free(h); return PM_E_NOMEM; }
     memset(h->lanes, 0, lane_count * sizeof *h->lanes);
-    memset((void *)h->slots, 0, sizeof *h->slots << SLOT_BITS);
     h->redo_off = redo_off;
     h->lane_count = lane_count;
     h->lane_size = lane_size;
@@ -159,7 +162,9 @@ static int dep_state(pm_heap *h, uint64_t c) {
 /* slot_of -- a word's slot: one per 64-byte line (hashed). Coarser than a word, so two
  * commits on one word always meet in its slot; neighbouring words of one thread (a table
  * of published offsets) share a slot, which keeps the slots a thread touches few. */
-static uint32_t slot_of(uint64_t off) { return (uint32_t)(((off >> 6) * 0x9E3779B97F4A7C15ull) >> (64 - SLOT_BITS)); }
+static uint32_t slot_of(const pm_heap *h, uint64_t off) {
+    return (uint32_t)(((off >> 6) * 0x9E3779B97F4A7C15ull) >> (64 - h->slot_bits));
+}
 
 /* word_chain -- step 2: lock the word slots of this commit's words (in index order, so
  * two commits cannot deadlock), take seq above every commit found there and above this
@@ -177,7 +182,7 @@ static int word_chain(pm_heap *h, uint32_t lane, const struct pmd_redo_entry *e,
     uint64_t seq = atomic_load_explicit(&h->lanes[lane].seq, memory_order_relaxed);
     for (uint32_t i = 0; i < count; i++)
         if ((e[i].off_op & PMD_REDO_OP_MASK) != PMD_REDO_OP_CHECK)
-            idx[n++] = slot_of(e[i].off_op & ~(uint64_t)PMD_REDO_OP_MASK);
+            idx[n++] = slot_of(h, e[i].off_op & ~(uint64_t)PMD_REDO_OP_MASK);
     if (n <= 8) {   /* the usual 1-3 words: insertion sort */
         for (uint32_t i = 1; i < n; i++)
             for (uint32_t k = i; k > 0 && idx[k - 1] > idx[k]; k--) { uint32_t x = idx[k]; idx[k] = idx[k - 1]; idx[k - 1] = x; }
@@ -431,7 +436,8 @@ static int lane_acquire(pm_heap *h, struct tl_redo *t, uint32_t *out) {
     for (uint32_t spins = 0;; spins++) {
         int deferred = 0;
         for (uint32_t k = 0; k < n; k++) {
-            uint32_t i = (home + k) % n;
+            /* off the pair, start half the lanes away: other threads' pairs sit next to ours */
+            uint32_t i = (home + (k < 2 ? k : 2 + (n / 2 + k - 2) % (n - 2))) % n;
             int z = PMI_LANE_FREE, st = atomic_load_explicit(&h->lanes[i].state, memory_order_relaxed);
             deferred |= st == PMI_LANE_DEFERRED;
             if (st == PMI_LANE_DEFERRED && k < 2 && t) {    /* left by an exited thread, or ours */
@@ -518,7 +524,7 @@ static int redo_commit_log(pm_heap *h, const struct pmd_redo_entry *entries, uin
     if (pmi_failed(h)) return PM_E_IO;
     PMI_COUNT(PMI_CNT_COMMIT);
     for (uint32_t i = 0; i < count && i < 8; i++)     /* the slots step 2 locks: start their misses now */
-        __builtin_prefetch((const void *)&h->slots[slot_of(entries[i].off_op & ~(uint64_t)PMD_REDO_OP_MASK)], 1);
+        __builtin_prefetch((const void *)&h->slots[slot_of(h, entries[i].off_op & ~(uint64_t)PMD_REDO_OP_MASK)], 1);
     struct tl_redo *t = tl_for(h);
     if (!t) return PM_E_NOMEM;
     uint32_t lane;

@@ -7,7 +7,7 @@ HEAP   ?= data/pmstore.heap
 
 .PHONY: install test serve bench lint clean
 
-$(STAMP): pyproject.toml setup.py allocator/_build.py recovery/_build.py $(wildcard allocator/csrc/*.c allocator/csrc/*.h store/csrc/*.c store/csrc/*.h recovery/csrc/*.c recovery/csrc/*.h)
+$(STAMP): pyproject.toml setup.py allocator/_build.py recovery/_build.py $(wildcard allocator/csrc/*.c allocator/csrc/*.h allocator/csrc/cpython/*.c store/csrc/*.c store/csrc/*.h recovery/csrc/*.c recovery/csrc/*.h)
 	PYTHON=$(PYTHON) sh tools/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -34,4 +34,4 @@ lint: install
 	$(BIN)/ruff check allocator recovery store service tests bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info allocator/_pmstore_c.* recovery/_walk_c.* .pytest_cache
+	rm -rf $(VENV) build *.egg-info allocator/_pmstore_c.* allocator/_fast.* recovery/_walk_c.* .pytest_cache

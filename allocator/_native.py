@@ -12,11 +12,16 @@ import os
 from allocator import errors
 
 try:
+    from allocator import _fast
     from allocator._pmstore_c import ffi, lib
 except ImportError as exc:  # pragma: no cover - the message is the point
     raise ImportError(
         "pmstore's C core is not built: run `make install` (or `pip install -e .`)"
     ) from exc
+
+# _fast calls the cffi module's own functions (one allocator, one set of thread-locals).
+_fast.bind(int(ffi.cast("uintptr_t", ffi.addressof(lib, "pm_alloc_into"))),
+           int(ffi.cast("uintptr_t", ffi.addressof(lib, "pm_free_from"))))
 
 BACKENDS = {"auto": lib.PM_BACKEND_AUTO, "msync": lib.PM_BACKEND_MSYNC,
             "flush": lib.PM_BACKEND_FLUSH, "none": lib.PM_BACKEND_NONE,
@@ -65,7 +70,9 @@ def _off(off: int, what: str) -> int:
     return off
 
 
-_pm_alloc_into, _pm_free_from = lib.pm_alloc_into, lib.pm_free_from
+# The hot pair keeps the GIL where a barrier is a CPU instruction, and releases it where it
+# is an msync (csrc/cpython/fastcall.c: a call is shorter than a GIL hand-over).
+GIL_HOLDING_BACKENDS = frozenset({"flush", "none", "private"})
 
 
 class Mapping:
@@ -76,9 +83,17 @@ class Mapping:
         check(lib.pm_heap_map(fd, map_size, reserve_size, BACKENDS[backend], out), "map heap")
         self._h = out[0]
         self._base = None
+        # The hot pair, bound C methods: alloc_into(dest_off, size) -> block offset and
+        # free_from(dest_off). A failed call lands in _hot_failed, which raises.
+        self._hot = _fast.Hot(int(ffi.cast("uintptr_t", self._h)), self.backend not in GIL_HOLDING_BACKENDS,
+                              self._hot_failed)
+        self.alloc_into, self.free_from = self._hot.alloc_into, self._hot.free_from
+        # Set by the Heap: grow_and_retry(retry, size) grows the file and calls retry, on PM_E_NEED_GROW.
+        self.grow_and_retry = None
 
     def close(self) -> None:
         if self._h is not None:
+            self._hot.close()
             lib.pm_heap_unmap(self._h)
             self._h = None
             self._base = None
@@ -185,32 +200,33 @@ class Mapping:
     def alloc_add_pages(self, new_size: int) -> None:
         check(lib.pm_alloc_add_pages(self._handle(), new_size), "add grown pages")
 
-    # alloc_into / free_from are the hot pair: one cffi call, and nothing else unless it
-    # fails (a closed heap or a negative argument makes cffi raise; the C code refuses the rest).
-    def alloc_into(self, dest_off: int, size: int) -> int:
-        try:
-            off = _pm_alloc_into(self._h, dest_off, size)
-        except (TypeError, OverflowError):
-            off = lib.PM_E_ARG
+    def _hot_failed(self, op: int, dest_off, size, rc: int):
+        """The hot pair's slow path: raise the error, or grow the heap and retry."""
+        self._handle()
+        if op == _fast.OP_ALLOC_INTO:
+            if rc == lib.PM_E_NEED_GROW and self.grow_and_retry is not None:
+                return self.grow_and_retry(lambda: self._alloc_into_slow(dest_off, size), size)
+            self._alloc_into_failed(dest_off, size, rc)
+        if not isinstance(dest_off, int):
+            raise TypeError(f"free_from word {dest_off!r}: the offset must be an int")
+        if dest_off < 0:
+            raise ValueError(f"free_from word {dest_off}: negative offset")
+        check(rc, f"free the block published at word {dest_off}")
+
+    def _alloc_into_slow(self, dest_off: int, size: int) -> int:
+        """alloc_into raising NeedGrow: the retry after growth."""
+        off = lib.pm_alloc_into(self._handle(), dest_off, size)
         if off < 0:
             self._alloc_into_failed(dest_off, size, off)
         return off
 
-    def _alloc_into_failed(self, dest_off: int, size: int, rc: int) -> None:
-        self._handle()
+    def _alloc_into_failed(self, dest_off, size, rc: int) -> None:
+        if not isinstance(dest_off, int) or not isinstance(size, int):
+            raise TypeError(f"allocate {size!r} bytes into word {dest_off!r}: both must be ints")
         if size <= 0 or dest_off < 0:
             raise ValueError(f"allocate {size} bytes into word {dest_off}: size must be positive, "
                              "the word offset non-negative")
         check(rc, f"allocate {size} bytes" + (f" into word {dest_off}" if dest_off else ""))
-
-    def free_from(self, dest_off: int) -> None:
-        try:
-            rc = _pm_free_from(self._h, dest_off)
-        except (TypeError, OverflowError):
-            self._handle()
-            raise ValueError(f"free_from word {dest_off}: negative offset") from None
-        if rc:
-            check(rc, f"free the block published at word {dest_off}")
 
     def free(self, off: int) -> None:
         if off < 0:

@@ -61,7 +61,8 @@ class RecoveryReport:
 
 
 class Heap:
-    """A persistent heap. Thread-safe; the C calls release the GIL."""
+    """A persistent heap. Thread-safe; the C calls release the GIL, except alloc_into and
+    free_from off the msync backend (csrc/cpython/fastcall.c says why)."""
 
     def __init__(self, hf: HeapFile, report: RecoveryReport):
         self.file = hf
@@ -70,6 +71,11 @@ class Heap:
         self._grow_lock = threading.Lock()
         h = hf.header
         self._data_off = h.data_off
+        # alloc_into and free_from are the mapping's C methods themselves, bound here so a
+        # call runs no Python frame (the methods below say what they do); a heap short of
+        # pages comes back through grow_and_retry.
+        self.mapping.grow_and_retry = self._grow_and_retry
+        self.alloc_into, self.free_from = self.mapping.alloc_into, self.mapping.free_from
 
     # ------------------------------------------------------------ create / open
     @classmethod
@@ -125,11 +131,9 @@ class Heap:
 
     def alloc_into(self, dest_off: int, size: int) -> int:
         """Allocate `size` bytes and store the block's offset in the word at dest_off (the
-        root, or a word inside the data area), atomically and durably."""
-        try:
-            return self.mapping.alloc_into(dest_off, size)
-        except _native.NeedGrow:
-            return self._grow_and_retry(lambda: self.mapping.alloc_into(dest_off, size), size)
+        root, or a word inside the data area), atomically and durably. Grows the heap when
+        it is full (HeapFullError at max_size)."""
+        return self.mapping.alloc_into(dest_off, size)
 
     def free(self, off: int) -> None:
         """Free the block at off (durable on return; reusable only after this commit)."""

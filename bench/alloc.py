@@ -14,8 +14,8 @@ into a temp dir with gcc) except pmstore-python and pmstore-cffi:
                   root object. flush = /dev/shm with PMEM_IS_PMEM_FORCE=1, msync = file
                   under /tmp, none = PMEM_IS_PMEM_FORCE=1 PMEM_NO_FLUSH=1.
   glibc, mimalloc malloc/free and mi_malloc/mi_free: volatile ceilings.
-  pmstore-python  heap.mapping.alloc_into / free_from (the Python API: one cffi call each
-                  inside a method that raises on error), flush backend.
+  pmstore-python  heap.alloc_into / free_from, the Python API: C methods (allocator._fast)
+                  that keep the GIL and raise on error, flush backend.
   pmstore-cffi    lib.pm_alloc_into / pm_free_from called bare through cffi, as the PMDK
                   anchor (ANCHORS.md, 2.53 us a pair) calls pmemobj_alloc, flush backend.
 The msync backends cost ~100 us per barrier on a disk: their runs are short and W2/W3
@@ -268,12 +268,12 @@ def _failed(what: str, rc) -> None:
 
 
 class PyWorker:
-    """One thread's objects and position in its workload, driving the cffi calls."""
+    """One thread's objects and position in its workload, driving the heap's calls."""
 
-    def __init__(self, mapping, wl: dict, objects: int, slot_off: int, thread_idx: int, seed: int, raw: bool):
+    def __init__(self, heap, wl: dict, objects: int, slot_off: int, thread_idx: int, seed: int, raw: bool):
         rnd = random.Random(seed * 1000003 + thread_idx)
-        self.mapping, self.objects = mapping, objects
-        self.alloc_into, self.free_from = _raw_calls(mapping) if raw else (mapping.alloc_into, mapping.free_from)
+        self.heap, self.objects = heap, objects
+        self.alloc_into, self.free_from = _raw_calls(heap.mapping) if raw else (heap.alloc_into, heap.free_from)
         base = slot_off + thread_idx * slots_per_thread(objects) * 8
         if wl["kind"] == "w1":
             self.sizes = [rnd.randint(wl["min_size"], wl["max_size"]) for _ in range(4096)]
@@ -324,16 +324,16 @@ class PyWorker:
             return
         if self.pos < self.objects:
             for dest in self.dests[:self.pos]:
-                self.mapping.free_from(dest)
+                self.heap.free_from(dest)
         else:
             for dest in self.free_orders[self.cycle % PERM_COUNT][self.pos - self.objects:]:
-                self.mapping.free_from(dest)
+                self.heap.free_from(dest)
         self.pos, self.cycle = 0, self.cycle + 1
 
 
 def bench_pmstore_python(system: str, wl_name: str, args) -> list[dict]:
     """alloc_into / free_from from Python threads, flush backend on /dev/shm: through the
-    Mapping methods (pmstore-python) or the bare cffi functions (pmstore-cffi)."""
+    heap's methods (pmstore-python) or the bare cffi functions (pmstore-cffi)."""
     backend, wl, max_threads = "flush", WORKLOADS[wl_name], max(args.py_threads)
     objects = wl["objects"]
     rows = []
@@ -346,7 +346,7 @@ def bench_pmstore_python(system: str, wl_name: str, args) -> list[dict]:
             slot_off = heap.alloc(max_threads * slots_per_thread(objects) * 8)
             for thread_count in args.py_threads:
                 common.note(f"alloc: {system} {wl_name} threads={thread_count}")
-                workers = [PyWorker(heap.mapping, wl, objects, slot_off, t, args.seed, system == "pmstore-cffi")
+                workers = [PyWorker(heap, wl, objects, slot_off, t, args.seed, system == "pmstore-cffi")
                            for t in range(thread_count)]
 
                 def make_worker(idx: int, workers=workers):
@@ -371,8 +371,8 @@ def bench_pmstore_python(system: str, wl_name: str, args) -> list[dict]:
                     "persists_per_op": round(persist_count / pairs, 3), "objects": objects,
                     "size_min": wl["min_size"], "size_max": wl["max_size"], "duration_s": args.duration_s,
                     "median_of": len(runs), "runs": [round(r.ops_per_s, 1) for r in runs],
-                    "served_by": "allocator._pmstore_c (cffi)" + (", bare" if system == "pmstore-cffi" else
-                                                                   ", Mapping methods"),
+                    "served_by": ("allocator._pmstore_c (cffi), bare" if system == "pmstore-cffi" else
+                                  "allocator._fast (Heap methods, GIL held)"),
                 })
         check_after(path, slot_off, PATH_KIND[backend])
     return rows

@@ -148,6 +148,42 @@ def test_negative_size_raises_value_error(heap):
     assert heap.stats()["live_blocks"] == 0
 
 
+# The hot pair is a C method (allocator/csrc/cpython/fastcall.c) on every backend: the GIL
+# held where a barrier is an instruction, released around an msync. Its slow path words
+# the errors the same way on both.
+@pytest.mark.parametrize("backend", ["none", "flush", "msync"])
+def test_hot_pair_errors_on_every_backend(tmp_path, backend):
+    from allocator import Heap
+    from allocator.errors import HeapClosedError
+
+    heap = Heap.create(tmp_path / "h.heap", size=1 << 20, max_size=4 << 20, backend=backend)
+    off = heap.alloc_into(layout.ROOT_OFF, 100)
+    assert heap.root == off and heap.block_size(off) >= 100
+    with pytest.raises(TypeError, match="must be ints"):
+        heap.alloc_into(layout.ROOT_OFF, "100")
+    with pytest.raises(TypeError, match="must be ints"):
+        heap.alloc_into(None, 100)
+    with pytest.raises(TypeError, match="must be an int"):
+        heap.free_from(1.5)
+    with pytest.raises(ValueError, match="negative offset"):
+        heap.free_from(-8)
+    with pytest.raises(ValueError, match="non-negative"):
+        heap.alloc_into(-8, 100)
+    assert heap.root == off, "a refused call changed the root"
+    heap.free_from(layout.ROOT_OFF)
+    assert heap.root == 0
+    # growth through the hot path: allocate past the initial size into one word at a time
+    word = heap.alloc(8 * 64)
+    for i in range(64):
+        heap.alloc_into(word + 8 * i, 32 << 10)
+    assert heap.mapping.size > 1 << 20, "the heap did not grow"
+    heap.close()
+    with pytest.raises(HeapClosedError):
+        heap.alloc_into(layout.ROOT_OFF, 16)
+    with pytest.raises(HeapClosedError):
+        heap.free_from(layout.ROOT_OFF)
+
+
 def test_not_allocated_error_is_exported_from_the_package():
     import allocator
 

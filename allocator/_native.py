@@ -19,9 +19,16 @@ except ImportError as exc:  # pragma: no cover - the message is the point
         "pmstore's C core is not built: run `make install` (or `pip install -e .`)"
     ) from exc
 
+
+
+def address(cdata) -> int:
+    """A pointer as an int, for allocator._fast's calls."""
+    return int(ffi.cast("uintptr_t", cdata))
+
+
 # _fast calls the cffi module's own functions (one allocator, one set of thread-locals).
-_fast.bind(int(ffi.cast("uintptr_t", ffi.addressof(lib, "pm_alloc_into"))),
-           int(ffi.cast("uintptr_t", ffi.addressof(lib, "pm_free_from"))))
+_fast.bind(*(address(ffi.addressof(lib, f)) for f in
+             ("pm_alloc_into", "pm_free_from", "pm_index_read", "pm_index_put_plain")))
 
 BACKENDS = {"auto": lib.PM_BACKEND_AUTO, "msync": lib.PM_BACKEND_MSYNC,
             "flush": lib.PM_BACKEND_FLUSH, "none": lib.PM_BACKEND_NONE,
@@ -85,7 +92,7 @@ class Mapping:
         self._base = None
         # The hot pair, bound C methods: alloc_into(dest_off, size) -> block offset and
         # free_from(dest_off). A failed call lands in _hot_failed, which raises.
-        self._hot = _fast.Hot(int(ffi.cast("uintptr_t", self._h)), self.backend not in GIL_HOLDING_BACKENDS,
+        self._hot = _fast.Hot(address(self._h), self.backend not in GIL_HOLDING_BACKENDS,
                               self._hot_failed)
         self.alloc_into, self.free_from = self._hot.alloc_into, self._hot.free_from
         # Set by the Heap: grow_and_retry(retry, size) grows the file and calls retry, on PM_E_NEED_GROW.

@@ -9,7 +9,7 @@ import struct
 import threading
 
 from allocator import _native
-from allocator._native import ffi, lib
+from allocator._native import _fast, address, ffi, lib
 from store.errors import CorruptObjectError, NoSuchKeyError, PreconditionFailedError
 
 COND_NONE, COND_ABSENT, COND_ETAG = lib.PM_COND_NONE, lib.PM_COND_ABSENT, lib.PM_COND_ETAG
@@ -33,13 +33,18 @@ class _Scratch(threading.local):
         self.req = ffi.new("struct pm_read_req *")
         self.req.dst, self.req.cap, self.req.start, self.req.limit, self.req.info = (
             self.buf, SCRATCH_SIZE, 0, NO_LIMIT, self.info)
-        self.read = (self.req, self.buf_view, self.info_view)
-        self.put_plain = (self.info, self.info_view)
+        # the same read into at most GIL_COPY_MAX bytes: _fast.index_read tries it first, with
+        # the GIL held (allocator/csrc/cpython/fastcall.c)
+        self.req_small = ffi.new("struct pm_read_req *")
+        self.req_small.dst, self.req_small.cap, self.req_small.start, self.req_small.limit, self.req_small.info = (
+            self.buf, _fast.GIL_COPY_MAX, 0, NO_LIMIT, self.info)
+        self.read = (address(self.req_small), address(self.req), self.buf_view, self.info_view)
+        self.put_plain = (address(self.info), self.info_view)
 
 
 _scratch = _Scratch()
-_pm_index_read = lib.pm_index_read
-_pm_index_put_plain = lib.pm_index_put_plain
+_fast_read = _fast.index_read
+_fast_put_plain = _fast.index_put_plain
 
 
 def check(rc: int, what: str, key: bytes = b"") -> None:
@@ -89,6 +94,9 @@ class Index:
                                    "(I1/I2); run `pmstore check`")
         _native.check(rc, "open the object index")
         self._x = out[0]
+        self._xp = address(self._x)     # for allocator._fast's calls; None once closed
+        # put_plain releases the GIL where barriers are system calls (msync), as the heap's hot pair
+        self._release_gil = mapping.backend not in _native.GIL_HOLDING_BACKENDS
         lib.pm_index_set_verify(self._x, int(verify_reads))
         self.report = {"objects": rep.objects, "value_bytes": rep.value_bytes, "key_bytes": rep.key_bytes}
         self._info = None
@@ -101,6 +109,7 @@ class Index:
 
     def close(self) -> None:
         if self._x is not None:
+            self._xp = None
             lib.pm_index_close(self._x)
             self._x = None
             for name in _CALLS:    # every later call names the cause instead of a cffi TypeError
@@ -118,7 +127,8 @@ class Index:
         sc = _scratch
         info = sc.info
         if start == 0 and limit == NO_LIMIT and verify == self.verify_reads:
-            rc = _pm_index_read(self._x, key, sc.req)   # three arguments to convert, not nine
+            small, full, _, _ = sc.read
+            rc = _fast_read(self._xp, key, small, full)
         else:
             rc = lib.pm_index_get(self._x, key, len(key), start, limit, sc.buf, SCRATCH_SIZE, verify, info)
         if rc >= 0:
@@ -140,8 +150,8 @@ class Index:
     def read_value(self, key: bytes):
         """The whole value as bytes, verified if verify_reads, one C call. key: a valid key
         (encode_key), so it holds no NUL -- pm_index_read takes it NUL-terminated."""
-        req, view, _ = _scratch.read
-        rc = _pm_index_read(self._x, key, req)
+        small, full, view, _ = _scratch.read
+        rc = _fast_read(self._xp, key, small, full)
         if rc >= 0:
             return view[:rc]
         buf = self.get(key)[0]      # large value, or an error to raise
@@ -151,17 +161,17 @@ class Index:
         """Store.get_value as one closure (one Python frame, one C call): key -> the whole
         value as bytes. Printable str keys of up to 256 characters (at most 1,024 bytes)
         skip encode_key, whose checks they pass by construction."""
-        local, read, index = _scratch, _pm_index_read, self
+        local, read, index = _scratch, _fast_read, self
 
         def get_value(key) -> bytes:
             if type(key) is str and 0 < len(key) <= 256 and key.isprintable():
                 k = key.encode()    # printable excludes C0, DEL and lone surrogates
             else:
                 k = encode_key(key)
-            req, view, _ = local.read
+            small, full, view, _ = local.read
             try:
-                rc = read(index._x, k, req)
-            except TypeError:       # closed: _x is None
+                rc = read(index._xp, k, small, full)
+            except TypeError:       # closed: _xp is None
                 _closed()
             return view[:rc] if rc >= 0 else index.read_value(k)    # large value, or the error
         return get_value
@@ -172,7 +182,7 @@ class Index:
         errors go to slow_get (Store's general get). The key fast path and the info unpack
         (scratch_info_fields) are written out again here on purpose: a shared helper would
         cost the Python frame these closures exist to save."""
-        local, read, index, new, unpack = _scratch, _pm_index_read, self, tuple.__new__, INFO_HEAD.unpack_from
+        local, read, index, new, unpack = _scratch, _fast_read, self, tuple.__new__, INFO_HEAD.unpack_from
 
         def get(key, *, zero_copy: bool = False):
             if zero_copy:
@@ -181,10 +191,10 @@ class Index:
                 k = key.encode()
             else:
                 k = encode_key(key)
-            req, view, iv = local.read
+            small, full, view, iv = local.read
             try:
-                rc = read(index._x, k, req)
-            except TypeError:       # closed: _x is None
+                rc = read(index._xp, k, small, full)
+            except TypeError:       # closed: _xp is None
                 _closed()
             if rc < 0:
                 return slow_get(key)
@@ -213,10 +223,10 @@ class Index:
 
     def put_plain(self, key: bytes, value: bytes) -> tuple[int, int, bytes, bool]:
         """put with no content type and no condition, ETag and mtime computed in C (the
-        common put: five arguments through cffi, not thirteen). key: a valid key (no NUL).
-        Returns (mtime_ns, crc32c, etag, created)."""
+        common put: one allocator._fast call, the GIL held for small values). key: a valid
+        key (no NUL); value: bytes. Returns (mtime_ns, crc32c, etag, created)."""
         info, view = _scratch.put_plain
-        rc = _pm_index_put_plain(self._x, key, value, len(value), info)
+        rc = _fast_put_plain(self._xp, key, value, info, self._release_gil)
         if rc < 0:
             check(rc, "put", key)
         _, _, _, mtime, crc, _, etag = INFO_HEAD.unpack_from(view)

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from allocator._native import crc32c
+from allocator._native import _fast, crc32c
 from recovery.check import check_heap, format_report
 from store import Store
 from store.errors import (
@@ -505,11 +505,12 @@ def test_sync_durability_roundtrip_and_reopen(tmp_path):
 # ---------------------------------------------------------------- get_value / store[key]
 
 
-@pytest.mark.parametrize("size", [0, 100, 65536, 70_000])
+@pytest.mark.parametrize("size", [0, 100, _fast.GIL_COPY_MAX, _fast.GIL_COPY_MAX + 1, 65536, 70_000])
 def test_get_value_returns_what_get_returns(tmp_path, size):
     """The value-only read (a one-frame closure over one C call) agrees with get for
     every kind of key: printable str (fast path), bytes, non-printable or long str keys
-    (encode_key), and values past the 64 KiB scratch buffer."""
+    (encode_key), values on both sides of _fast.GIL_COPY_MAX (1 KiB: read first with the
+    GIL held, then again without it) and past the 64 KiB scratch buffer."""
     keys = ["k", "dir/ñame", b"raw-bytes", "line\u2028sep", "x" * 300, "é" * 256]
     with _open(tmp_path / "s.heap") as s:
         for i, k in enumerate(keys):

@@ -1,4 +1,5 @@
-/* allocator._fast: the hot pair (pm_alloc_into, pm_free_from) as plain CPython methods.
+/* allocator._fast: the hot pair (pm_alloc_into, pm_free_from) as plain CPython methods,
+ * and the store's common read and put (pm_index_read, pm_index_put_plain) as functions.
  *
  * Through cffi a call cost about 0.3 us here (an argument tuple, errno kept in a
  * thread-state dict, the GIL released and retaken) and the Python method around it
@@ -13,6 +14,10 @@
  * is held between calls (every lock in allocator/csrc is taken and released inside
  * one call, by threads that never need the GIL), so holding it cannot deadlock.
  *
+ * The store's calls keep the GIL only for small values (GIL_COPY_MAX: copying, hashing
+ * and checksumming them takes less than a GIL hand-over): a read tries a buffer of that
+ * size first and, for a larger value, releases the GIL and reads again into the full one.
+ *
  * The C functions come in as addresses from the cffi module (bind), so there is one
  * copy of the allocator and of its thread-local state.
  */
@@ -23,11 +28,17 @@
 
 typedef int64_t (*alloc_into_fn)(void *h, uint64_t dest, uint64_t size);
 typedef int (*free_from_fn)(void *h, uint64_t dest);
+typedef int (*index_read_fn)(void *x, const char *key, const void *req);
+typedef int (*index_put_plain_fn)(void *x, const char *key, const uint8_t *value, uint64_t vlen, void *info);
 
-#define PM_E_ARG (-8)   /* csrc/pm_api.h; on_error turns codes into exceptions */
+#define PM_E_ARG (-8)       /* csrc/pm_api.h; on_error turns codes into exceptions */
+#define PM_E_BUFFER (-23)   /* store/csrc/pm_index_api.h: the value is larger than the buffer */
+#define GIL_COPY_MAX 1024   /* bytes: store calls on values up to this keep the GIL */
 
 static alloc_into_fn c_alloc_into;
 static free_from_fn c_free_from;
+static index_read_fn c_index_read;
+static index_put_plain_fn c_index_put_plain;
 
 typedef struct {
     PyObject_HEAD
@@ -175,18 +186,83 @@ static PyType_Slot hot_slots[] = {
 static PyType_Spec hot_spec = {"allocator._fast.Hot", sizeof(Hot), 0,
                                Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, hot_slots};
 
-/* bind(alloc_into_addr, free_from_addr): the cffi module's functions */
+/* bind(alloc_into, free_from, index_read, index_put_plain): the cffi module's functions' addresses */
 static PyObject *bind(PyObject *self, PyObject *args)
 {
-    unsigned long long a, f;
-    if (!PyArg_ParseTuple(args, "KK:bind", &a, &f)) return NULL;
+    unsigned long long a, f, r, p;
+    if (!PyArg_ParseTuple(args, "KKKK:bind", &a, &f, &r, &p)) return NULL;
     c_alloc_into = (alloc_into_fn)(uintptr_t)a;
     c_free_from = (free_from_fn)(uintptr_t)f;
+    c_index_read = (index_read_fn)(uintptr_t)r;
+    c_index_put_plain = (index_put_plain_fn)(uintptr_t)p;
     Py_RETURN_NONE;
 }
 
+/* index_read(index_addr, key, small_req_addr, req_addr) -> pm_index_read's result. key:
+ * bytes without NUL (the caller checked it). small_req reads into at most GIL_COPY_MAX
+ * bytes with the GIL held; a larger value is read again through req with it released. */
+static PyObject *index_read(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (n != 4) {
+        PyErr_SetString(PyExc_TypeError, "index_read(index_addr, key, small_req_addr, req_addr)");
+        return NULL;
+    }
+    void *x = PyLong_AsVoidPtr(args[0]);        /* None (a closed index): TypeError */
+    if (!x && PyErr_Occurred()) return NULL;
+    const char *key = PyBytes_AsString(args[1]);
+    if (!key) return NULL;
+    void *small = PyLong_AsVoidPtr(args[2]);
+    if (!small && PyErr_Occurred()) return NULL;
+    void *req = PyLong_AsVoidPtr(args[3]);
+    if (!req && PyErr_Occurred()) return NULL;
+    if (!x || !small || !req) return PyLong_FromLong(PM_E_ARG);
+    int rc = c_index_read(x, key, small);
+    if (rc == PM_E_BUFFER) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = c_index_read(x, key, req);
+        Py_END_ALLOW_THREADS
+    }
+    return PyLong_FromLong(rc);
+}
+
+/* index_put_plain(index_addr, key, value, info_addr, release_gil) -> pm_index_put_plain's
+ * result. key: bytes without NUL; value: bytes. The GIL is released when release_gil is
+ * set (barriers are msyncs) or the value is over GIL_COPY_MAX. */
+static PyObject *index_put_plain(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (n != 5) {
+        PyErr_SetString(PyExc_TypeError, "index_put_plain(index_addr, key, value, info_addr, release_gil)");
+        return NULL;
+    }
+    void *x = PyLong_AsVoidPtr(args[0]);        /* None (a closed index): TypeError */
+    if (!x && PyErr_Occurred()) return NULL;
+    const char *key = PyBytes_AsString(args[1]);
+    if (!key) return NULL;
+    char *value;
+    Py_ssize_t vlen;
+    if (PyBytes_AsStringAndSize(args[2], &value, &vlen) < 0) return NULL;
+    void *info = PyLong_AsVoidPtr(args[3]);
+    if (!info && PyErr_Occurred()) return NULL;
+    int release = PyObject_IsTrue(args[4]);
+    if (release < 0) return NULL;
+    if (!x || !info) return PyLong_FromLong(PM_E_ARG);
+    int rc;
+    if (release || vlen > GIL_COPY_MAX) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = c_index_put_plain(x, key, (const uint8_t *)value, (uint64_t)vlen, info);
+        Py_END_ALLOW_THREADS
+    } else {
+        rc = c_index_put_plain(x, key, (const uint8_t *)value, (uint64_t)vlen, info);
+    }
+    return PyLong_FromLong(rc);
+}
+
 static PyMethodDef methods[] = {
-    {"bind", bind, METH_VARARGS, "bind(alloc_into_addr, free_from_addr)"},
+    {"bind", bind, METH_VARARGS, "bind(alloc_into, free_from, index_read, index_put_plain addresses)"},
+    {"index_read", (PyCFunction)(void (*)(void))index_read, METH_FASTCALL,
+     "pm_index_read, the GIL held for values up to GIL_COPY_MAX"},
+    {"index_put_plain", (PyCFunction)(void (*)(void))index_put_plain, METH_FASTCALL,
+     "pm_index_put_plain, the GIL held for values up to GIL_COPY_MAX unless release_gil"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -208,6 +284,7 @@ PyMODINIT_FUNC PyInit__fast(void)
         return NULL;
     }
     if (PyModule_AddIntConstant(m, "OP_ALLOC_INTO", OP_ALLOC_INTO) < 0
+        || PyModule_AddIntConstant(m, "GIL_COPY_MAX", GIL_COPY_MAX) < 0
         || PyModule_AddIntConstant(m, "OP_FREE_FROM", OP_FREE_FROM) < 0) {
         Py_DECREF(m);
         return NULL;

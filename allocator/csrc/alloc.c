@@ -38,6 +38,8 @@ static struct pmd_redo_entry ent(uint32_t op, uint64_t off, uint64_t value) {
 static pthread_mutex_t theap_life = PTHREAD_MUTEX_INITIALIZER;
 
 static void limbo_drain(pm_heap *h, struct pmi_theap *t);
+#define LIMBO_BATCH 64      /* frees per batch: one snapshot and one check each */
+#define LIMBO_STUCK (4 * LIMBO_BATCH)  /* held frees past which a dry thread settles (run_find_generic) */
 static int limbo_steal_all(pm_heap *h);
 
 static void theap_free(struct pmi_theap *t) {
@@ -268,7 +270,16 @@ static int run_find_generic(pm_heap *h, struct pmi_theap *t, uint32_t cls, struc
     if (t->limbo.n) {   /* held-back frees first, if they are ready (L7); seal the rest */
         pthread_mutex_lock(&t->limbo.lock);
         int released = limbo_poll(h, &t->limbo);
+        uint32_t held = t->limbo.n;
         pthread_mutex_unlock(&t->limbo.lock);
+        /* A limbo this full is not draining by itself: the commits it waits for are on
+         * threads that are not running (Python threads waiting for the GIL while this one
+         * holds it). Settle them rather than format runs that only this thread can use. */
+        if (!released && held >= LIMBO_STUCK) {
+            PMI_COUNT(PMI_CNT_LIMBO_STUCK);
+            limbo_drain(h, t);
+            released = 1;
+        }
         if (released)
             for (r = t->owned[cls]; r; r = r->link)
                 if (run_collect(r)) { t->current[cls] = r; *out = r; return PM_OK; }
@@ -299,7 +310,6 @@ static void block_release(pm_heap *h, struct pmi_run *r, uint32_t idx) {
 
 /* ------------------------------------------------------------------ limbo (L7) */
 
-#define LIMBO_BATCH 64      /* frees per batch: one snapshot and one check each */
 
 /* release_now -- freed memory becomes reusable: a block on its run's list, a span back
  * to the free spans. */

@@ -31,7 +31,8 @@ static atomic_uint thread_rr;
 _Atomic uint64_t pmi_count[PMI_CNT_N];
 __attribute__((destructor)) static void counters_write(void) {
     static const char *name[PMI_CNT_N] = {"commits", "settle_rounds", "lane_starved", "lane_off_pair", "lanes_adopted",
-                                          "dep_lanes_claimed", "lanes_blocked_on_deps", "limbo_waits", "limbo_steals"};
+                                          "dep_lanes_claimed", "lanes_blocked_on_deps", "limbo_waits", "limbo_steals",
+                                          "limbo_stuck_drains"};
     const char *path = getenv("PMI_COUNTERS_FILE");
     FILE *f = path ? fopen(path, "a") : NULL;
     if (!f) return;

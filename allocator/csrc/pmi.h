@@ -72,7 +72,7 @@ struct pm_heap {
 /* Event counters for scaling diagnosis, compiled in only with -DPMI_COUNTERS (bench
  * drivers built by hand); the totals go to $PMI_COUNTERS_FILE at exit (pmem.c). */
 enum { PMI_CNT_COMMIT, PMI_CNT_ROUND, PMI_CNT_STARVE, PMI_CNT_OFFPAIR, PMI_CNT_ADOPT, PMI_CNT_DEP_CLAIM,
-       PMI_CNT_BLOCKED, PMI_CNT_LIMBO_WAIT, PMI_CNT_STEAL, PMI_CNT_N };
+       PMI_CNT_BLOCKED, PMI_CNT_LIMBO_WAIT, PMI_CNT_STEAL, PMI_CNT_LIMBO_STUCK, PMI_CNT_N };
 #ifdef PMI_COUNTERS
 extern _Atomic uint64_t pmi_count[PMI_CNT_N];
 #define PMI_COUNT(i) atomic_fetch_add_explicit(&pmi_count[i], 1, memory_order_relaxed)

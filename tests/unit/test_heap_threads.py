@@ -2,8 +2,9 @@
 thread free lists, run adoption at thread exit, growth under contention).
 
 Eight threads allocate, write a pattern naming (thread, sequence), free their own
-blocks and blocks other threads hand them through a queue (cross-thread frees). The
-C calls release the GIL, so the allocator really runs concurrently. Afterwards every
+blocks and blocks other threads hand them through a queue (cross-thread frees). free,
+read and write release the GIL (alloc keeps it off the msync backend), so the allocator
+really runs concurrently. Afterwards every
 survivor must be intact and disjoint from every other, the stats must count exactly
 the survivors, and freed blocks must be reused rather than grow the file.
 """
@@ -143,3 +144,40 @@ def test_threads_alloc_and_free_across_threads(tmp_path):
             f"reallocating {len(sizes)} blocks that fit before grew the file {grown} -> {heap.mapping.size}")
         assert heap.stats()["live_blocks"] == len(offs)
         _assert_disjoint(heap, offs)
+
+
+def test_L7_python_threads_holding_the_gil_do_not_fill_the_heap(tmp_path):
+    """alloc_into/free_from keep the GIL off the msync backend, so one Python thread runs
+    thousands of pairs per GIL slice while the others, paused, leave DEFERRED commits its
+    freed blocks wait on (L7). A thread whose limbo is that full settles those commits and
+    reuses its blocks (alloc.c, run_find_generic, LIMBO_STUCK) instead of taking new pages,
+    which only it can use: without that, 16 threads of alloc/free pairs took 11-14 MiB of
+    this 16 MiB heap in runs (and filled bench/alloc.py's)."""
+    threads_n, pairs, rounds = 16, 25_000, 4
+    heap = Heap.create(tmp_path / "h.heap", size=16 << 20, max_size=16 << 20, backend="flush",
+                       lane_count=4 * threads_n)     # as bench/alloc.py: every thread its own lanes
+    table = heap.alloc(threads_n * 64)      # one word per thread, a cache line apart
+    sizes = [random.Random(7).randint(16, 1024) for _ in range(4096)]
+    errors: list[str] = []
+    def worker(tid: int) -> None:
+        word = table + 64 * tid
+        try:
+            for k in range(pairs):
+                heap.alloc_into(word, sizes[(k + 97 * tid) % len(sizes)])
+                heap.free_from(word)
+        except Exception as e:  # noqa: BLE001 - reported below with the thread id
+            errors.append(f"thread {tid} after its pairs: {type(e).__name__}: {e}")
+
+    for _ in range(rounds):     # fresh threads each round, as a thread pool's come and go
+        workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads_n)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        assert not errors, "; ".join(errors[:4])
+    st = heap.stats()
+    assert st["live_blocks"] == 1, f"{st['live_blocks']} live blocks; only the word table should be"
+    # about 5 MiB in runs here; 11-14 MiB without the settling
+    assert st["bytes_used"] <= st["pages"] * layout.PAGE_SIZE // 2, (
+        f"{st['bytes_used'] >> 20} MiB in runs for one live block per thread")
+    heap.close()

@@ -14,9 +14,11 @@ from cffi import FFI
 CSRC = pathlib.Path(__file__).parent / "csrc"
 STORE_CSRC = pathlib.Path(__file__).parent.parent / "store" / "csrc"
 STORE_SOURCES = ["index.c", "md5.c"]   # the store's C hot path (index lookup, object copy) in the same extension
-# Each mutant removes one barrier or reorders one commit step (recovery/mutants.py runs them).
+# Each mutant removes one barrier, reorders one commit step, or reuses freed memory too early
+# (recovery/mutants.py runs them).
 MUTANTS = {"": "", **{m: f"-DPMSTORE_MUTANT_{m.upper()}" for m in
-                      ("noinval", "noapplyfence", "nocheck", "nodata", "applyfirst", "earlyclear")}}
+                      ("noinval", "noapplyfence", "nocheck", "nodata", "applyfirst", "earlyclear",
+                       "nolimbo")}}
 SOURCES = ["pmem.c", "crc32c.c", "trace.c", "redo.c", "classes.c", "span.c", "alloc.c"]
 
 

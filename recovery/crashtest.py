@@ -11,7 +11,8 @@ which includes "no leak, no dangling pointer").
 
 Multi-lane redo workloads (three threads, four lanes: L1-L5) run alongside, because the
 store serialises its writers and so never exercises one lane's invalidation riding
-another lane's commit point. Used by tests/crash and `pmstore crashtest`. This module drives the
+another lane's commit point; so does a two-thread workload in which one thread reuses
+memory the other's sealed commit wrote into (L7). Used by tests/crash and `pmstore crashtest`. This module drives the
 store to record workloads; the checker it calls (recovery/check.py) never does.
 """
 
@@ -123,6 +124,89 @@ def run_redo(seed: int, commit_count: int, max_subsets: int, workdir: Path, *, w
                             private=True, workers=workers)
 
 
+# ------------------------------------------------------------------ freed memory vs stale seals (L7)
+LIMBO_SPAN = 96 << 10       # a large object: freed pages go straight back to the free spans
+
+
+def record_limbo(path: Path, seed: int) -> tuple[bytes, bytes, list[tuple[int, bytes | None]]]:
+    """Two threads in turn, each on its own lanes. Thread 1 allocates a large object with
+    its bytes and publishes it in the root (one transaction); thread 0 sets a word inside
+    it and goes idle, so that commit stays sealed (nothing depends on it); thread 1 frees
+    the object, then allocates another of the same size with other bytes. The second must
+    not take the first's pages while the sealed commit can still replay its word into
+    them (L7). Returns (base image, trace, models: (root, the root block's bytes))."""
+    from allocator import Heap, layout
+    rng = random.Random(seed)
+    path.unlink(missing_ok=True)
+    Heap.create(path, size=1 << 20, max_size=1 << 20, backend="none").close()
+    base = path.read_bytes()
+    heap = Heap.open(path, backend="none", trace=True)
+    m = heap.mapping
+    one = [ThreadPoolExecutor(1) for _ in range(2)]     # persistent threads: their lanes stay theirs
+    models: list[tuple[int, bytes | None]] = [(0, None)]
+
+    def publish(data: bytes) -> int:
+        with heap.transaction() as tx:
+            off = tx.alloc(len(data))
+            tx.write(off, data)
+            tx.set(layout.ROOT_OFF, off)
+        return off
+
+    def set_word(off: int, value: int) -> None:
+        with heap.transaction() as tx:
+            tx.set(off, value)
+
+    def step(i: int, thread: int, fn, *args):
+        m.trace_mark(2 * i)
+        out = one[thread].submit(fn, *args).result()
+        m.trace_mark(2 * i + 1)
+        return out
+
+    try:
+        m.trace_start()
+        first = rng.randbytes(LIMBO_SPAN)
+        off = step(0, 1, publish, first)
+        models.append((off, first))
+        word = rng.getrandbits(64)
+        step(1, 0, set_word, off + 8, word)
+        models.append((off, first[:8] + word.to_bytes(8, "little") + first[16:]))
+        step(2, 1, heap.free_from, layout.ROOT_OFF)
+        models.append((0, None))
+        second = rng.randbytes(LIMBO_SPAN)
+        models.append((step(3, 1, publish, second), second))
+        trace = m.trace_take()
+        heap.abandon()      # a crash: thread 0's commit is still sealed
+    finally:
+        for w in one:
+            w.shutdown()
+    return base, trace, models
+
+
+def run_limbo(seed: int, op_count: int, max_subsets: int, workdir: Path, *, workers: int = 1) -> crashsim.Result:
+    from allocator import Heap
+    base, trace, models = record_limbo(workdir / f"l{seed}.heap", seed)
+
+    def check(img, point):
+        acked, allowed = allowed_states(point, models)
+        raw = check_heap(img, at_rest=False)
+        assert raw.ok, "crashed image: " + "; ".join(map(str, raw.findings[:3]))
+        heap = Heap.open(img, backend="private")
+        try:
+            root = heap.root
+            states = [st for st in allowed if st[0] == root]
+            assert states, f"after {acked} acknowledged steps the root is {root}, allowed {[a[0] for a in allowed]}"
+            if root:
+                got = heap.read(root, LIMBO_SPAN)
+                assert any(got == st[1] for st in states), (
+                    f"after {acked} acknowledged steps the object at {root} holds other bytes (L7: a stale "
+                    f"seal replayed into reused memory?) first difference at "
+                    f"{next(i for i in range(LIMBO_SPAN) if got[i] != states[-1][1][i])}")
+        finally:
+            heap.abandon()
+    return crashsim.explore(base, trace, check, workdir=workdir, max_subsets=max_subsets, seed=seed,
+                            private=True, workers=workers)
+
+
 # ------------------------------------------------------------------ store workloads
 
 
@@ -218,6 +302,7 @@ def run(plan: Plan, *, workers: int | None = None,
     workers = workers or min(4, os.cpu_count() or 1)
     tot = Totals()
     jobs = [(run_redo, seed, 2 * plan.op_count, 4 * plan.max_subsets) for seed in plan.seeds[:2]]
+    jobs += [(run_limbo, plan.seeds[0], 4, plan.max_subsets)]
     jobs += [(run_workload, seed, plan.op_count, plan.max_subsets) for seed in plan.seeds]
     with tempfile.TemporaryDirectory(prefix="pmstore-crashtest-", dir=workdir or _fast_tmp()) as d:
         for i, (fn, seed, ops, subsets) in enumerate(jobs):

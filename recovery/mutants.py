@@ -1,4 +1,5 @@
-"""Mutants: builds of the C core with one barrier removed or one commit step reordered.
+"""Mutants: builds of the C core with one barrier removed, one commit step reordered, or
+freed memory reused before the commits that wrote into it are gone (nolimbo).
 
 The crash suite has teeth only if it fails on a broken protocol. Each mutant is built
 (allocator/_build.py, PMSTORE_MUTANT=<name>) into a scratch copy of the packages and
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-# name -> what the mutant breaks (allocator/csrc/redo.c, PMSTORE_MUTANT_<NAME>)
+# name -> what the mutant breaks (allocator/csrc/redo.c and alloc.c, PMSTORE_MUTANT_<NAME>)
 MUTANTS = {
     "noinval": "a lane's invalidation is never made durable by later commit points (L4)",
     "noapplyfence": "a commit's applied words never join a later barrier (FORMAT.md 7.1 steps 2 and 4)",
@@ -27,6 +28,7 @@ MUTANTS = {
     "nodata": "the published data is left out of the commit-point barrier (7.1 step 4)",
     "applyfirst": "the words are applied before the commit point (7.1 steps reordered)",
     "earlyclear": "a settled lane's seal is cleared before the barrier that makes its words durable (L4)",
+    "nolimbo": "freed memory is reused while a sealed commit can still replay a word into it (L7)",
 }
 PACKAGES = ("allocator", "store", "recovery")
 

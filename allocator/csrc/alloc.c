@@ -519,6 +519,12 @@ void pmi_released(pm_heap *h, const struct reservation *res) {
         atomic_fetch_sub(&a->live_spans, 1);
         atomic_fetch_sub(&a->span_pages, res->span_pages);
     }
+#ifdef PMSTORE_MUTANT_NOLIMBO
+    /* mutant: freed memory is reusable at once, while a stale seal may still replay into it (L7) */
+    if (res->run) atomic_fetch_add(&res->run->held, 1), atomic_fetch_sub(&res->run->used, 1);
+    release_now(h, res);
+    return;
+#endif
     limbo_push(h, res);
 }
 

@@ -1,5 +1,6 @@
-"""The crash suite has teeth: every mutant C core (one barrier removed or one commit step
-reordered, recovery/mutants.py) is caught by the quick crash plan."""
+"""The crash suite has teeth: every mutant C core (one barrier removed, one commit step
+reordered, or freed memory reused too early: recovery/mutants.py) is caught by the quick
+crash plan."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from recovery import mutants
 
 
 @pytest.mark.skipif(not mutants.compiler_available(), reason="no C compiler to build mutants with")
-def test_L1_L5_every_mutant_is_caught_by_the_quick_crash_plan():
+def test_L1_L5_L7_every_mutant_is_caught_by_the_quick_crash_plan():
     results = mutants.run_all()
     assert [r.name for r in results] == list(mutants.MUTANTS) and len(results) >= 5
     for r in results:

@@ -20,7 +20,6 @@ except ImportError as exc:  # pragma: no cover - the message is the point
     ) from exc
 
 
-
 def address(cdata) -> int:
     """A pointer as an int, for allocator._fast's calls."""
     return int(ffi.cast("uintptr_t", cdata))

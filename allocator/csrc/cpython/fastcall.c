@@ -145,7 +145,7 @@ static PyObject *hot_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 static int hot_traverse(Hot *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->on_error);
-    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(Py_TYPE((PyObject *)self));    /* a heap type: its instances keep it alive */
     return 0;
 }
 
@@ -157,7 +157,7 @@ static int hot_clear(Hot *self)
 
 static void hot_dealloc(Hot *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
+    PyTypeObject *tp = Py_TYPE((PyObject *)self);
     PyObject_GC_UnTrack(self);
     hot_clear(self);
     ((freefunc)PyType_GetSlot(tp, Py_tp_free))(self);

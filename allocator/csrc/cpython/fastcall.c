@@ -198,6 +198,22 @@ static PyObject *bind(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ptr_arg -- an int argument as a pointer (None, e.g. a closed index: TypeError). */
+static int ptr_arg(PyObject *o, void **out)
+{
+    *out = PyLong_AsVoidPtr(o);
+    return !*out && PyErr_Occurred() ? -1 : 0;
+}
+
+/* index_args -- the store calls' first two arguments: the index's address and the key
+ * (bytes without NUL: pm_index_read and pm_index_put_plain take it NUL-terminated). */
+static int index_args(PyObject *const *args, void **x, const char **key)
+{
+    if (ptr_arg(args[0], x) < 0) return -1;
+    *key = PyBytes_AsString(args[1]);
+    return *key ? 0 : -1;
+}
+
 /* index_read(index_addr, key, small_req_addr, req_addr) -> pm_index_read's result. key:
  * bytes without NUL (the caller checked it). small_req reads into at most GIL_COPY_MAX
  * bytes with the GIL held; a larger value is read again through req with it released. */
@@ -207,14 +223,10 @@ static PyObject *index_read(PyObject *self, PyObject *const *args, Py_ssize_t n)
         PyErr_SetString(PyExc_TypeError, "index_read(index_addr, key, small_req_addr, req_addr)");
         return NULL;
     }
-    void *x = PyLong_AsVoidPtr(args[0]);        /* None (a closed index): TypeError */
-    if (!x && PyErr_Occurred()) return NULL;
-    const char *key = PyBytes_AsString(args[1]);
-    if (!key) return NULL;
-    void *small = PyLong_AsVoidPtr(args[2]);
-    if (!small && PyErr_Occurred()) return NULL;
-    void *req = PyLong_AsVoidPtr(args[3]);
-    if (!req && PyErr_Occurred()) return NULL;
+    void *x, *small, *req;
+    const char *key;
+    if (index_args(args, &x, &key) < 0 || ptr_arg(args[2], &small) < 0 || ptr_arg(args[3], &req) < 0)
+        return NULL;
     if (!x || !small || !req) return PyLong_FromLong(PM_E_ARG);
     int rc = c_index_read(x, key, small);
     if (rc == PM_E_BUFFER) {
@@ -234,15 +246,13 @@ static PyObject *index_put_plain(PyObject *self, PyObject *const *args, Py_ssize
         PyErr_SetString(PyExc_TypeError, "index_put_plain(index_addr, key, value, info_addr, release_gil)");
         return NULL;
     }
-    void *x = PyLong_AsVoidPtr(args[0]);        /* None (a closed index): TypeError */
-    if (!x && PyErr_Occurred()) return NULL;
-    const char *key = PyBytes_AsString(args[1]);
-    if (!key) return NULL;
+    void *x, *info;
+    const char *key;
     char *value;
     Py_ssize_t vlen;
-    if (PyBytes_AsStringAndSize(args[2], &value, &vlen) < 0) return NULL;
-    void *info = PyLong_AsVoidPtr(args[3]);
-    if (!info && PyErr_Occurred()) return NULL;
+    if (index_args(args, &x, &key) < 0 || PyBytes_AsStringAndSize(args[2], &value, &vlen) < 0 ||
+        ptr_arg(args[3], &info) < 0)
+        return NULL;
     int release = PyObject_IsTrue(args[4]);
     if (release < 0) return NULL;
     if (!x || !info) return PyLong_FromLong(PM_E_ARG);

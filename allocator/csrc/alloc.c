@@ -310,7 +310,6 @@ static void block_release(pm_heap *h, struct pmi_run *r, uint32_t idx) {
 
 /* ------------------------------------------------------------------ limbo (L7) */
 
-
 /* release_now -- freed memory becomes reusable: a block on its run's list, a span back
  * to the free spans. */
 static void release_now(pm_heap *h, const struct reservation *res) {

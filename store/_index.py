@@ -39,7 +39,6 @@ class _Scratch(threading.local):
         self.req_small.dst, self.req_small.cap, self.req_small.start, self.req_small.limit, self.req_small.info = (
             self.buf, _fast.GIL_COPY_MAX, 0, NO_LIMIT, self.info)
         self.read = (address(self.req_small), address(self.req), self.buf_view, self.info_view)
-        self.put_plain = (address(self.info), self.info_view)
 
 
 _scratch = _Scratch()
@@ -221,16 +220,15 @@ class Index:
             check(rc, "put", key)
         return sc.info.value_crc32c, sc.created[0] != 0
 
-    def put_plain(self, key: bytes, value: bytes) -> tuple[int, int, bytes, bool]:
+    def put_plain(self, key: bytes, value: bytes) -> tuple[int, int, str, bool]:
         """put with no content type and no condition, ETag and mtime computed in C (the
-        common put: one allocator._fast call, the GIL held for small values). key: a valid
-        key (no NUL); value: bytes. Returns (mtime_ns, crc32c, etag, created)."""
-        info, view = _scratch.put_plain
-        rc = _fast_put_plain(self._xp, key, value, info, self._release_gil)
-        if rc < 0:
-            check(rc, "put", key)
-        _, _, _, mtime, crc, _, etag = INFO_HEAD.unpack_from(view)
-        return mtime, crc, etag, rc == 1
+        common put: one allocator._fast call, the GIL held for small values, the result
+        built in C). key: a valid key (no NUL); value: bytes. Returns (mtime_ns, crc32c,
+        etag hex, created)."""
+        r = _fast_put_plain(self._xp, key, value, self._release_gil)
+        if type(r) is int:
+            check(r, "put", key)
+        return r
 
     def delete(self, key: bytes, cond: int, match: bytes | None) -> None:
         check(lib.pm_index_delete(self._x, key, len(key), cond, match or ffi.NULL), "delete", key)

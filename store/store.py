@@ -170,7 +170,7 @@ class Store:
                 mtime, crc, etag, _ = self._index.put_plain(k, value)
             except NeedGrow:
                 mtime, crc, etag, _ = self._grow_and_put_plain(k, value)
-            return _new_info(ObjectInfo, (key, len(value), etag.hex(), None, mtime, crc))
+            return _new_info(ObjectInfo, (key, len(value), etag, None, mtime, crc))
         return self._put(key, value, content_type, if_match, if_none_match)[0]
 
     def _grow_and_put_plain(self, k: bytes, value: bytes):

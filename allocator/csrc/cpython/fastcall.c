@@ -237,25 +237,49 @@ static PyObject *index_read(PyObject *self, PyObject *const *args, Py_ssize_t n)
     return PyLong_FromLong(rc);
 }
 
-/* index_put_plain(index_addr, key, value, info_addr, release_gil) -> pm_index_put_plain's
- * result. key: bytes without NUL; value: bytes. The GIL is released when release_gil is
- * set (barriers are msyncs) or the value is over GIL_COPY_MAX. */
+static __thread struct pm_obj_info tl_put_info;     /* pm_index_put_plain's out, per thread */
+
+/* put_result -- (mtime_ns, crc32c, etag as hex, created) from the put's info. */
+static PyObject *put_result(const struct pm_obj_info *info, int created)
+{
+    static const char digits[] = "0123456789abcdef";
+    char hex[32];
+    for (int i = 0; i < 16; i++) hex[2 * i] = digits[info->etag[i] >> 4], hex[2 * i + 1] = digits[info->etag[i] & 15];
+    PyObject *t = PyTuple_New(4);
+    if (!t) return NULL;
+    PyObject *items[4] = {PyLong_FromUnsignedLongLong(info->mtime_ns), PyLong_FromUnsignedLong(info->value_crc32c),
+                          PyUnicode_FromStringAndSize(hex, 32), PyBool_FromLong(created)};
+    for (int i = 0; i < 4; i++) {
+        if (!items[i]) {
+            for (int k = i + 1; k < 4; k++) Py_XDECREF(items[k]);
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SetItem(t, i, items[i]);    /* steals it */
+    }
+    return t;
+}
+
+/* index_put_plain(index_addr, key, value, release_gil) -> (mtime_ns, crc32c, etag hex,
+ * created), or pm_index_put_plain's negative PM_E_* code. key: bytes without NUL; value:
+ * bytes. The GIL is released when release_gil is set (barriers are msyncs) or the value
+ * is over GIL_COPY_MAX. */
 static PyObject *index_put_plain(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
-    if (n != 5) {
-        PyErr_SetString(PyExc_TypeError, "index_put_plain(index_addr, key, value, info_addr, release_gil)");
+    if (n != 4) {
+        PyErr_SetString(PyExc_TypeError, "index_put_plain(index_addr, key, value, release_gil)");
         return NULL;
     }
-    void *x, *info;
+    void *x;
     const char *key;
     char *value;
     Py_ssize_t vlen;
-    if (index_args(args, &x, &key) < 0 || PyBytes_AsStringAndSize(args[2], &value, &vlen) < 0 ||
-        ptr_arg(args[3], &info) < 0)
+    if (index_args(args, &x, &key) < 0 || PyBytes_AsStringAndSize(args[2], &value, &vlen) < 0)
         return NULL;
-    int release = PyObject_IsTrue(args[4]);
+    int release = PyObject_IsTrue(args[3]);
     if (release < 0) return NULL;
-    if (!x || !info) return PyLong_FromLong(PM_E_ARG);
+    if (!x) return PyLong_FromLong(PM_E_ARG);
+    struct pm_obj_info *info = &tl_put_info;
     int rc;
     if (release || vlen > GIL_COPY_MAX) {
         Py_BEGIN_ALLOW_THREADS
@@ -264,7 +288,7 @@ static PyObject *index_put_plain(PyObject *self, PyObject *const *args, Py_ssize
     } else {
         rc = c_index_put_plain(x, key, (const uint8_t *)value, (uint64_t)vlen, info);
     }
-    return PyLong_FromLong(rc);
+    return rc < 0 ? PyLong_FromLong(rc) : put_result(info, rc == 1);
 }
 
 static PyMethodDef methods[] = {
@@ -272,7 +296,8 @@ static PyMethodDef methods[] = {
     {"index_read", (PyCFunction)(void (*)(void))index_read, METH_FASTCALL,
      "pm_index_read, the GIL held for values up to GIL_COPY_MAX"},
     {"index_put_plain", (PyCFunction)(void (*)(void))index_put_plain, METH_FASTCALL,
-     "pm_index_put_plain, the GIL held for values up to GIL_COPY_MAX unless release_gil"},
+     "pm_index_put_plain -> (mtime_ns, crc32c, etag hex, created), the GIL held for values up to "
+     "GIL_COPY_MAX unless release_gil"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -28,17 +28,14 @@ class _Scratch(threading.local):
         self.created = ffi.new("int *")
         self.buf = ffi.new("uint8_t[]", SCRATCH_SIZE)
         self.buf_view = ffi.buffer(self.buf)
-        # pm_index_read's standing arguments (the whole value into buf), and with the view of
-        # buf in one attribute: a thread-local lookup costs ~40 ns
+        # _fast.index_read's standing request: the whole value into buf, at most GIL_COPY_MAX
+        # bytes with the GIL held (larger values go straight into their bytes object, the
+        # GIL released: allocator/csrc/cpython/fastcall.c); with the info view in one
+        # attribute, as a thread-local lookup costs ~40 ns
         self.req = ffi.new("struct pm_read_req *")
         self.req.dst, self.req.cap, self.req.start, self.req.limit, self.req.info = (
-            self.buf, SCRATCH_SIZE, 0, NO_LIMIT, self.info)
-        # the same read into at most GIL_COPY_MAX bytes: _fast.index_read tries it first, with
-        # the GIL held (allocator/csrc/cpython/fastcall.c)
-        self.req_small = ffi.new("struct pm_read_req *")
-        self.req_small.dst, self.req_small.cap, self.req_small.start, self.req_small.limit, self.req_small.info = (
             self.buf, _fast.GIL_COPY_MAX, 0, NO_LIMIT, self.info)
-        self.read = (address(self.req_small), address(self.req), self.buf_view, self.info_view)
+        self.read = (address(self.req), self.info_view)
 
 
 _scratch = _Scratch()
@@ -126,12 +123,13 @@ class Index:
         sc = _scratch
         info = sc.info
         if start == 0 and limit == NO_LIMIT and verify == self.verify_reads:
-            small, full, _, _ = sc.read
-            rc = _fast_read(self._xp, key, small, full)
+            rc = _fast_read(self._xp, key, sc.read[0])
+            if type(rc) is bytes:
+                return rc, info
         else:
             rc = lib.pm_index_get(self._x, key, len(key), start, limit, sc.buf, SCRATCH_SIZE, verify, info)
-        if rc >= 0:
-            return sc.buf_view[:rc], info
+            if rc >= 0:
+                return sc.buf_view[:rc], info
         while rc == lib.PM_E_BUFFER:    # large value: a buffer of its size, then one copy into it
             buf = bytearray(min(info.value_size - min(start, info.value_size), limit))
             rc = lib.pm_index_get(self._x, key, len(key), start, limit, ffi.from_buffer(buf), len(buf), verify, info)
@@ -149,11 +147,10 @@ class Index:
     def read_value(self, key: bytes):
         """The whole value as bytes, verified if verify_reads, one C call. key: a valid key
         (encode_key), so it holds no NUL -- pm_index_read takes it NUL-terminated."""
-        small, full, view, _ = _scratch.read
-        rc = _fast_read(self._xp, key, small, full)
-        if rc >= 0:
-            return view[:rc]
-        buf = self.get(key)[0]      # large value, or an error to raise
+        r = _fast_read(self._xp, key, _scratch.read[0])
+        if type(r) is bytes:
+            return r
+        buf = self.get(key)[0]      # over 2 GiB, or an error to raise
         return buf if type(buf) is bytes else bytes(buf)
 
     def value_reader(self, encode_key):
@@ -167,12 +164,11 @@ class Index:
                 k = key.encode()    # printable excludes C0, DEL and lone surrogates
             else:
                 k = encode_key(key)
-            small, full, view, _ = local.read
             try:
-                rc = read(index._xp, k, small, full)
+                r = read(index._xp, k, local.read[0])
             except TypeError:       # closed: _xp is None
                 _closed()
-            return view[:rc] if rc >= 0 else index.read_value(k)    # large value, or the error
+            return r if type(r) is bytes else index.read_value(k)    # over 2 GiB, or the error
         return get_value
 
     def info_reader(self, encode_key, info_cls, slow_get):
@@ -190,16 +186,16 @@ class Index:
                 k = key.encode()
             else:
                 k = encode_key(key)
-            small, full, view, iv = local.read
+            req, iv = local.read
             try:
-                rc = read(index._xp, k, small, full)
+                r = read(index._xp, k, req)
             except TypeError:       # closed: _xp is None
                 _closed()
-            if rc < 0:
+            if type(r) is not bytes:
                 return slow_get(key)
             _, _, size, mtime, crc, n, etag = unpack(iv)
             ct = iv[_INFO_CTYPE_OFF:_INFO_CTYPE_OFF + n].decode("utf-8", "replace") if n else None
-            return view[:rc], new(info_cls, (key if type(key) is str else k.decode(), size, etag.hex(), ct, mtime, crc))
+            return r, new(info_cls, (key if type(key) is str else k.decode(), size, etag.hex(), ct, mtime, crc))
         return get
 
     def head(self, key: bytes):

@@ -17,7 +17,8 @@
  *
  * The store's calls keep the GIL only for small values (GIL_COPY_MAX: copying, hashing
  * and checksumming them takes less than a GIL hand-over): a read tries a buffer of that
- * size first and, for a larger value, releases the GIL and reads again into the full one.
+ * size first and, for a larger value, releases the GIL and reads again, straight into
+ * the bytes object it returns.
  *
  * The C functions come in as addresses from the cffi module (bind), so there is one
  * copy of the allocator and of its thread-local state.
@@ -214,27 +215,42 @@ static int index_args(PyObject *const *args, void **x, const char **key)
     return *key ? 0 : -1;
 }
 
-/* index_read(index_addr, key, small_req_addr, req_addr) -> pm_index_read's result. key:
- * bytes without NUL (the caller checked it). small_req reads into at most GIL_COPY_MAX
- * bytes with the GIL held; a larger value is read again through req with it released. */
+/* index_read(index_addr, key, small_req_addr) -> the whole value as bytes, or
+ * pm_index_read's negative PM_E_* code. key: bytes without NUL (the caller checked it).
+ * small_req reads into at most GIL_COPY_MAX bytes with the GIL held; a larger value (its
+ * size is then in small_req's info) is read again straight into a bytes object of that
+ * size, with the GIL released. Values over 2 GiB come back as PM_E_BUFFER (the caller's
+ * general path reads them). */
 static PyObject *index_read(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
-    if (n != 4) {
-        PyErr_SetString(PyExc_TypeError, "index_read(index_addr, key, small_req_addr, req_addr)");
+    if (n != 3) {
+        PyErr_SetString(PyExc_TypeError, "index_read(index_addr, key, small_req_addr)");
         return NULL;
     }
-    void *x, *small, *req;
+    void *x, *small;
     const char *key;
-    if (index_args(args, &x, &key) < 0 || ptr_arg(args[2], &small) < 0 || ptr_arg(args[3], &req) < 0)
-        return NULL;
-    if (!x || !small || !req) return PyLong_FromLong(PM_E_ARG);
-    int rc = c_index_read(x, key, small);
-    if (rc == PM_E_BUFFER) {
+    if (index_args(args, &x, &key) < 0 || ptr_arg(args[2], &small) < 0) return NULL;
+    if (!x || !small) return PyLong_FromLong(PM_E_ARG);
+    const struct pm_read_req *sr = small;
+    int rc = c_index_read(x, key, sr);
+    while (rc == PM_E_BUFFER && sr->info->value_size <= INT32_MAX) {
+        uint64_t size = sr->info->value_size;
+        PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);    /* not shared yet: ours to fill */
+        if (!b) return NULL;
+        struct pm_read_req r = {(uint8_t *)PyBytes_AsString(b), size, 0, UINT64_MAX, sr->info};
         Py_BEGIN_ALLOW_THREADS
-        rc = c_index_read(x, key, req);
+        rc = c_index_read(x, key, &r);
         Py_END_ALLOW_THREADS
+        if (rc >= 0 && (uint64_t)rc == size) return b;
+        if (rc >= 0) {      /* replaced meanwhile by a smaller value */
+            PyObject *part = PyBytes_FromStringAndSize(PyBytes_AsString(b), rc);
+            Py_DECREF(b);
+            return part;
+        }
+        Py_DECREF(b);       /* replaced by a larger one (again), or gone */
     }
-    return PyLong_FromLong(rc);
+    if (rc < 0) return PyLong_FromLong(rc);
+    return PyBytes_FromStringAndSize((const char *)sr->dst, rc);
 }
 
 static __thread struct pm_obj_info tl_put_info;     /* pm_index_put_plain's out, per thread */
@@ -294,7 +310,7 @@ static PyObject *index_put_plain(PyObject *self, PyObject *const *args, Py_ssize
 static PyMethodDef methods[] = {
     {"bind", bind, METH_VARARGS, "bind(alloc_into, free_from, index_read, index_put_plain addresses)"},
     {"index_read", (PyCFunction)(void (*)(void))index_read, METH_FASTCALL,
-     "pm_index_read, the GIL held for values up to GIL_COPY_MAX"},
+     "pm_index_read -> the value as bytes, the GIL held for values up to GIL_COPY_MAX"},
     {"index_put_plain", (PyCFunction)(void (*)(void))index_put_plain, METH_FASTCALL,
      "pm_index_put_plain -> (mtime_ns, crc32c, etag hex, created), the GIL held for values up to "
      "GIL_COPY_MAX unless release_gil"},

@@ -216,14 +216,25 @@ def record_workload(path: Path, seed: int, op_count: int) -> tuple[bytes, bytes,
     from store import Store
     rng = random.Random(seed)
     path.unlink(missing_ok=True)
+    base_keys = KEYS[:3]
     with Store.open(path, initial_size=256 << 10, max_size=16 << 20, backend="none") as s:
-        for k in KEYS[:3]:
+        for k in base_keys:
             s.put(k, k.encode() * 3)
+    # Tower heights are random: add keys the workload never touches until one of them
+    # stands above level 0, so its inserts and deletes always cross upper levels (about 1
+    # in 20 workloads had no tall record left at the end, and left them untested).
+    workload_keys = {k.encode() for k in KEYS}
+    while not any(r.height > 1 and r.key not in workload_keys for r in check_heap(path, records=True).store.records):
+        if len(base_keys) == 40:
+            raise RuntimeError("37 keys added and none above level 0: the index's tower heights are not random")
+        base_keys = [*base_keys, f"k/{len(base_keys):02d}~"]    # between the workload's keys
+        with Store.open(path, backend="none", create=False) as s:
+            s.put(base_keys[-1], base_keys[-1].encode() * 3)
     base = path.read_bytes()
     s = Store.open(path, backend="none", create=False)
     m = s.heap.mapping
     m.trace_start()
-    model = {k: (k.encode() * 3) for k in KEYS[:3]}
+    model = {k: (k.encode() * 3) for k in base_keys}
     models = [dict(model)]
     for i in range(op_count):
         m.trace_mark(2 * i)

@@ -319,7 +319,15 @@ int pm_index_open(pm_heap *h, uint64_t super_off, pm_index **out, struct pm_inde
     if (!x) return PM_E_NOMEM;
     memset(x, 0, sizeof *x);
     x->h = h; x->super_off = super_off; x->head_off = head; x->verify_reads = 1;
-    x->rng = 0x9E3779B97F4A7C15ull ^ (uint64_t)(uintptr_t)x;
+    /* tower heights: seeded per open from the clock and a process-wide count, not only
+     * the handle's address (malloc hands a reopened index the same one: every first insert
+     * after a reopen drew the same height) */
+    static _Atomic uint64_t opens;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    x->rng = 0x9E3779B97F4A7C15ull * (atomic_fetch_add(&opens, 1) + 1) ^ (uint64_t)(uintptr_t)x ^
+             ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec);
+    if (!x->rng) x->rng = 1;    /* xorshift's one fixed point */
     pthread_mutex_init(&x->wlock, NULL);
     pthread_mutex_init(&x->gq_lock, NULL);
     pthread_cond_init(&x->gq_done, NULL);

@@ -115,8 +115,9 @@ class Index:
         return lib.pm_index_count(self._x)
 
     def get(self, key: bytes, start: int = 0, verify: bool | None = None, limit: int = NO_LIMIT):
-        """(value bytes [start, start+limit), info); one C call for values up to 64 KiB (the
-        info struct is this thread's scratch: read it before the next call). verify: None =
+        """(value bytes [start, start+limit), info). The whole value: one allocator._fast
+        call (two over 1 KiB, the second without the GIL); a range: one C call up to 64 KiB.
+        The info struct is this thread's scratch: read it before the next call. verify: None =
         the index's verify_reads. key: a valid key (encode_key): it holds no NUL."""
         if verify is None:
             verify = self.verify_reads

@@ -91,6 +91,24 @@ def test_H3_crc32c_hw_equals_sw_on_random_buffers():
         assert _native.crc32c_sw(data) == want, n
 
 
+def test_H3_crc32c_three_stream_path_on_long_buffers():
+    """Buffers of 768 bytes and more go through three interleaved streams joined by a
+    shift table (crc32c.c): every length around the stripe edges, at every offset mod 8."""
+    seed = random.randrange(2**32)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    buf = memoryview(rng.randbytes(3 * 768 + 64))
+    lengths = sorted({n + d for n in (768, 1536, 2304) for d in (-9, -8, -1, 0, 1, 7, 8, 9, 63)})
+    for start in range(8):
+        for n in lengths:
+            part = buf[start:start + n]
+            want = _crc32c_ref(bytes(part))
+            assert _native.crc32c(part) == want, (start, n)
+            assert _native.crc32c_sw(part) == want, (start, n)
+    big = rng.randbytes(1 << 20)
+    assert _native.crc32c(big) == _crc32c_ref(big) == _native.crc32c_sw(big)
+
+
 def test_H3_crc32c_unaligned_slices():
     """Views starting at every offset mod 8 give the same CRC as a fresh copy of the bytes."""
     seed = random.randrange(2**32)

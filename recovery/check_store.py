@@ -4,8 +4,9 @@ Runs after recovery/check.py has found the allocated blocks (P1-P5). Reads the
 superblock, the head and every object record through recovery/format.py and checks
 I1 (level 0 visits every object once in strictly increasing key order; level l > 0 is
 an ordered sublist of level l - 1 holding exactly the records taller than l), I2 (record
-fields and header CRC), I3 (the allocated blocks are exactly the reachable ones: each
-reachable once, none leaked), I4 (value CRC32C) and I5 (the superblock). Never calls
+fields, extents and crc32c), I3 (the allocated blocks are exactly the reachable ones: each
+reachable once, none leaked), I4 (an external value's CRC32C; an inline value's is part
+of the record's crc32c) and I5 (the superblock and the head). Never calls
 store or allocator code.
 
 `walk` returns what it found (records in key order, bad entries, leaked blocks) so
@@ -28,7 +29,14 @@ except ImportError:     # not built (a mutant's scratch tree): the pure-Python l
 FAST = _clib is not None    # tests switch it off to compare the two paths
 
 _U64 = struct.Struct("<Q")
-_PMC_RECORD = struct.Struct("<QQQQQII" + fmt.OBJ_HDR_STRUCT.format.lstrip("<"))   # struct pmc_record (walk.h)
+_LE32 = struct.Struct("<I")
+# struct pmc_record (walk.h): off, value_off, value_size, value_block, key_off, key_size, height,
+# then the RECORD_FIELDS in their order
+_PMC_RECORD = struct.Struct("<QQQQQII QIIBB16s6x")
+
+# Record.raw, in order: the decoded fields repair needs. value_crc32c is the stored one of an
+# external value and the one computed from the bytes of an inline value.
+RECORD_FIELDS = ("mtime_ns", "crc32c", "value_crc32c", "height_flags", "ctype_size", "etag")
 
 
 class Record(NamedTuple):
@@ -39,11 +47,11 @@ class Record(NamedTuple):
     value_off: int          # where the value bytes are (inside the record when inline)
     value_size: int
     value_block: int        # the value's own block, 0 when inline
-    raw: tuple              # the unpacked header, in OBJ_HDR_FIELDS order (then next[0] on the fast path)
+    raw: tuple              # the record's decoded fields, in RECORD_FIELDS order
 
     @property
     def hdr(self) -> dict:
-        return dict(zip(fmt.OBJ_HDR_FIELDS, self.raw))
+        return dict(zip(RECORD_FIELDS, self.raw, strict=True))
 
 
 @dataclasses.dataclass
@@ -79,43 +87,62 @@ def _record(buf, off: int, blocks: dict[int, int], *, head: bool = False) -> tup
     block_size = blocks.get(off)
     if block_size is None:
         return None, "P4", f"record {off} is not an allocated block (dangling pointer)"
-    if block_size < fmt.OBJ_HDR_SIZE:
+    if block_size < fmt.OBJ_HDR_SIZE + 8:
         return None, "I2", f"record {off}: block of {block_size} bytes is smaller than a record header"
-    raw = _HDR.unpack_from(buf, off)
-    magic, h, flags, ks, size, value_off, _, _, cs, _, _, hdr_crc, _ = raw
-    want = fmt.HEAD_MAGIC if head else fmt.OBJ_MAGIC
-    if magic != want:
-        return None, "I2", f"record {off}: magic {magic!r}, expected {want!r}"
-    if head and (h != fmt.OBJ_MAX_HEIGHT or ks):
-        return None, "I2", f"head {off}: height {h}, key_size {ks} (expected {fmt.OBJ_MAX_HEIGHT}, 0)"
-    if not head and not (1 <= h <= fmt.OBJ_MAX_HEIGHT and 1 <= ks <= fmt.OBJ_KEY_MAX and cs <= fmt.OBJ_CTYPE_MAX):
-        return None, "I2", f"record {off}: height {h}, key_size {ks}, ctype_size {cs} out of range"
-    meta = (fmt.OBJ_HDR_SIZE + 8 * h + ks + cs + 7) & ~7       # fmt.obj_meta_size, inlined: hot
-    if meta > block_size:
-        return None, "I2", f"record {off}: {meta} bytes of header, pointers and key overrun its {block_size}-byte block"
-    key_at = off + fmt.OBJ_HDR_SIZE + 8 * h
-    crc = _crc(buf[key_at:key_at + ks + cs], _crc(buf[off:off + fmt.OBJ_HDR_CRC_COVERS]))
-    if crc != hdr_crc:
-        return None, "I2", f"record {off}: header CRC32C {hdr_crc:#010x}, computed {crc:#010x}"
-    if head:
-        vblock = voff = size = 0
-    elif flags & fmt.OBJ_FLAG_INLINE:
-        vblock, voff = 0, off + meta
-        if meta + size > block_size:
-            return None, "I2", f"record {off}: inline value of {size} bytes overruns its block"
+    crc, hf, cs, ks, mtime = _HDR.unpack_from(buf, off)
+    h, inline = hf & fmt.OBJ_HEIGHT_MASK, hf & fmt.OBJ_FLAG_INLINE
+    if hf & fmt.OBJ_FLAGS_RESERVED:
+        return None, "I2", f"record {off}: height_flags {hf:#04x} sets reserved bits 5-6"
+    if head and (h != fmt.OBJ_MAX_HEIGHT or not inline or ks or cs):
+        return None, "I2", (f"head {off}: height {h}, inline {bool(inline)}, key_size {ks}, ctype_size {cs} "
+                            f"(expected {fmt.OBJ_MAX_HEIGHT}, True, 0, 0)")
+    if not head and not (1 <= h <= fmt.OBJ_MAX_HEIGHT and 1 <= ks <= fmt.OBJ_KEY_MAX):
+        return None, "I2", f"record {off}: height {h}, key_size {ks} out of range (1..16, 1..1024)"
+    t = fmt.OBJ_HDR_SIZE + 8 * h                        # the tail, from off
+    if t + (fmt.OBJ_TAIL_INLINE if inline else fmt.OBJ_TAIL_EXT) > block_size:
+        return None, "I2", f"record {off}: {t} bytes of header and pointers leave no room for its tail"
+    size = _TAIL_INLINE.unpack_from(buf, off + t)[0] if inline else None
+    tail = fmt.obj_tail_size(size)
+    end = t + tail + ks + cs                            # the end of the content type, from off
+    if end > block_size:
+        return None, "I2", (f"record {off}: {end} bytes of header, pointers, tail, key and content type overrun "
+                            f"its {block_size}-byte block")
+    if inline:
+        size, etag = _TAIL_INLINE.unpack_from(buf, off + t)
+        vblock, voff = 0, off + end
+        if head and size:
+            return None, "I2", f"head {off}: value_size {size}, expected 0"
+        if size > fmt.OBJ_INLINE_MAX:
+            return None, "I2", f"record {off}: inline value_size {size} is over {fmt.OBJ_INLINE_MAX}"
+        if end + size > block_size:
+            return None, "I2", f"record {off}: inline value of {size} bytes overruns its {block_size}-byte block"
+        small = size <= fmt.OBJ_SMALL_MAX
+        vcrc = _crc(buf[voff:voff + size]) if small else _LE32.unpack_from(buf, off + t + fmt.OBJ_TAIL_INLINE)[0]
     else:
-        vblock = voff = value_off
+        size, voff, vcrc, etag = _TAIL_EXT.unpack_from(buf, off + t)
+        vblock = voff
+        if size <= fmt.OBJ_INLINE_MAX:
+            return None, "I2", f"record {off}: external value_size {size} is not over {fmt.OBJ_INLINE_MAX}"
+    got = _crc(buf[off + t:off + end], _crc(buf[off + fmt.OBJ_CRC_FROM:off + fmt.OBJ_HDR_SIZE], _crc(_LE32.pack(vcrc))))
+    if got != crc:
+        what = "record or its inline value" if inline and small else "record"
+        return None, "I2", f"record {off}: crc32c {crc:#010x}, computed {got:#010x} (the {what} is damaged)"
+    if not inline:
         vsize = blocks.get(voff)
         if vsize is None:
             return None, "P4", f"record {off}: value_off {voff} is not an allocated block (dangling pointer)"
         if size > vsize:
             return None, "I2", f"record {off}: value of {size} bytes overruns its {vsize}-byte block"
-    return _new_record(Record, (off, bytes(buf[key_at:key_at + ks]), h, voff, size, vblock, raw)), "", ""
+    key_at = off + t + tail
+    return _new_record(Record, (off, bytes(buf[key_at:key_at + ks]), h, voff, size, vblock,
+                                (mtime, crc, vcrc, hf, cs, etag))), "", ""
 
 
 _HDR = fmt.OBJ_HDR_STRUCT
+_TAIL_INLINE = fmt.OBJ_TAIL_INLINE_STRUCT
+_TAIL_EXT = fmt.OBJ_TAIL_EXT_STRUCT
 _crc = fmt.crc32c
-_VALUE_CRC = fmt.OBJ_HDR_FIELDS.index("value_crc32c")
+_VALUE_CRC = RECORD_FIELDS.index("value_crc32c")
 
 
 def _next(buf, rec_off: int, level: int) -> int:
@@ -136,9 +163,9 @@ def walk(buf, root: int, blocks: dict[int, int], *, verify_values: bool = True, 
     if version != fmt.STORE_VERSION:
         w.bad.append(BadEntry("I5", 0, 0, root, f"superblock version {version}, expected {fmt.STORE_VERSION}"))
         return w
-    hrec, inv, msg = _record(buf, head, blocks, head=True)
+    hrec, _, msg = _record(buf, head, blocks, head=True)
     if hrec is None:
-        w.bad.append(BadEntry("I5" if inv == "P4" else inv, root, 0, head, f"head: {msg}"))
+        w.bad.append(BadEntry("I5", root, 0, head, f"head: {msg}"))
         return w
     w.head_off = head
     w.reachable[head] = 1
@@ -157,11 +184,14 @@ _new_record = tuple.__new__
 
 def _walk_level0(buf, w: StoreWalk, blocks: dict[int, int], verify_values: bool) -> None:
     """Level 0 from the head: every record validated (I2, P4), in strictly increasing key
-    order (I1), its value checked (I4). The loop is the checker's hot path: the common
-    case is inlined, and anything unusual goes through _record for the precise finding."""
+    order (I1), its value checked (I4: a small inline value always, through the record CRC;
+    a larger one against its stored value_crc32c when verify_values).
+    The loop is the checker's hot path: the common case is inlined, and anything unusual
+    goes through _record for the precise finding."""
     records, seen, vblocks = w.records, set(), []
-    get, unpack, crc = blocks.get, _HDR_NEXT0.unpack_from, _crc
-    obj_magic, inline_flag, min_block = fmt.OBJ_MAGIC, fmt.OBJ_FLAG_INLINE, fmt.OBJ_HDR_SIZE + 8
+    get, unpack, crc, le32 = blocks.get, _HDR_NEXT0.unpack_from, _crc, _LE32.pack
+    unpack_inline, unpack_ext, unpack_le32 = _TAIL_INLINE.unpack_from, _TAIL_EXT.unpack_from, _LE32.unpack_from
+    min_block = fmt.OBJ_HDR_SIZE + 8
     pred, prev_key, limit, value_bytes = w.head_off, b"", len(blocks) + 1, 0
     r = _next(buf, pred, 0)
     while r:
@@ -169,29 +199,42 @@ def _walk_level0(buf, w: StoreWalk, blocks: dict[int, int], verify_values: bool)
         if bsize is None or bsize < min_block or r in seen or len(records) >= limit:
             _stop_level0(buf, w, blocks, pred, r, prev_key, seen)
             break
-        raw = unpack(buf, r)
-        magic, h, flags, ks, size, value_off, _, vcrc, cs, _, _, hcrc, _, nxt = raw
-        meta = (64 + 8 * h + ks + cs + 7) & ~7
-        key_at = r + 64 + 8 * h
-        if magic != obj_magic or not 1 <= h <= 16 or not 1 <= ks <= 1024 or cs > 255 or meta > bsize \
-                or crc(buf[key_at:key_at + ks + cs], crc(buf[r:r + 56])) != hcrc:
-            _stop_level0(buf, w, blocks, pred, r, prev_key, seen)
-            break
-        if flags & inline_flag:
-            vblock, voff = 0, r + meta
-            ok = meta + size <= bsize
+        hcrc, hf, cs, ks, mtime, nxt = unpack(buf, r)
+        h = hf & 0x1F
+        t = r + 16 + 8 * h                          # FORMAT.md 4.7, inlined: hot
+        if hf & 0x80:
+            ok = not hf & 0x60 and 1 <= h <= 16 and 1 <= ks <= 1024 and t + 22 - r <= bsize
+            if ok:
+                size, etag = unpack_inline(buf, t)
+                key_at = t + 18 if size <= 256 else t + 22      # a stored value_crc32c above 256 B
+                end = voff = key_at + ks + cs
+                vblock = 0
+                ok = size <= 4096 and end + size - r <= bsize
+                if ok and size <= 256:
+                    vcrc = crc(buf[voff:voff + size])
+                elif ok:
+                    vcrc = unpack_le32(buf, t + 18)[0]
+                    ok = not verify_values or crc(buf[voff:voff + size]) == vcrc
         else:
-            vblock = voff = value_off
-            vsize = get(voff)
-            ok = vsize is not None and size <= vsize
-        key = bytes(buf[key_at:key_at + ks])
-        if not ok or key <= prev_key or (verify_values and crc(buf[voff:voff + size]) != vcrc):
+            key_at = t + 36
+            end = key_at + ks + cs
+            ok = not hf & 0x60 and 1 <= h <= 16 and 1 <= ks <= 1024 and end - r <= bsize
+            if ok:
+                size, voff, vcrc, etag = unpack_ext(buf, t)
+                vblock = voff
+                vsize = get(voff)
+                ok = size > 4096 and vsize is not None and size <= vsize
+        if ok:
+            key = bytes(buf[key_at:key_at + ks])
+            ok = crc(buf[t:end], crc(buf[r + 4:r + 16], crc(le32(vcrc)))) == hcrc and key > prev_key \
+                and not (vblock and verify_values and crc(buf[voff:voff + size]) != vcrc)
+        if not ok:
             _stop_level0(buf, w, blocks, pred, r, prev_key, seen)
             break
         seen.add(r)
         if vblock:
             vblocks.append(vblock)
-        records.append(_new_record(Record, (r, key, h, voff, size, vblock, raw)))
+        records.append(_new_record(Record, (r, key, h, voff, size, vblock, (mtime, hcrc, vcrc, hf, cs, etag))))
         value_bytes += size
         pred, prev_key, r = r, key, nxt
     reach = w.reachable
@@ -231,7 +274,7 @@ def _walk_level0_c(buf, w: StoreWalk, blocks: dict[int, int], verify_values: boo
     upper_ok = not stop[0] and _clib.pmc_walk_upper(base, w.head_off, out, n) == 0
     del base
     if keep_records or not upper_ok:
-        # row: off, value_off, value_size, value_block, key_off, key_size, height, then the header's fields
+        # row: off, value_off, value_size, value_block, key_off, key_size, height, then RECORD_FIELDS
         w.records = [_new_record(Record, (r[0], bytes(buf[r[4]:r[4] + r[5]]), r[6], r[1], r[2], r[3], r[7:]))
                      for r in _PMC_RECORD.iter_unpack(_cffi.buffer(out, n * _PMC_RECORD.size))]
     if stop[0]:

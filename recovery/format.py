@@ -26,7 +26,7 @@ REDO_OPS = {0: "SET", 1: "OR", 2: "ANDNOT", 3: "CHECK"}  # CHECK: value = delta<
 DESC_SIZE = 8
 DESC_FREE, DESC_RUN, DESC_SPAN = 0, 1, 2
 RUN_BITMAP_SIZE = 512
-CLASS_TABLE_ID = 1
+CLASS_TABLE_ID = 2
 
 # FORMAT.md 4.1, in order: (field, struct code)
 HEADER_FIELDS = (
@@ -41,8 +41,8 @@ HEADER_STRUCT = struct.Struct("<" + "".join(c for _, c in HEADER_FIELDS))
 
 def class_table() -> list[tuple[int, int, int]]:
     """FORMAT.md 5: (block size, pages per run, blocks per run) for each class index."""
-    sizes = list(range(16, 129, 16))
-    p = 128
+    sizes = list(range(16, 257, 8))
+    p = 256
     while p < 65536:
         sizes += [p + k * (p // 8) for k in range(1, 9)]
         p *= 2
@@ -88,25 +88,48 @@ _TABLE = _make_table()
 
 # FORMAT.md 4.6: the store superblock (the root word of a store heap points at it).
 STORE_MAGIC = b"PMSTORE1"
-STORE_VERSION = 1
+STORE_VERSION = 2
 SUPER_STRUCT = struct.Struct("<8sII QQ 32s")          # magic, version, reserved0, head_off, created_ns, reserved
 SUPER_HEAD_OFF = 16                                   # offset of head_off inside the superblock
-# FORMAT.md 4.7: object record header (pmd_object), then next[height], key, content type,
-# padding to 8, and the value when inline.
-OBJ_MAGIC = b"POBJ"
-HEAD_MAGIC = b"PHED"
-OBJ_HDR_STRUCT = struct.Struct("<4sBBHQQQIHH16sII")
-OBJ_HDR_FIELDS = ("magic", "height", "flags", "key_size", "value_size", "value_off", "mtime_ns",
-                  "value_crc32c", "ctype_size", "reserved0", "etag", "hdr_crc32c", "reserved1")
-OBJ_HDR_SIZE = 64
-OBJ_HDR_CRC_COVERS = 56          # hdr_crc32c covers bytes [0, 56), then the key and the content type
+# FORMAT.md 4.7: object record (store version 2). A 16-byte header (pmd_object), next[height]
+# at 16, then the tail at t = 16 + 8 * height: a tail header, the key, the content type and,
+# when INLINE, the value. No magic and no padding.
+OBJ_HDR_FIELDS = ("crc32c", "height_flags", "ctype_size", "key_size", "mtime_ns")
+OBJ_HDR_STRUCT = struct.Struct("<IBBHQ")
+OBJ_HDR_SIZE = 16
+OBJ_CRC_FROM = 4                 # the record CRC covers header bytes [4, 16) (then the tail through the ctype)
+OBJ_TAIL_INLINE_FIELDS = ("value_size", "etag")                               # pmd_tail_inline
+OBJ_TAIL_INLINE_STRUCT = struct.Struct("<H16s")
+OBJ_TAIL_EXT_FIELDS = ("value_size", "value_off", "value_crc32c", "etag")     # pmd_tail_ext
+OBJ_TAIL_EXT_STRUCT = struct.Struct("<QQI16s")
+OBJ_TAIL_INLINE = 18             # tail header bytes before the key, INLINE (+ 4: value_crc32c if not small)
+OBJ_SMALL_MAX = 256              # an INLINE value up to this size has no stored value_crc32c
+OBJ_TAIL_EXT = 36                # tail header bytes before the key, value in its own block
 OBJ_MAX_HEIGHT = 16
 OBJ_KEY_MAX = 1024
 OBJ_CTYPE_MAX = 255
-OBJ_INLINE_MAX = 4096
-OBJ_FLAG_INLINE = 1
+OBJ_INLINE_MAX = 4096            # values up to this size are INLINE, larger ones never
+OBJ_HEIGHT_MASK = 0x1F           # height_flags bits 0-4: height
+OBJ_FLAG_INLINE = 0x80           # height_flags bit 7
+OBJ_FLAGS_RESERVED = 0x60        # height_flags bits 5-6: zero
 
 
-def obj_meta_size(height: int, key_size: int, ctype_size: int) -> int:
-    """Bytes of a record before its inline value: header, next pointers, key, content type, padded to 8."""
-    return (OBJ_HDR_SIZE + 8 * height + key_size + ctype_size + 7) & ~7
+def obj_tail_size(inline_value_size: int | None) -> int:
+    """Bytes from the tail to the key: external, INLINE small (value_size <= 256), INLINE
+    with its value_crc32c."""
+    if inline_value_size is None:
+        return OBJ_TAIL_EXT
+    return OBJ_TAIL_INLINE + (4 if inline_value_size > OBJ_SMALL_MAX else 0)
+
+
+def obj_record_size(height: int, key_size: int, ctype_size: int, inline_value_size: int | None) -> int:
+    """Bytes of a record: header, next pointers, tail header, key, content type and, when
+    inline_value_size is not None (INLINE), the value."""
+    return OBJ_HDR_SIZE + 8 * height + obj_tail_size(inline_value_size) + key_size + ctype_size + \
+        (inline_value_size or 0)
+
+
+def obj_crc32c(value_crc32c: int, fields: bytes, tail: bytes) -> int:
+    """A record's crc32c: of the value's CRC32C (4 bytes LE), header bytes [4, 16) (fields)
+    and the tail from t through the end of the content type (FORMAT.md 4.7)."""
+    return crc32c(tail, crc32c(fields, crc32c(value_crc32c.to_bytes(4, "little"))))

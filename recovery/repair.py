@@ -156,6 +156,8 @@ def _gather(buf, chk: Report, w, plan: _Plan) -> list:
 
 
 def _value_ok(buf, rec) -> bool:
+    """I4: the value matches its value_crc32c (a small inline value's is computed from its
+    bytes and passed the record CRC)."""
     return fmt.crc32c(buf[rec.value_off:rec.value_off + rec.value_size]) == rec.hdr["value_crc32c"]
 
 
@@ -165,7 +167,7 @@ def _relink(buf, head_off: int, live: list) -> list:
     for level in range(fmt.OBJ_MAX_HEIGHT):
         chain = [head_off] + [r.off for r in live if r.height > level]
         for a, b in zip(chain, [*chain[1:], 0], strict=True):
-            word = a + fmt.OBJ_HDR_SIZE + 8 * level
+            word = a + fmt.OBJ_HDR_SIZE + 8 * level     # next[level] (FORMAT.md 4.7)
             if struct.unpack_from("<Q", buf, word)[0] != b:
                 entries.append((_OP_SET, word, b))
     return entries
@@ -222,9 +224,10 @@ def _quarantine(buf, dumps: list, sizes: dict, qdir: Path, rep: RepairReport) ->
 def _record_extent(buf, rec, off: int) -> int:
     """Bytes to keep of a record that is not an allocated block (a dangling pointer's target)."""
     if rec is not None:
-        return fmt.obj_meta_size(rec.height, len(rec.key), rec.hdr["ctype_size"]) + \
-            (rec.value_size if rec.value_block == 0 else 0)
-    return min(fmt.OBJ_HDR_SIZE + 8 * fmt.OBJ_MAX_HEIGHT + fmt.OBJ_KEY_MAX, len(buf) - off)
+        return fmt.obj_record_size(rec.height, len(rec.key), rec.hdr["ctype_size"],
+                                   None if rec.value_block else rec.value_size)
+    largest = fmt.obj_record_size(fmt.OBJ_MAX_HEIGHT, fmt.OBJ_KEY_MAX, fmt.OBJ_CTYPE_MAX, fmt.OBJ_INLINE_MAX)
+    return min(largest, len(buf) - off)
 
 
 def _write_durable(path: Path, data: bytes) -> None:

@@ -75,18 +75,26 @@ def info_dict(info) -> dict:
             "content_type": bytes(info.ctype[0:info.ctype_size]).decode("utf-8", "replace") or None}
 
 
+_STORE_MAGIC = lib.PMD_STORE_MAGIC.to_bytes(8, "little")
+
+
 class Index:
     """A handle on the store's index inside an open heap."""
 
-    def __init__(self, mapping: _native.Mapping, super_off: int, verify_reads: bool = True):
+    def __init__(self, mapping: _native.Mapping, super_off: int, verify_reads: bool = True, path=""):
         self._mapping = mapping
         self.verify_reads = verify_reads
         out = ffi.new("pm_index **")
         rep = ffi.new("struct pm_index_report *")
+        magic, version = mapping.read(super_off, 8), int.from_bytes(mapping.read(super_off + 8, 4), "little")
+        if magic == _STORE_MAGIC and version != lib.PMD_STORE_VERSION:
+            from allocator.errors import UnsupportedVersionError
+            raise UnsupportedVersionError(path, "store version", f"the store was written with record layout "
+                                          f"{version}, this build reads {lib.PMD_STORE_VERSION} (I5, FORMAT.md 9)")
         rc = lib.pm_index_open(mapping._handle(), super_off, out, rep)
         if rc == lib.PM_E_CORRUPT:
             from allocator.errors import CorruptHeapError
-            raise CorruptHeapError("", "index", f"the object index is damaged near offset {rep.objects} "
+            raise CorruptHeapError(path, "index", f"the object index is damaged near offset {rep.objects} "
                                    "(I1/I2); run `pmstore check`")
         _native.check(rc, "open the object index")
         self._x = out[0]
@@ -199,9 +207,11 @@ class Index:
             return r, new(info_cls, (key if type(key) is str else k.decode(), size, etag.hex(), ct, mtime, crc))
         return get
 
-    def head(self, key: bytes):
+    def head(self, key: bytes, verify: int = lib.PM_VERIFY_NONE):
+        """The object's info (this thread's scratch struct). verify: PM_VERIFY_NONE (the
+        metadata of a damaged value is still returned) or as get's."""
         info = _scratch.info
-        rc = lib.pm_index_get(self._x, key, len(key), 1 << 62, 0, ffi.NULL, 0, 0, info)
+        rc = lib.pm_index_get(self._x, key, len(key), 1 << 62, 0, ffi.NULL, 0, verify, info)
         if rc < 0:
             check(rc, "head", key)
         return info

@@ -39,7 +39,18 @@ def records(path) -> dict[str, object]:
 
 
 def next_word(rec_off: int, level: int) -> int:
+    """The offset of a record's next[level] (FORMAT.md 4.7: after the 16-byte header)."""
     return rec_off + fmt.OBJ_HDR_SIZE + 8 * level
+
+
+def tail_off(rec) -> int:
+    """The offset of a checker Record's tail header (t = 16 + 8 x height, FORMAT.md 4.7)."""
+    return rec.off + fmt.OBJ_HDR_SIZE + 8 * rec.height
+
+
+def key_off(rec) -> int:
+    """The offset of a checker Record's key, right after its tail header."""
+    return tail_off(rec) + fmt.obj_tail_size(None if rec.value_block else rec.value_size)
 
 
 def set_next(path, rec_off: int, level: int, target: int) -> None:

@@ -1,7 +1,8 @@
 /* classes.c -- the size-class table (FORMAT.md 5; table ID PMD_CLASS_TABLE_ID).
  *
- * 16..128 B in steps of 16, then 8 classes per doubling up to 64 KiB: above 128 B a
- * block wastes less than 12.5% of its size. Classes up to 8 KiB live in 1-page runs,
+ * 16..256 B in steps of 8 (a small object record wastes at most 7 bytes: FORMAT.md 4.7),
+ * then 8 classes per doubling up to 64 KiB: above 256 B a block wastes less than 12.5% of
+ * its size. Blocks are 8-byte aligned. Classes up to 8 KiB live in 1-page runs,
  * larger ones in 8-page runs; a run starts with its 512-byte bitmap.
  */
 #include "alloc.h"
@@ -11,8 +12,8 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 
 static void init(void) {
     uint32_t n = 0;
-    for (uint32_t s = 16; s <= 128; s += 16) class_size[n++] = s;
-    for (uint32_t p = 128; p < PMD_CLASS_MAX_SIZE; p *= 2)
+    for (uint32_t s = 16; s <= 256; s += 8) class_size[n++] = s;
+    for (uint32_t p = 256; p < PMD_CLASS_MAX_SIZE; p *= 2)
         for (uint32_t k = 1; k <= 8; k++) class_size[n++] = p + k * (p / 8);
 }
 
@@ -24,14 +25,14 @@ uint32_t pmi_class_capacity(uint32_t cls) {
     return (pmi_class_pages(cls) * PMD_PAGE_SIZE - PMD_RUN_BITMAP_SIZE) / pmi_class_size(cls);
 }
 
-/* pmi_class_of -- smallest class that holds size bytes; O(1) for <= 128, else a short scan
+/* pmi_class_of -- smallest class that holds size bytes; O(1) for <= 256, else a short scan
  * from the power of two below. */
 uint32_t pmi_class_of(uint64_t size) {
     pthread_once(&once, init);
-    if (size <= 128) return size ? (uint32_t)((size + 15) / 16 - 1) : 0;
+    if (size <= 256) return size <= 16 ? 0 : (uint32_t)((size + 7) / 8 - 2);
     if (size > PMD_CLASS_MAX_SIZE) return PMD_CLASS_COUNT;
     uint32_t log = 63 - __builtin_clzll(size - 1);      /* 2^log < size <= 2^(log+1) */
-    uint32_t i = 8 + (log - 7) * 8;                     /* first class above 2^log */
+    uint32_t i = 31 + (log - 8) * 8;                    /* first class above 2^log */
     while (class_size[i] < size) i++;
     return i;
 }

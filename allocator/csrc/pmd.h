@@ -36,8 +36,8 @@
 #define PMD_DESC_CLASS_SHIFT 8              /* bits 8-15: class index (RUN) */
 #define PMD_DESC_PAGES_SHIFT 16             /* bits 16-47: pages in the run or span */
 #define PMD_RUN_BITMAP_SIZE 512             /* bytes at the start of a run: one bit per block */
-#define PMD_CLASS_TABLE_ID 1                /* the size-class table below; bump on any change */
-#define PMD_CLASS_COUNT 80                 /* classes in the table (FORMAT.md 5) */
+#define PMD_CLASS_TABLE_ID 2                /* the size-class table below; bump on any change */
+#define PMD_CLASS_COUNT 95                 /* classes in the table (FORMAT.md 5) */
 #define PMD_CLASS_MAX_SIZE 65536            /* larger requests take a span of whole pages */
 
 struct pmd_header {

@@ -10,12 +10,17 @@
 
 #define PAGE_SIZE 65536u
 #define BITMAP_SIZE 512u
-#define HDR_SIZE 64u
-#define HDR_CRC_COVERS 56u
+#define HDR_SIZE 16u            /* record header; next[height] follows (FORMAT.md 4.7) */
+#define CRC_FROM 4u             /* the record CRC covers header bytes [4, 16) */
+#define TAIL_INLINE 18u         /* {u16 value_size; etag[16]}, then u32 value_crc32c above SMALL_MAX */
+#define SMALL_MAX 256u          /* an inline value up to this size has no stored value_crc32c */
+#define TAIL_EXT 36u            /* {u64 value_size; u64 value_off; u32 value_crc32c; etag[16]} */
 #define MAX_HEIGHT 16u
 #define KEY_MAX 1024u
-#define CTYPE_MAX 255u
-#define FLAG_INLINE 1u
+#define INLINE_MAX 4096u
+#define HEIGHT_MASK 0x1Fu       /* height_flags bits 0-4 */
+#define FLAGS_RESERVED 0x60u    /* height_flags bits 5-6: zero */
+#define FLAG_INLINE 0x80u       /* height_flags bit 7 */
 #define DESC_RUN 1u
 #define DESC_SPAN 2u
 #define RUN_MAX_PAGES 8u
@@ -102,11 +107,14 @@ static int key_less(const uint8_t *a, uint32_t alen, const uint8_t *b, uint32_t 
 }
 
 /* pmc_walk0 -- follow level 0 from the head while every record is valid: an allocated
- * block (P4) holding magic POBJ, height 1..16, key 1..1024 bytes, content type <= 255
- * bytes, a header CRC that holds (I2), its value inside its block or in an allocated
- * block of its own (P4), a key above the previous one (I1) and, with verify, a value
- * that matches its CRC (I4). Fills out[], offs[] and value_blocks[] (at most cap each)
- * and returns the count; *stop_off is the record it stopped at (0: the end of the list). */
+ * block (P4) holding height 1..16 with bits 5-6 clear, a key of 1..1024 bytes, its tail
+ * (and an inline value of <= 4096 bytes) inside the block, a crc32c that holds (I2), an
+ * external value of > 4096 bytes in an allocated block of its own that holds it (P4, I2),
+ * a key above the previous one (I1) and, with verify, a value that matches its stored
+ * value_crc32c (I4; a small inline value, whose CRC is not stored, is always checked,
+ * through the record CRC). Fills
+ * out[], offs[] and value_blocks[] (at most cap each) and returns the count; *stop_off is
+ * the record it stopped at (0: the end of the list). */
 int64_t pmc_walk0(const struct pmc_layout *L, const uint8_t *base, uint64_t head_off, int verify,
                   struct pmc_record *out, uint64_t cap, uint64_t *stop_off, uint64_t *offs, uint64_t *value_blocks,
                   uint64_t *value_bytes) {
@@ -118,26 +126,39 @@ int64_t pmc_walk0(const struct pmc_layout *L, const uint8_t *base, uint64_t head
         uint64_t bsize = pmc_block_size(L, base, r);
         if (n >= cap || bsize < HDR_SIZE + 8) break;
         const uint8_t *o = base + r;
-        uint32_t h = o[4], flags = o[5], ks = ld16(o + 6), cs = ld16(o + 36);
-        uint64_t vsize = ld64(o + 8), vfield = ld64(o + 16);
-        if (memcmp(o, "POBJ", 4) || h < 1 || h > MAX_HEIGHT || ks < 1 || ks > KEY_MAX || cs > CTYPE_MAX) break;
-        uint64_t meta = (HDR_SIZE + 8ull * h + ks + cs + 7) & ~7ull, key_off = r + HDR_SIZE + 8ull * h;
-        if (meta > bsize) break;
-        uint32_t crc = pmc_crc32c(pmc_crc32c(0, o, HDR_CRC_COVERS), base + key_off, (uint64_t)ks + cs);
-        if (crc != ld32(o + 56)) break;
-        uint64_t voff, vblock;
-        if (flags & FLAG_INLINE) {
-            voff = r + meta, vblock = 0;
-            if (vsize > bsize - meta) break;
+        uint32_t hf = o[4], h = hf & HEIGHT_MASK, cs = o[5], ks = ld16(o + 6);
+        if ((hf & FLAGS_RESERVED) || h < 1 || h > MAX_HEIGHT || ks < 1 || ks > KEY_MAX) break;
+        uint64_t t = HDR_SIZE + 8ull * h;                       /* the tail, from r */
+        if (t + (hf & FLAG_INLINE ? TAIL_INLINE + 4 : TAIL_EXT) > bsize) break;
+        uint32_t tail = hf & FLAG_INLINE ? TAIL_INLINE + (ld16(o + t) > SMALL_MAX ? 4 : 0) : TAIL_EXT;
+        uint64_t end = t + tail + ks + cs;                      /* the end of the content type, from r */
+        if (end > bsize) break;
+        uint64_t vsize, voff, vblock;
+        uint32_t vcrc;
+        const uint8_t *etag;
+        if (hf & FLAG_INLINE) {
+            vsize = ld16(o + t), etag = o + t + 2;
+            if (vsize > INLINE_MAX || vsize > bsize - end) break;
+            voff = r + end, vblock = 0;
+            vcrc = vsize > SMALL_MAX ? ld32(o + t + TAIL_INLINE) : pmc_crc32c(0, base + voff, vsize);
         } else {
-            voff = vblock = vfield;
+            vsize = ld64(o + t), voff = vblock = ld64(o + t + 8), vcrc = ld32(o + t + 16), etag = o + t + 20;
+            if (vsize <= INLINE_MAX) break;
             uint64_t vb = pmc_block_size(L, base, voff);
             if (!vb || vsize > vb) break;
         }
+        uint8_t le[4] = {(uint8_t)vcrc, (uint8_t)(vcrc >> 8), (uint8_t)(vcrc >> 16), (uint8_t)(vcrc >> 24)};
+        uint32_t crc = pmc_crc32c(pmc_crc32c(pmc_crc32c(0, le, 4), o + CRC_FROM, HDR_SIZE - CRC_FROM), o + t, end - t);
+        if (crc != ld32(o)) break;
+        uint64_t key_off = r + t + tail;
         if (prev_key && !key_less(prev_key, prev_len, base + key_off, ks)) break;
-        if (verify && pmc_crc32c(0, base + voff, vsize) != ld32(o + 32)) break;
-        out[n] = (struct pmc_record){r, voff, vsize, vblock, key_off, ks, h, {0}};
-        memcpy(out[n].hdr, o, HDR_SIZE);
+        if (verify && vsize > SMALL_MAX && pmc_crc32c(0, base + voff, vsize) != vcrc) break;
+        struct pmc_record *rec = &out[n];
+        *rec = (struct pmc_record){.off = r, .value_off = voff, .value_size = vsize, .value_block = vblock,
+                                   .key_off = key_off, .key_size = ks, .height = h, .mtime_ns = ld64(o + 8),
+                                   .crc32c = ld32(o), .value_crc32c = vcrc, .height_flags = (uint8_t)hf,
+                                   .ctype_size = (uint8_t)cs};
+        memcpy(rec->etag, etag, 16);
         offs[n] = r, value_blocks[n] = vblock, *value_bytes += vsize;
         prev_key = base + key_off, prev_len = ks;
         r = ld64(o + HDR_SIZE);

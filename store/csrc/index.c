@@ -36,7 +36,7 @@ struct pm_index {
     pm_heap *h;
     uint64_t super_off;
     uint64_t head_off;
-    int verify_reads;           /* pm_index_read checks the value's CRC32C (I4) */
+    int verify_reads;           /* pm_index_read's PM_VERIFY_ALL (on) or PM_VERIFY_SMALL (off) */
     pthread_mutex_t wlock;      /* one writer at a time */
     /* group commit (pm_index_submit): queued writers' ops, and whether one leads */
     pthread_mutex_t gq_lock;
@@ -53,60 +53,105 @@ struct pm_index {
 
 /* ------------------------------------------------------------------ records */
 
-static const struct pmd_object *obj(pm_heap *h, uint64_t off) { return (const void *)(h->base + off); }
+/* A record decoded (FORMAT.md 4.7): readers decode a copy once and check it against the
+ * heap's bounds (decode); writers, who hold the lock, decode in place. */
+struct rec {
+    uint32_t crc32c, height, inl, ctype_size, key_size;
+    uint64_t mtime_ns, value_size;
+    uint64_t value_off;         /* where the value is: inside the record when inline */
+    uint64_t value_block;       /* the value's own block; 0 when inline */
+    uint32_t value_crc32c;      /* as stored; 0 (to be computed) for a small inline value */
+    uint32_t small;             /* an inline value of at most PMD_OBJ_SMALL_MAX bytes: CRC not stored */
+    uint8_t etag[16];
+    uint64_t tail_off, key_off; /* heap offsets of the tail and the key (the content type follows) */
+};
+
 static uint64_t next_word(uint64_t r, uint32_t lvl) { return r + PMD_OBJ_HDR_SIZE + 8ull * lvl; }
-static const uint8_t *obj_key(pm_heap *h, uint64_t r) {
-    return h->base + r + PMD_OBJ_HDR_SIZE + 8ull * obj(h, r)->height;
+/* tail_size -- bytes from the tail to the key (FORMAT.md 4.7). */
+static uint32_t tail_size(int inl, uint64_t vlen) {
+    return !inl ? PMD_OBJ_TAIL_EXT : PMD_OBJ_TAIL_INLINE + (vlen > PMD_OBJ_SMALL_MAX ? 4 : 0);
 }
-static uint64_t obj_meta_size(uint32_t height, uint32_t klen, uint32_t ctlen) {
-    return (PMD_OBJ_HDR_SIZE + 8ull * height + klen + ctlen + 7) & ~7ull;
+static uint64_t rec_meta_size(uint32_t height, int inl, uint64_t vlen, uint32_t klen, uint32_t ctlen) {
+    return PMD_OBJ_HDR_SIZE + 8ull * height + tail_size(inl, vlen) + klen + ctlen;
+}
+static uint32_t rec_height(pm_heap *h, uint64_t r) { return h->base[r + 4] & PMD_OBJ_HEIGHT_MASK; }
+
+/* rec_key -- writers' fast path (find_preds): the key of a published record. */
+static const uint8_t *rec_key(pm_heap *h, uint64_t r, uint32_t *klen) {
+    const uint8_t *p = h->base + r, *t = p + PMD_OBJ_HDR_SIZE + 8u * (p[4] & PMD_OBJ_HEIGHT_MASK);
+    uint16_t ks, vs;
+    memcpy(&ks, p + 6, 2);
+    memcpy(&vs, t, 2);          /* an inline tail's value_size (an external one's low bytes: unused) */
+    *klen = ks;
+    return t + tail_size(p[4] & PMD_OBJ_FLAG_INLINE, vs);
 }
 
-/* rec_ok -- r looks like a whole record inside the heap (readers may hold stale offsets). */
-static int rec_ok(pm_heap *h, uint64_t r) {
+/* decode -- record r into *o if it fits the heap: a stale offset held by a reader, or a
+ * record rewritten under it, can make it retry but never read out of bounds. */
+static int decode(pm_heap *h, uint64_t r, struct rec *o) {
     uint64_t size = pm_heap_size(h);
     if (r < PMD_ROOT_OFF || r % 8 || r + PMD_OBJ_HDR_SIZE > size) return 0;
-    const struct pmd_object *o = obj(h, r);
-    if (o->height < 1 || o->height > PMD_OBJ_MAX_HEIGHT) return 0;
-    uint64_t meta = obj_meta_size(o->height, o->key_size, o->ctype_size);
-    if (r + meta > size) return 0;
-    uint64_t vo = o->flags & PMD_OBJ_FLAG_INLINE ? r + meta : o->value_off;
-    return vo <= size && o->value_size <= size - vo;
+    struct pmd_object hd;
+    memcpy(&hd, h->base + r, sizeof hd);
+    o->crc32c = hd.crc32c; o->mtime_ns = hd.mtime_ns;
+    o->height = hd.height_flags & PMD_OBJ_HEIGHT_MASK;
+    o->inl = (hd.height_flags & PMD_OBJ_FLAG_INLINE) != 0;
+    o->ctype_size = hd.ctype_size; o->key_size = hd.key_size;
+    if (o->height < 1 || o->height > PMD_OBJ_MAX_HEIGHT || (hd.height_flags & 0x60) || o->key_size > PMD_OBJ_KEY_MAX)
+        return 0;
+    o->tail_off = r + PMD_OBJ_HDR_SIZE + 8ull * o->height;
+    if (o->tail_off + (o->inl ? PMD_OBJ_TAIL_INLINE + 4 : PMD_OBJ_TAIL_EXT) > size) return 0;
+    const uint8_t *t = h->base + o->tail_off;
+    if (o->inl) {       /* +4 above: even a tiny record's block (8-byte classes) reaches t + 22 */
+        uint16_t vs;
+        memcpy(&vs, t, 2);
+        memcpy(o->etag, t + offsetof(struct pmd_tail_inline, etag), 16);
+        o->small = vs <= PMD_OBJ_SMALL_MAX;
+        o->value_crc32c = 0;
+        if (!o->small) memcpy(&o->value_crc32c, t + PMD_OBJ_TAIL_INLINE, 4);
+        o->value_size = vs; o->value_block = 0;
+        if (vs > PMD_OBJ_INLINE_MAX) return 0;
+    } else {
+        struct pmd_tail_ext te;
+        memcpy(&te, t, PMD_OBJ_TAIL_EXT);
+        memcpy(o->etag, te.etag, 16);
+        o->small = 0;
+        o->value_size = te.value_size; o->value_block = te.value_off;
+        o->value_crc32c = te.value_crc32c;
+    }
+    o->key_off = o->tail_off + tail_size(o->inl, o->value_size);
+    uint64_t meta = o->key_off - r + o->key_size + o->ctype_size;
+    if (meta > size - r) return 0;
+    o->value_off = o->inl ? r + meta : o->value_block;
+    return o->value_off <= size && o->value_size <= size - o->value_off;
 }
 
-static uint64_t obj_value_off(pm_heap *h, uint64_t r) {
-    const struct pmd_object *o = obj(h, r);
-    return o->flags & PMD_OBJ_FLAG_INLINE ? r + obj_meta_size(o->height, o->key_size, o->ctype_size) : o->value_off;
+/* rec_crc -- FORMAT.md 4.7: the value's CRC32C, bytes [4, 16), the tail through the
+ * content type (I2; through vcrc, I4 of an inline value). */
+static uint32_t rec_crc(pm_heap *h, uint64_t r, const struct rec *o, uint32_t vcrc) {
+    uint32_t c = pm_crc32c(0, &vcrc, 4);
+    c = pm_crc32c(c, h->base + r + 4, PMD_OBJ_HDR_SIZE - 4);
+    return pm_crc32c(c, h->base + o->tail_off, o->key_off - o->tail_off + o->key_size + o->ctype_size);
 }
 
-static uint32_t hdr_crc(pm_heap *h, uint64_t r) {
-    const struct pmd_object *o = obj(h, r);
-    uint32_t c = pm_crc32c(0, o, offsetof(struct pmd_object, hdr_crc32c));
-    return pm_crc32c(c, obj_key(h, r), (size_t)o->key_size + o->ctype_size);
+/* value_check -- the value's CRC32C (computed for a small inline value) into *vcrc; 0 if
+ * the record or the value fails its CRC (I2, I4). verify: PM_VERIFY_* (a small value's
+ * record is checked unless NONE: its value's CRC is computed anyway). */
+static int value_check(pm_heap *h, uint64_t r, const struct rec *o, int verify, uint32_t *vcrc) {
+    if (o->small) {
+        *vcrc = pm_crc32c(0, h->base + o->value_off, o->value_size);
+        return verify == PM_VERIFY_NONE || rec_crc(h, r, o, *vcrc) == o->crc32c;
+    }
+    *vcrc = o->value_crc32c;
+    return verify != PM_VERIFY_ALL || (rec_crc(h, r, o, *vcrc) == o->crc32c &&
+                                       pm_crc32c(0, h->base + o->value_off, o->value_size) == *vcrc);
 }
 
 static int key_cmp(pm_heap *h, uint64_t r, const uint8_t *key, uint32_t klen) {
-    const struct pmd_object *o = obj(h, r);
-    uint32_t n = o->key_size < klen ? o->key_size : klen;
-    int c = memcmp(obj_key(h, r), key, n);
-    return c ? c : (o->key_size > klen) - (o->key_size < klen);
-}
-
-/* snap -- readers: copy record r's header once and check it against the heap's bounds,
- * so a record rewritten under a reader can make it retry but never read out of bounds.
- * Sets *key to the record's key. */
-static int snap(pm_heap *h, uint64_t r, struct pmd_object *o, const uint8_t **key) {
-    uint64_t size = pm_heap_size(h);
-    if (r < PMD_ROOT_OFF || r % 8 || r + PMD_OBJ_HDR_SIZE > size) return 0;
-    memcpy(o, h->base + r, sizeof *o);
-    if (o->height < 1 || o->height > PMD_OBJ_MAX_HEIGHT || o->key_size > PMD_OBJ_KEY_MAX ||
-        o->ctype_size > PMD_OBJ_CTYPE_MAX) return 0;
-    uint64_t meta = obj_meta_size(o->height, o->key_size, o->ctype_size);
-    if (r + meta > size) return 0;
-    uint64_t vo = o->flags & PMD_OBJ_FLAG_INLINE ? r + meta : o->value_off;
-    if (vo > size || o->value_size > size - vo) return 0;
-    *key = h->base + r + PMD_OBJ_HDR_SIZE + 8ull * o->height;
-    return 1;
+    uint32_t rlen;
+    const uint8_t *rk = rec_key(h, r, &rlen);
+    int c = memcmp(rk, key, rlen < klen ? rlen : klen);
+    return c ? c : (rlen > klen) - (rlen < klen);
 }
 
 static int bytes_cmp(const uint8_t *a, uint32_t alen, const uint8_t *b, uint32_t blen) {
@@ -114,30 +159,25 @@ static int bytes_cmp(const uint8_t *a, uint32_t alen, const uint8_t *b, uint32_t
     return c ? c : (alen > blen) - (alen < blen);
 }
 
-/* fill_info_snap -- info from a validated snapshot (readers). */
-static void fill_info_snap(pm_heap *h, uint64_t r, const struct pmd_object *o, const uint8_t *key,
-                           struct pm_obj_info *info) {
+/* fill_info -- info from a decoded record; vcrc: the value's CRC32C (value_check). */
+static void fill_info(pm_heap *h, uint64_t r, const struct rec *o, uint32_t vcrc, struct pm_obj_info *info) {
     info->rec_off = r;
-    info->value_off = o->flags & PMD_OBJ_FLAG_INLINE ? r + obj_meta_size(o->height, o->key_size, o->ctype_size)
-                                                     : o->value_off;
+    info->value_off = o->value_off;
     info->value_size = o->value_size;
     info->mtime_ns = o->mtime_ns;
-    info->value_crc32c = o->value_crc32c;
+    info->value_crc32c = vcrc;
     info->ctype_size = o->ctype_size;
     memcpy(info->etag, o->etag, 16);
-    memcpy(info->ctype, key + o->key_size, o->ctype_size);
+    memcpy(info->ctype, h->base + o->key_off + o->key_size, o->ctype_size);
 }
 
-static void fill_info(pm_heap *h, uint64_t r, struct pm_obj_info *info) {
-    const struct pmd_object *o = obj(h, r);
-    info->rec_off = r;
-    info->value_off = obj_value_off(h, r);
-    info->value_size = o->value_size;
-    info->mtime_ns = o->mtime_ns;
-    info->value_crc32c = o->value_crc32c;
-    info->ctype_size = o->ctype_size;
-    memcpy(info->etag, o->etag, 16);
-    memcpy(info->ctype, obj_key(h, r) + o->key_size, o->ctype_size);
+/* fill_info_at -- writers: info of the published record r. */
+static void fill_info_at(pm_heap *h, uint64_t r, struct pm_obj_info *info) {
+    struct rec o;
+    uint32_t vcrc;
+    decode(h, r, &o);
+    value_check(h, r, &o, PM_VERIFY_NONE, &vcrc);
+    fill_info(h, r, &o, vcrc, info);
 }
 
 /* ------------------------------------------------------------------ DRAM hash */
@@ -166,9 +206,11 @@ static int64_t tab_find(pm_heap *h, struct tab *t, const uint8_t *key, uint32_t 
         if (s == 0) return -1;
         if (s != hv) continue;
         uint64_t r = atomic_load_explicit(&t->slot[i].rec, memory_order_acquire);
-        struct pmd_object o;
-        const uint8_t *k;
-        if (r && snap(h, r, &o, &k) && bytes_cmp(k, o.key_size, key, klen) == 0) { *rec = r; return (int64_t)i; }
+        struct rec o;
+        if (r && decode(h, r, &o) && bytes_cmp(h->base + o.key_off, o.key_size, key, klen) == 0) {
+            *rec = r;
+            return (int64_t)i;
+        }
     }
     return -1;
 }
@@ -243,16 +285,18 @@ static uint32_t random_height(pm_index *x) {
 
 static int cond_ok(pm_heap *h, uint64_t old, int cond, const uint8_t *match_etag) {
     if (cond == PM_COND_ABSENT) return old == 0;
-    if (cond == PM_COND_ETAG) return old && memcmp(obj(h, old)->etag, match_etag, 16) == 0;
-    return 1;
+    if (cond != PM_COND_ETAG) return 1;
+    struct rec o;
+    return old && decode(h, old, &o) && memcmp(o.etag, match_etag, 16) == 0;
 }
 
 /* free_entries -- writer: entries freeing record r and its value block. */
 static int free_entries(pm_heap *h, uint64_t r, struct reservation *res, uint32_t *nres,
                         struct pmd_redo_entry *e, uint32_t *n) {
+    struct rec o;
+    if (!decode(h, r, &o)) return PM_E_CORRUPT;
     int rc = pmi_locate(h, r, &res[(*nres)++], e, n);
-    if (!rc && !(obj(h, r)->flags & PMD_OBJ_FLAG_INLINE) && obj(h, r)->value_off)
-        rc = pmi_locate(h, obj(h, r)->value_off, &res[(*nres)++], e, n);
+    if (!rc && o.value_block) rc = pmi_locate(h, o.value_block, &res[(*nres)++], e, n);
     return rc;
 }
 
@@ -262,16 +306,31 @@ static void record_write(pm_heap *h, uint64_t r, uint64_t voff, uint32_t height,
                          const uint8_t *key, uint32_t klen, const uint8_t *ctype, uint32_t ctlen,
                          const uint8_t *value, uint64_t vlen, uint32_t vcrc, const uint8_t *etag, uint64_t mtime_ns) {
     int inl = vlen <= PMD_OBJ_INLINE_MAX;
-    struct pmd_object o = {PMD_OBJ_MAGIC, (uint8_t)height, inl ? PMD_OBJ_FLAG_INLINE : 0, (uint16_t)klen,
-                           vlen, inl ? 0 : voff, mtime_ns, vcrc, (uint16_t)ctlen, 0, {0}, 0, 0};
-    memcpy(o.etag, etag, 16);
-    pmi_write(h, r, &o, sizeof o);
+    struct pmd_object o = {0, (uint8_t)(height | (inl ? PMD_OBJ_FLAG_INLINE : 0)), (uint8_t)ctlen, (uint16_t)klen,
+                           mtime_ns};
+    uint8_t tail[PMD_OBJ_TAIL_EXT];
+    uint32_t tsz = tail_size(inl, vlen);
+    if (inl) {
+        uint16_t vs = (uint16_t)vlen;
+        memcpy(tail, &vs, 2);
+        memcpy(tail + offsetof(struct pmd_tail_inline, etag), etag, 16);
+        if (vlen > PMD_OBJ_SMALL_MAX) memcpy(tail + PMD_OBJ_TAIL_INLINE, &vcrc, 4);
+    } else {
+        struct pmd_tail_ext te = {vlen, voff, vcrc, {0}};
+        memcpy(te.etag, etag, 16);
+        memcpy(tail, &te, PMD_OBJ_TAIL_EXT);
+    }
+    uint32_t c = pm_crc32c(0, &vcrc, 4);                      /* FORMAT.md 4.7 */
+    c = pm_crc32c(c, (const uint8_t *)&o + 4, PMD_OBJ_HDR_SIZE - 4);
+    c = pm_crc32c(pm_crc32c(pm_crc32c(c, tail, tsz), key, klen), ctype, ctlen);
+    o.crc32c = c;
+    uint64_t t = r + PMD_OBJ_HDR_SIZE + 8ull * height;
+    pmi_write(h, r, &o, PMD_OBJ_HDR_SIZE);
     pmi_write(h, r + PMD_OBJ_HDR_SIZE, nexts, 8ull * height);
-    pmi_write(h, r + PMD_OBJ_HDR_SIZE + 8ull * height, key, klen);
-    pmi_write(h, r + PMD_OBJ_HDR_SIZE + 8ull * height + klen, ctype, ctlen);
-    o.hdr_crc32c = hdr_crc(h, r);
-    pmi_write(h, r + offsetof(struct pmd_object, hdr_crc32c), &o.hdr_crc32c, 4);
-    pmi_write(h, voff, value, vlen);
+    pmi_write(h, t, tail, tsz);
+    if (klen) pmi_write(h, t + tsz, key, klen);
+    if (ctlen) pmi_write(h, t + tsz + klen, ctype, ctlen);
+    if (vlen) pmi_write(h, voff, value, vlen);
 }
 
 /* ------------------------------------------------------------------ API */
@@ -283,21 +342,18 @@ int pm_index_create(pm_heap *h, uint64_t *super_off) {
     struct pmd_redo_entry e[8];
     uint32_t n = 0;
     struct reservation rs, rh;
-    uint64_t head_size = obj_meta_size(PMD_OBJ_MAX_HEIGHT, 0, 0);
+    uint64_t head_size = rec_meta_size(PMD_OBJ_MAX_HEIGHT, 1, 0, 0, 0);
     int rc = pmi_reserve(h, sizeof(struct pmd_store_super), &rs, e, &n);
     if (rc) return rc;
     rc = pmi_reserve(h, head_size, &rh, e, &n);
     if (rc) { pmi_unreserve(h, &rs); return rc; }
     struct pmd_store_super sb = {PMD_STORE_MAGIC, PMD_STORE_VERSION, 0, rh.off, 0, {0}};
-    uint8_t head[PMD_OBJ_HDR_SIZE + 8 * PMD_OBJ_MAX_HEIGHT] = {0};
-    struct pmd_object *ho = (void *)head;
-    ho->magic = PMD_HEAD_MAGIC; ho->height = PMD_OBJ_MAX_HEIGHT;
+    static const uint64_t no_next[PMD_OBJ_MAX_HEIGHT];
+    static const uint8_t no_etag[16];
     pmi_write(h, rs.off, &sb, sizeof sb);
-    pmi_write(h, rh.off, head, sizeof head);
-    uint32_t crc = hdr_crc(h, rh.off);
-    pmi_write(h, rh.off + offsetof(struct pmd_object, hdr_crc32c), &crc, 4);
+    record_write(h, rh.off, rh.off + head_size, PMD_OBJ_MAX_HEIGHT, no_next, NULL, 0, NULL, 0, NULL, 0, 0, no_etag, 0);
     e[n++] = (struct pmd_redo_entry){PMD_ROOT_OFF | PMD_REDO_OP_SET, rs.off};
-    struct pmi_range data[2] = {{rs.off, sizeof sb}, {rh.off, sizeof head}};
+    struct pmi_range data[2] = {{rs.off, sizeof sb}, {rh.off, head_size}};
     rc = pmi_redo_commit(h, e, n, data, 2);   /* durable: superblock, head and root together */
     if (rc) { pmi_unreserve(h, &rs); pmi_unreserve(h, &rh); return rc; }
     pmi_reserved_committed(h, &rs);
@@ -313,8 +369,10 @@ int pm_index_open(pm_heap *h, uint64_t super_off, pm_index **out, struct pm_inde
     const struct pmd_store_super *sb = (const void *)(h->base + super_off);
     if (sb->magic != PMD_STORE_MAGIC || sb->version != PMD_STORE_VERSION) return PM_E_CORRUPT;
     uint64_t head = sb->head_off;
-    if (!rec_ok(h, head) || obj(h, head)->magic != PMD_HEAD_MAGIC || obj(h, head)->height != PMD_OBJ_MAX_HEIGHT)
-        return PM_E_CORRUPT;
+    struct rec o;
+    if (!decode(h, head, &o) || o.height != PMD_OBJ_MAX_HEIGHT || !o.inl || o.key_size || o.ctype_size ||
+        o.value_size || rec_crc(h, head, &o, 0) != o.crc32c)
+        return PM_E_CORRUPT;                                                    /* I5 */
     pm_index *x = aligned_alloc(64, (sizeof *x + 63) & ~(size_t)63);
     if (!x) return PM_E_NOMEM;
     memset(x, 0, sizeof *x);
@@ -336,18 +394,20 @@ int pm_index_open(pm_heap *h, uint64_t super_off, pm_index **out, struct pm_inde
     if (!t) { free(x); return PM_E_NOMEM; }
     atomic_store(&x->tab, t);
     int rc = PM_OK;
-    uint64_t prev = 0, steps = 0, limit = pm_heap_size(h) / PMD_OBJ_HDR_SIZE;
+    /* No CRC here: a record that fails its CRC (I2/I4: a flipped byte in its key, fields or
+     * inline value) stays reachable, and reading it raises CorruptObjectError, so one bad
+     * object does not keep the others from being served (the checker reports it). */
+    uint64_t prev = 0, steps = 0, limit = pm_heap_size(h) / 24;   /* the smallest record: 16 + 8 bytes */
     for (uint64_t r = pm_load8(h, next_word(head, 0)); r; r = pm_load8(h, next_word(r, 0))) {
-        const struct pmd_object *o = obj(h, r);
-        if (++steps > limit || !rec_ok(h, r) || o->magic != PMD_OBJ_MAGIC || o->key_size < 1 ||
-            o->key_size > PMD_OBJ_KEY_MAX || o->hdr_crc32c != hdr_crc(h, r)) {
+        if (++steps > limit || !decode(h, r, &o) || o.key_size < 1 || o.inl != (o.value_size <= PMD_OBJ_INLINE_MAX)) {
             rc = PM_E_CORRUPT; rep->objects = r; break;                        /* I2 */
         }
-        if (prev && key_cmp(h, prev, obj_key(h, r), o->key_size) >= 0) {
+        const uint8_t *k = h->base + o.key_off;
+        if (prev && key_cmp(h, prev, k, o.key_size) >= 0) {
             rc = PM_E_CORRUPT; rep->objects = r; break;                        /* I1: strictly increasing */
         }
-        if ((rc = tab_put(x, obj_key(h, r), o->key_size, r))) break;
-        rep->objects++; rep->value_bytes += o->value_size; rep->key_bytes += o->key_size;
+        if ((rc = tab_put(x, k, o.key_size, r))) break;
+        rep->objects++; rep->value_bytes += o.value_size; rep->key_bytes += o.key_size;
         prev = r;
     }
     if (rc) { pm_index_close(x); return rc; }
@@ -370,8 +430,8 @@ uint64_t pm_index_count(pm_index *x) { return atomic_load(&x->count); }
 
 /* pm_index_get -- copy value[start:start+limit] of key into dst (no lock; retried if a
  * write lands meanwhile). verify: check the whole value's CRC32C (I4).
- * Returns bytes copied, PM_E_NOT_FOUND, PM_E_BUFFER (info filled: cap too small for
- * the wanted part of the value), or PM_E_CORRUPT_OBJECT. */
+ * Returns bytes copied, PM_E_NOT_FOUND, PM_E_BUFFER (info filled, but for an inline
+ * value's CRC32C: cap too small for the wanted part of the value), or PM_E_CORRUPT_OBJECT. */
 int pm_index_get(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t start, uint64_t limit, uint8_t *dst,
                  uint64_t cap, int verify, struct pm_obj_info *info) {
     pm_heap *h = x->h;
@@ -382,21 +442,22 @@ int pm_index_get(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t start,
         uint64_t v1 = atomic_load_explicit(&x->version, memory_order_acquire);
         struct tab *t = atomic_load_explicit(&x->tab, memory_order_acquire);
         uint64_t r = 0;
-        struct pmd_object o;
-        const uint8_t *k;
+        struct rec o;
+        uint32_t vcrc = 0;
         int rc;
         if (tab_find(h, t, key, klen, hv, &r) < 0) rc = PM_E_NOT_FOUND;
-        else if (!snap(h, r, &o, &k)) rc = PM_E_NOT_FOUND;   /* rewritten under us: the version check retries */
+        else if (!decode(h, r, &o)) rc = PM_E_NOT_FOUND;   /* rewritten under us: the version check retries */
         else {
-            fill_info_snap(h, r, &o, k, info);
-            uint64_t want = start >= info->value_size ? 0 : info->value_size - start;
+            uint64_t want = start >= o.value_size ? 0 : o.value_size - start;
             if (want > limit) want = limit;
-            if (want > cap) rc = PM_E_BUFFER;
-            else {
-                memcpy(dst, h->base + info->value_off + (start < info->value_size ? start : info->value_size), want);
-                rc = (int)(want > INT32_MAX ? INT32_MAX : want);
-                if (verify && pm_crc32c(0, h->base + info->value_off, info->value_size) != info->value_crc32c)
-                    rc = PM_E_CORRUPT_OBJECT;
+            if (want > cap) {       /* info for the caller's next, larger buffer: no CRC yet */
+                fill_info(h, r, &o, o.value_crc32c, info);
+                rc = PM_E_BUFFER;
+            } else {
+                int ok = value_check(h, r, &o, verify, &vcrc);  /* I4 (and I2 of an inline record) */
+                fill_info(h, r, &o, vcrc, info);
+                memcpy(dst, h->base + o.value_off + (start < o.value_size ? start : o.value_size), want);
+                rc = ok ? (int)(want > INT32_MAX ? INT32_MAX : want) : PM_E_CORRUPT_OBJECT;
             }
         }
         atomic_thread_fence(memory_order_acquire);
@@ -443,9 +504,9 @@ int pm_index_put(pm_index *x, const uint8_t *key, uint32_t klen, const uint8_t *
     uint64_t old = find_preds(x, key, klen, preds);
     int rc = PM_OK;
     if (!cond_ok(h, old, cond, match_etag)) { rc = PM_E_PRECONDITION; goto out; }
-    uint32_t height = old ? obj(h, old)->height : random_height(x);
+    uint32_t height = old ? rec_height(h, old) : random_height(x);
     int inl = vlen <= PMD_OBJ_INLINE_MAX;
-    uint64_t meta = obj_meta_size(height, klen, ctlen);
+    uint64_t meta = rec_meta_size(height, inl, vlen, klen, ctlen);
     struct pmd_redo_entry e[4 + PMD_OBJ_MAX_HEIGHT + 8];
     uint32_t n = 0, nres = 0, nfree = 0;
     struct reservation res[2], fre[2];
@@ -472,14 +533,16 @@ int pm_index_put(pm_index *x, const uint8_t *key, uint32_t klen, const uint8_t *
     if (!old) atomic_fetch_add(&x->count, 1);
     atomic_fetch_add_explicit(&x->version, 1, memory_order_release);  /* before the old blocks can be reused */
     for (uint32_t k = 0; k < nfree; k++) pmi_released(h, &fre[k]);
-    fill_info(h, r, info);
+    struct rec o;
+    decode(h, r, &o);
+    fill_info(h, r, &o, vcrc, info);
     *created = !old;
     pthread_mutex_unlock(&x->wlock);
     return PM_OK;
 unreserve:
     for (uint32_t k = 0; k < nres; k++) pmi_unreserve(h, &res[k]);
 out:
-    if (rc == PM_E_PRECONDITION && old) fill_info(h, old, info);
+    if (rc == PM_E_PRECONDITION && old) fill_info_at(h, old, info);
     pthread_mutex_unlock(&x->wlock);
     return rc;
 }
@@ -496,7 +559,7 @@ int pm_index_delete(pm_index *x, const uint8_t *key, uint32_t klen, int cond, co
     struct pmd_redo_entry e[4 + PMD_OBJ_MAX_HEIGHT];
     uint32_t n = 0, nfree = 0;
     struct reservation fre[2];
-    for (uint32_t l = 0; l < obj(h, old)->height; l++)
+    for (uint32_t l = 0; l < rec_height(h, old); l++)
         e[n++] = (struct pmd_redo_entry){next_word(preds[l], l) | PMD_REDO_OP_SET, pm_load8(h, next_word(old, l))};
     if ((rc = free_entries(h, old, fre, &nfree, e, &n))) goto out;
     rc = pmi_redo_commit(h, e, n, NULL, 0);   /* durable: unlinked and freed together */
@@ -520,20 +583,22 @@ static int64_t list_walk(pm_index *x, const uint8_t *after, uint32_t alen, const
     uint32_t flen = alen ? alen : plen;
     if (alen && plen && bytes_cmp(prefix, plen, after, alen) > 0) from = prefix, flen = plen;
     uint64_t r = x->head_off, steps = 0, max_steps = 4 * (atomic_load(&x->count) + 64) + 4ull * limit;
-    struct pmd_object o;
+    struct rec o;
     const uint8_t *k;
     for (int lvl = PMD_OBJ_MAX_HEIGHT - 1; lvl >= 0; lvl--)   /* last record < from */
         for (;;) {
             uint64_t nx = pm_load8(h, next_word(r, (uint32_t)lvl));
             if (!nx) break;
-            if (!snap(h, nx, &o, &k) || (uint32_t)lvl >= o.height || ++steps > max_steps) return -1;
+            if (!decode(h, nx, &o) || (uint32_t)lvl >= o.height || ++steps > max_steps) return -1;
+            k = h->base + o.key_off;
             if (bytes_cmp(k, o.key_size, from, flen) >= 0) break;
             r = nx;
         }
     uint64_t used = 0;
     int64_t count = 0;
     for (r = pm_load8(h, next_word(r, 0)); r && count < limit; r = pm_load8(h, next_word(r, 0))) {
-        if (!snap(h, r, &o, &k) || ++steps > max_steps) return -1;
+        if (!decode(h, r, &o) || ++steps > max_steps) return -1;
+        k = h->base + o.key_off;
         if (alen && from == after && bytes_cmp(k, o.key_size, after, alen) == 0) continue;   /* exclusive */
         if (plen && (o.key_size < plen || memcmp(k, prefix, plen))) break;
         uint64_t need = 2 + o.key_size + 2 + o.ctype_size + 8 + 8 + 16;
@@ -637,16 +702,16 @@ static int b_op(struct batch *b, struct pm_index_op *op) {
         if (b->n + 4 > b->cap) return PM_E_TOO_BIG;
         int rc = free_entries(h, old, b->fre, &b->nfree, b->e, &b->n);
         if (rc) return rc;
-        for (uint32_t l = 0; l < obj(h, old)->height; l++)
+        for (uint32_t l = 0; l < rec_height(h, old); l++)
             b_set(b, preds[l], next_word(preds[l], l), ov_load(h, &b->ov, next_word(old, l)));
         return 0;
     }
     if (op->klen < 1 || op->klen > PMD_OBJ_KEY_MAX || op->ctlen > PMD_OBJ_CTYPE_MAX) return PM_E_ARG;
     if (!cond_ok(h, old, op->cond, op->match_etag)) return PM_E_PRECONDITION;
     if (b->n + 8 > b->cap) return PM_E_TOO_BIG;
-    uint32_t height = old ? obj(h, old)->height : random_height(x);
+    uint32_t height = old ? rec_height(h, old) : random_height(x);
     int inl = op->vlen <= PMD_OBJ_INLINE_MAX;
-    uint64_t meta = obj_meta_size(height, op->klen, op->ctlen);
+    uint64_t meta = rec_meta_size(height, inl, op->vlen, op->klen, op->ctlen);
     uint32_t r0 = b->nres, n0 = b->n;
     int rc = pmi_reserve(h, meta + (inl ? op->vlen : 0), &b->res[b->nres], b->e, &b->n);
     if (rc) return rc;

@@ -44,6 +44,13 @@ int pm_index_create(pm_heap *h, uint64_t *super_off);
 int pm_index_open(pm_heap *h, uint64_t super_off, pm_index **out, struct pm_index_report *rep);
 void pm_index_close(pm_index *x);
 uint64_t pm_index_count(pm_index *x);
+/* verify: PM_VERIFY_ALL checks every record and value (I2, I4); PM_VERIFY_SMALL only the
+ * records of values up to PMD_OBJ_SMALL_MAX bytes, whose check comes with computing their
+ * value's CRC32C for info (the default when verify_reads is off); PM_VERIFY_NONE nothing
+ * (head: the metadata of a damaged object). */
+#define PM_VERIFY_NONE -1
+#define PM_VERIFY_SMALL 0
+#define PM_VERIFY_ALL 1
 int pm_index_get(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t start, uint64_t limit, uint8_t *dst,
                  uint64_t cap, int verify, struct pm_obj_info *info);
 /* The arguments of pm_index_get that a caller keeps from call to call (a per-thread

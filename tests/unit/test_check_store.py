@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 import pytest
-from storeutil import checker_loops, head_off, make_store, peek, poke, records, set_next  # noqa: F401 (an autouse fixture: C and Python checker loops)
+from storeutil import checker_loops, head_off, key_off, make_store, peek, poke, records, set_next, tail_off  # noqa: F401 (an autouse fixture: C and Python checker loops)
 
 from allocator import Heap
+from recovery import check_store
 from recovery import format as fmt
 from recovery.check import check_heap
 
@@ -15,6 +17,23 @@ from recovery.check import check_heap
 def _ids(path) -> set[str]:
     return {f.invariant for f in check_heap(path).findings}
 
+
+def _found(path, **kw) -> list[tuple[str, int]]:
+    return [(f.invariant, f.off) for f in check_heap(path, **kw).findings]
+
+
+def _record_crc(path, rec, value_crc32c: int) -> int:
+    """rec's crc32c from its bytes on disk, transcribed from FORMAT.md 4.7 here: of the value's
+    CRC32C (4 bytes LE), header bytes [4, 16), the tail from t through the content type."""
+    t, end = tail_off(rec), key_off(rec) + len(rec.key) + rec.hdr["ctype_size"]
+    crc = fmt.crc32c(struct.pack("<I", value_crc32c))
+    crc = fmt.crc32c(peek(path, rec.off + 4, 12), crc)
+    return fmt.crc32c(peek(path, t, end - t), crc)
+
+
+def _fix_crc(path, rec, value_crc32c: int) -> None:
+    """Make rec's crc32c match its (edited) bytes again, as the store would have written it."""
+    poke(path, rec.off, struct.pack("<I", _record_crc(path, rec, value_crc32c)))
 
 
 def test_I1_I5_clean_store_has_no_findings_and_counts_objects(tmp_path):
@@ -27,25 +46,100 @@ def test_I1_I5_clean_store_has_no_findings_and_counts_objects(tmp_path):
     assert [r.key.decode() for r in rep.store.records] == sorted(values)
 
 
+def test_I2_the_stored_crc32c_is_the_one_format_md_defines(tmp_path):
+    """The checker's reading of every record (decoded fields, inline value CRC) against the
+    store's own writes: the CRC recomputed from raw bytes by this test's transcription."""
+    path = tmp_path / "s.heap"
+    values = make_store(path)
+    recs = records(path)
+    for key, rec in recs.items():
+        inline = len(values[key]) <= fmt.OBJ_INLINE_MAX
+        assert (rec.value_block == 0) == inline and bool(rec.hdr["height_flags"] & fmt.OBJ_FLAG_INLINE) == inline
+        assert peek(path, rec.value_off, rec.value_size) == values[key]
+        assert rec.hdr["value_crc32c"] == fmt.crc32c(values[key])
+        assert rec.hdr["etag"] == hashlib.md5(values[key]).digest()
+        assert rec.hdr["mtime_ns"] > 0 and rec.hdr["height_flags"] & fmt.OBJ_HEIGHT_MASK == rec.height
+        assert _record_crc(path, rec, rec.hdr["value_crc32c"]) == rec.hdr["crc32c"], key
+
+
+def test_pmc_record_reader_matches_walk_h():
+    """check_store reads walk.c's struct pmc_record through a struct.Struct: same size, same tail."""
+    if check_store._cffi is None:
+        pytest.skip("recovery._walk_c is not built")
+    ffi = check_store._cffi
+    assert check_store._PMC_RECORD.size == ffi.sizeof("struct pmc_record")
+    names = [n for n, _ in ffi.typeof("struct pmc_record").fields]
+    assert tuple(names[7:7 + len(check_store.RECORD_FIELDS)]) == check_store.RECORD_FIELDS
+
+
 @pytest.mark.corrupts_heap
-def test_I4_a_flipped_value_byte_is_reported_with_the_key(tmp_path):
+@pytest.mark.parametrize("key", ["obj/02", "obj/09"])      # inline over 256 B, external: a stored CRC
+def test_I4_a_flipped_value_byte_is_reported_with_the_key(tmp_path, key):
     path = tmp_path / "s.heap"
     make_store(path)
-    r = records(path)["obj/09"]
+    r = records(path)[key]
+    assert (r.value_block == 0) == (key == "obj/02") and r.value_size > fmt.OBJ_SMALL_MAX
     poke(path, r.value_off + 17, bytes([peek(path, r.value_off + 17, 1)[0] ^ 1]))
     rep = check_heap(path)
     assert [f.invariant for f in rep.findings] == ["I4"]
-    assert "obj/09" in rep.findings[0].message and rep.findings[0].off == r.off
+    assert key in rep.findings[0].message and rep.findings[0].off == r.off
     assert check_heap(path, verify_values=False).ok, "--no-values skips I4 and nothing else is wrong"
 
 
 @pytest.mark.corrupts_heap
-def test_I2_a_damaged_key_fails_the_header_crc(tmp_path):
+@pytest.mark.parametrize("key", ["k5", "k9"])     # an inline and an external record
+def test_I2_a_damaged_key_fails_the_record_crc(tmp_path, key):
+    path = tmp_path / "s.heap"
+    make_store(path, {"k1": b"a" * 100, "k5": b"b" * 100, "k9": b"c" * 5000})
+    r = records(path)[key]
+    assert peek(path, key_off(r), len(r.key)) == r.key
+    poke(path, key_off(r) + 1, b"7")        # k7: still in key order, so only the CRC can tell
+    rep = check_heap(path)
+    assert [(f.invariant, f.off) for f in rep.findings] == [("I2", r.off)]
+    assert "crc32c" in rep.findings[0].message
+
+
+@pytest.mark.corrupts_heap
+def test_I2_a_flipped_small_value_byte_fails_the_record_crc(tmp_path):
+    """A small value (up to 256 B) has no stored CRC: the record's covers it, with or without --no-values."""
     path = tmp_path / "s.heap"
     make_store(path)
-    r = records(path)["obj/03"]
-    poke(path, r.off + fmt.OBJ_HDR_SIZE + 8 * r.height, b"X")
-    assert "I2" in _ids(path)
+    r = records(path)["obj/00"]
+    assert r.value_block == 0 and r.value_size <= fmt.OBJ_SMALL_MAX
+    assert r.value_off == key_off(r) + len(r.key) + r.hdr["ctype_size"]
+    poke(path, r.value_off + 17, bytes([peek(path, r.value_off + 17, 1)[0] ^ 1]))
+    rep = check_heap(path)
+    assert [(f.invariant, f.off) for f in rep.findings] == [("I2", r.off)]
+    assert "inline value" in rep.findings[0].message
+    assert _found(path, verify_values=False) == [("I2", r.off)]
+
+
+@pytest.mark.corrupts_heap
+def test_I2_reserved_height_flags_bits_are_reported(tmp_path):
+    path = tmp_path / "s.heap"
+    make_store(path)
+    r = records(path)["obj/04"]
+    poke(path, r.off + 4, bytes([r.hdr["height_flags"] | 0x20]))   # the height is unchanged
+    _fix_crc(path, r, r.hdr["value_crc32c"])                         # and the CRC holds
+    rep = check_heap(path)
+    assert [(f.invariant, f.off) for f in rep.findings] == [("I2", r.off)]
+    assert "reserved" in rep.findings[0].message
+
+
+@pytest.mark.corrupts_heap
+def test_I2_an_external_value_of_at_most_4096_bytes_is_reported(tmp_path):
+    """A value that fits inline must be inline: a CRC-consistent external record of 4096 bytes is I2."""
+    path = tmp_path / "s.heap"
+    make_store(path)
+    r = records(path)["obj/07"]
+    assert r.value_block and r.value_size > fmt.OBJ_INLINE_MAX
+    vcrc = fmt.crc32c(peek(path, r.value_off, fmt.OBJ_INLINE_MAX))
+    poke(path, tail_off(r), struct.pack("<Q", fmt.OBJ_INLINE_MAX))
+    poke(path, tail_off(r) + 16, struct.pack("<I", vcrc))
+    _fix_crc(path, r, vcrc)
+    rep = check_heap(path)
+    assert [(f.invariant, f.off) for f in rep.findings] == [("I2", r.off)]
+    assert "4096" in rep.findings[0].message
 
 
 @pytest.mark.corrupts_heap
@@ -93,8 +187,8 @@ def test_I3_a_leaked_block_is_reported(tmp_path):
 def test_I5_a_bad_head_is_reported(tmp_path):
     path = tmp_path / "s.heap"
     make_store(path)
-    poke(path, head_off(path), b"XXXX")
-    assert "I2" in _ids(path) or "I5" in _ids(path)
+    poke(path, head_off(path), b"XXXX")     # the head's crc32c
+    assert [f.invariant for f in check_heap(path).findings] == ["I5"]
 
 
 @pytest.mark.corrupts_heap
@@ -105,13 +199,11 @@ def test_I3_two_records_sharing_a_value_block_is_reported(tmp_path):
     recs = records(path)
     a, b = recs["obj/08"], recs["obj/09"]
     assert a.value_block and b.value_block
-    # point b at a's value block and fix b's header CRC as the C core would compute it
-    hdr = bytearray(peek(path, b.off, fmt.OBJ_HDR_SIZE))
-    struct.pack_into("<QQ", hdr, 8, a.value_size, a.value_block)
-    struct.pack_into("<I", hdr, 32, a.hdr["value_crc32c"])
-    key_ct = peek(path, b.off + fmt.OBJ_HDR_SIZE + 8 * b.height, len(b.key) + b.hdr["ctype_size"])
-    struct.pack_into("<I", hdr, 56, fmt.crc32c(key_ct, fmt.crc32c(bytes(hdr[:56]))))
-    poke(path, b.off, bytes(hdr))
+    # point b's tail at a's value block and fix b's crc32c as the C core would compute it
+    tail = bytearray(peek(path, tail_off(b), fmt.OBJ_TAIL_EXT))
+    struct.pack_into("<QQI", tail, 0, a.value_size, a.value_block, a.hdr["value_crc32c"])
+    poke(path, tail_off(b), bytes(tail))
+    _fix_crc(path, b, a.hdr["value_crc32c"])
     rep = check_heap(path)
     assert ("I3", a.value_block) in [(f.invariant, f.off) for f in rep.findings]
     assert ("I3", b.value_block) in [(f.invariant, f.off) for f in rep.findings], "b's old value block leaks"

@@ -65,7 +65,8 @@ def test_alloc_returns_distinct_aligned_non_overlapping_blocks(tmp_path):
         off = heap.alloc(size)
         bs = heap.block_size(off)
         assert off not in blocks, f"offset {off} handed out twice"
-        assert off % 16 == 0, f"block {off} for {size} B is not 16-aligned"
+        # malloc's rule: 16-aligned when the size could hold a 16-aligned type (FORMAT.md 5)
+        assert off % (8 if size % 16 else 16) == 0, f"block {off} for {size} B is misaligned"
         assert bs >= size, f"block {off}: {bs} usable bytes for a {size}-byte request"
         assert data_off <= off and off + bs <= heap.mapping.size, \
             f"block [{off}, {off + bs}) outside the data area [{data_off}, {heap.mapping.size})"
@@ -76,7 +77,7 @@ def test_alloc_returns_distinct_aligned_non_overlapping_blocks(tmp_path):
 
 
 def test_alloc_into_root_publishes_and_free_from_clears(heap):
-    off = heap.alloc_into(layout.ROOT_OFF, 40)
+    off = heap.alloc_into(layout.ROOT_OFF, 41)
     assert heap.root == off == heap.load8(layout.ROOT_OFF)
     assert heap.block_size(off) == 48
     heap.free_from(layout.ROOT_OFF)
@@ -221,7 +222,7 @@ def test_P4_double_free_of_a_span_raises_and_changes_nothing(heap):
 
 def test_P4_interior_and_never_allocated_offsets_raise_and_change_nothing(heap):
     h = heap.file.header
-    small = heap.alloc(100)         # class 112, a 1-page run
+    small = heap.alloc(108)         # class 112, a 1-page run
     mid = heap.alloc(20_000)        # an 8-page run
     span = heap.alloc(3 * PAGE)     # a 3-page span
     freed = heap.alloc(100_000)
@@ -489,7 +490,7 @@ def test_P5_descriptor_table_must_cover_max_size(tmp_path):
 def _closed_heap_with_run_and_span(path) -> tuple[int, int, int]:
     """A closed heap with a class-112 run at page 0 and a 2-page span at page 1."""
     with _create(path) as heap:
-        small = heap.alloc(100)
+        small = heap.alloc(108)
         span = heap.alloc(100_000)
         h = heap.file.header
         assert (small - h.data_off) // PAGE == 0 and (span - h.data_off) // PAGE == 1
@@ -500,9 +501,9 @@ def _closed_heap_with_run_and_span(path) -> tuple[int, int, int]:
 @pytest.mark.corrupts_heap
 @pytest.mark.parametrize("page,value", [
     (0, 0xFF),                                               # unknown kind
-    (0, DESC_RUN | 80 << 8 | 1 << 16),                       # class index past the table
-    (0, DESC_RUN | 6 << 8 | 8 << 16),                        # class 112 takes 1 page, not 8
-    (0, DESC_RUN | 6 << 8 | 1 << 16 | 1 << 50),              # bits above 47 set
+    (0, DESC_RUN | 95 << 8 | 1 << 16),                       # class index past the table
+    (0, DESC_RUN | 12 << 8 | 8 << 16),                       # class 112 takes 1 page, not 8
+    (0, DESC_RUN | 12 << 8 | 1 << 16 | 1 << 50),             # bits above 47 set
     (1, DESC_SPAN | 0 << 16),                                # a span of no pages
     (1, DESC_SPAN | 3 << 8 | 2 << 16),                       # a span with a class
     (1, DESC_SPAN | 1000 << 16),                             # a span past the last page
@@ -589,7 +590,7 @@ def test_set_root_is_durable(tmp_path):
 
 
 def test_stats_after_1000_small_allocations(heap):
-    offs = [heap.alloc(100) for _ in range(1000)]
+    offs = [heap.alloc(108) for _ in range(1000)]
     st = heap.stats()
     assert st["live_blocks"] == 1000
     assert st["live_block_bytes"] == 1000 * 112
@@ -609,7 +610,7 @@ def test_stats_after_1000_small_allocations(heap):
 
 
 def test_stats_mixed_classes_and_spans(heap):
-    sizes = [1] * 5 + [200] * 3 + [5000] * 2 + [10_000] + [70_000, 200_000]
+    sizes = [1] * 5 + [201] * 3 + [5000] * 2 + [10_000] + [70_000, 200_000]
     offs = [heap.alloc(n) for n in sizes]
     st = heap.stats()
     expect_bytes = 5 * 16 + 3 * 208 + 2 * 5120 + 10240 + 2 * PAGE + 4 * PAGE

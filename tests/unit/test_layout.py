@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import pytest
@@ -97,16 +98,42 @@ def test_checker_header_table_matches_c():
         assert getattr(rformat, py) == _native.layout_constant(c)
 
 
-@pytest.mark.parametrize("struct_name", ["pmd_store_super", "pmd_object"])
-def test_format_md_store_tables_match_the_c_structs(struct_name):
-    heading = {"pmd_store_super": "4.6 Store superblock", "pmd_object": r"4.7 Object record \(pmd_object\)"}
-    assert format_table(heading[struct_name]) == c_table(struct_name)
+def test_format_md_store_super_table_matches_the_c_struct():
+    assert format_table("4.6 Store superblock") == c_table("pmd_store_super")
 
 
-def test_store_magics_spell_their_names():
+def format_record_tables() -> list[list[tuple[str, str, str]]]:
+    """FORMAT.md 4.7's tables in order (header, INLINE tail, external tail): (offset, size, field) cells."""
+    m = re.search(r"^#+ 4\.7 Object record \(pmd_object\)\s*$(.*?)(?=^#)", FORMAT, re.MULTILINE | re.DOTALL)
+    assert m, "FORMAT.md has no section 4.7"
+    tables, rows = [], None
+    for line in m.group(1).splitlines():
+        if not line.startswith("|"):
+            rows = None
+            continue
+        if rows is None:
+            rows = []
+            tables.append(rows)
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0].isdigit():
+            rows.append(tuple(cells[:3]))
+    return tables
+
+
+def _c_cells(struct: str) -> list[tuple[str, str, str]]:
+    return [(str(off), str(size), name) for off, size, name in c_table(struct)]
+
+
+def test_format_md_record_tables_match_the_c_structs():
+    hdr, tail_inline, tail_ext = format_record_tables()
+    assert hdr == [*_c_cells("pmd_object"), ("16", "8 x height", "next")]
+    assert tail_inline == [*_c_cells("pmd_tail_inline"), ("18", "0 or 4", "value_crc32c")]   # then key at 18 or 22
+    assert _native.layout_constant("PMD_OBJ_SMALL_MAX") == rformat.OBJ_SMALL_MAX == 256
+    assert tail_ext == [*_c_cells("pmd_tail_ext"), ("36", "key_size", "key")]
+
+
+def test_store_magic_spells_its_name():
     assert _native.layout_constant("PMD_STORE_MAGIC").to_bytes(8, "little") == b"PMSTORE1"
-    assert _native.layout_constant("PMD_OBJ_MAGIC").to_bytes(4, "little") == b"POBJ"
-    assert _native.layout_constant("PMD_HEAD_MAGIC").to_bytes(4, "little") == b"PHED"
 
 
 def test_store_info_unpack_matches_the_c_struct():
@@ -117,15 +144,38 @@ def test_store_info_unpack_matches_the_c_struct():
     assert _INFO_HEAD.size == _native.ffi.offsetof(t, "ctype")
 
 
+def _py_offsets(st) -> list[int]:
+    """The offset of each field of a little-endian struct.Struct, in order."""
+    codes = re.findall(r"\d*[a-zA-Z]", st.format.lstrip("<"))
+    return [struct.calcsize("<" + "".join(codes[:i])) for i in range(len(codes))]
+
+
+@pytest.mark.parametrize(("c_struct", "fields", "st", "size"), [
+    ("pmd_object", "OBJ_HDR_FIELDS", "OBJ_HDR_STRUCT", "OBJ_HDR_SIZE"),
+    ("pmd_tail_inline", "OBJ_TAIL_INLINE_FIELDS", "OBJ_TAIL_INLINE_STRUCT", "OBJ_TAIL_INLINE"),
+    ("pmd_tail_ext", "OBJ_TAIL_EXT_FIELDS", "OBJ_TAIL_EXT_STRUCT", "OBJ_TAIL_EXT"),
+])
+def test_checker_record_structs_match_c(c_struct, fields, st, size):
+    """The checker's header and tail codecs: field names, offsets and unpadded sizes as in C."""
+    rows = c_table(c_struct)
+    assert getattr(rformat, fields) == tuple(n for _, _, n in rows)
+    assert _py_offsets(getattr(rformat, st)) == [off for off, _, _ in rows]
+    last_off, last_size, _ = rows[-1]
+    assert getattr(rformat, st).size == getattr(rformat, size) == last_off + last_size == \
+        _native.layout_constant(f"PMD_{size}")
+
+
 def test_checker_store_transcription_matches_c():
-    assert rformat.OBJ_HDR_FIELDS == tuple(n for _, _, n in c_table("pmd_object"))
-    assert rformat.OBJ_HDR_STRUCT.size == rformat.OBJ_HDR_SIZE == _native.ffi.sizeof("struct pmd_object")
-    assert rformat.OBJ_HDR_CRC_COVERS == _native.ffi.offsetof("struct pmd_object", "hdr_crc32c")
+    assert rformat.OBJ_HDR_SIZE == _native.ffi.sizeof("struct pmd_object")
+    assert rformat.OBJ_CRC_FROM == _native.ffi.offsetof("struct pmd_object", "height_flags")
+    assert rformat.OBJ_TAIL_EXT == _native.ffi.offsetof("struct pmd_tail_ext", "etag") + 16
     assert rformat.SUPER_STRUCT.size == _native.ffi.sizeof("struct pmd_store_super")
     assert rformat.SUPER_HEAD_OFF == _native.ffi.offsetof("struct pmd_store_super", "head_off")
     for name in ("OBJ_MAX_HEIGHT", "OBJ_KEY_MAX", "OBJ_CTYPE_MAX", "OBJ_INLINE_MAX", "OBJ_FLAG_INLINE",
-                 "STORE_VERSION"):
+                 "OBJ_HEIGHT_MASK", "OBJ_TAIL_INLINE", "OBJ_TAIL_EXT", "OBJ_HDR_SIZE", "STORE_VERSION"):
         assert getattr(rformat, name) == _native.layout_constant(f"PMD_{name}"), name
+    assert rformat.OBJ_FLAGS_RESERVED == 0xFF & ~(rformat.OBJ_HEIGHT_MASK | rformat.OBJ_FLAG_INLINE)
+    assert rformat.OBJ_MAX_HEIGHT <= rformat.OBJ_HEIGHT_MASK
     assert rformat.STORE_MAGIC == _native.layout_constant("PMD_STORE_MAGIC").to_bytes(8, "little")
 
 

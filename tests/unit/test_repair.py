@@ -49,7 +49,7 @@ def test_I2_repair_relinks_past_a_destroyed_record(tmp_path):
     path = tmp_path / "s.heap"
     make_store(path)
     r = records(path)["obj/02"]
-    poke(path, r.off, b"JUNK")                  # magic gone: level 0 breaks here
+    poke(path, r.off, b"JUNK")                  # CRC and height_flags gone: level 0 breaks here
     rr = repair(path, backend="none")
     assert "I2" in {f.invariant for f in rr.before} and rr.after == []
     assert any(d["block_off"] == r.off for d in rr.quarantined)

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from allocator._native import _fast, crc32c
+from allocator.errors import CorruptHeapError, UnsupportedVersionError
 from recovery.check import check_heap, format_report
 from store import Store
 from store.errors import (
@@ -28,7 +29,7 @@ from store.errors import (
 )
 
 INLINE_MAX = 4096
-SIZES = [0, 1, 100, 4096, 4097, 70_000, 1 << 20]
+SIZES = [0, 1, 100, 256, 257, 4096, 4097, 70_000, 1 << 20]
 WRONG_ETAG = "0" * 32
 
 
@@ -573,7 +574,7 @@ def _corrupt_one(tmp_path, size: int, *, flip_at: int | None = None):
 
 
 @pytest.mark.corrupts_heap
-@pytest.mark.parametrize("size", [1, 100, 4096, 4097, 70_000])
+@pytest.mark.parametrize("size", [1, 100, 256, 257, 4096, 4097, 70_000])
 def test_I4_flipped_value_byte_is_never_returned(tmp_path, size):
     path, value, _ = _corrupt_one(tmp_path, size)
     with _open(path, create=False) as s:
@@ -603,7 +604,70 @@ def test_I4_flipped_value_byte_is_never_returned(tmp_path, size):
 
 
 @pytest.mark.corrupts_heap
-@pytest.mark.parametrize("size", [100, 70_000])
+@pytest.mark.parametrize("field_off", [4, 5, 8, 15], ids=["height_flags", "ctype_size", "mtime", "mtime-top"])
+def test_I2_record_failing_its_crc_is_refused_on_read_and_the_rest_is_served(tmp_path, field_off):
+    path = tmp_path / "s.heap"
+    with _open(path) as s:
+        s.put("before", b"neighbour-a")
+        s.put("k", b"v" * 100, content_type="text/plain")
+        s.put("zafter", b"neighbour-z")
+        rec_off = s._index.head(b"k").rec_off
+    if field_off == 4:      # height 1 -> 2 would move the tail: flip INLINE's neighbour bit 6 (must be 0)
+        with open(path, "r+b") as f:
+            f.seek(rec_off + 4)
+            b = f.read(1)[0]
+            f.seek(rec_off + 4)
+            f.write(bytes([b ^ 0x40]))
+    else:
+        _flip(path, rec_off + field_off)
+    if field_off == 4:                  # a reserved bit: the record no longer decodes, open refuses
+        with pytest.raises(CorruptHeapError) as ei:
+            _open(path, create=False)
+        assert "I1/I2" in str(ei.value), str(ei.value)
+        return
+    with _open(path, create=False) as s:
+        with pytest.raises(CorruptObjectError):
+            s.get("k")
+        assert s.get("before")[0] == b"neighbour-a" and s.get("zafter")[0] == b"neighbour-z"
+        assert len(s) == 3
+    rep = check_heap(path)
+    assert "I2" in {f.invariant for f in rep.findings}, format_report(rep)
+    with _open(path, create=False) as s:
+        s.put("k", b"fresh")            # a replace heals the key
+        assert s.get("k")[0] == b"fresh"
+
+
+@pytest.mark.corrupts_heap
+def test_I5_store_of_another_record_layout_is_refused_by_name(tmp_path):
+    path = tmp_path / "s.heap"
+    with _open(path) as s:
+        s.put("k", b"v")
+        super_off = s.heap.root
+    with open(path, "r+b") as f:
+        f.seek(super_off + 8)
+        f.write((1).to_bytes(4, "little"))      # version 1: 64-byte record headers
+    with pytest.raises(UnsupportedVersionError) as ei:
+        _open(path, create=False)
+    assert ei.value.field == "store version" and "layout 1" in str(ei.value), str(ei.value)
+
+
+@pytest.mark.corrupts_heap
+@pytest.mark.parametrize("size", [1, 100, 256])
+def test_I4_verify_reads_off_still_refuses_a_flipped_small_value(tmp_path, size):
+    # a small value's CRC32C is not stored but computed on every read for ObjectInfo.checksum,
+    # so the record CRC that covers it is checked at no extra cost, verify_reads or not (FORMAT.md 4.7)
+    path, _, _ = _corrupt_one(tmp_path, size)
+    with _open(path, create=False, verify_reads=False) as s:
+        for read in (lambda: s.get("k"), lambda: s.get_value("k"), lambda: s.get("k", zero_copy=True),
+                     lambda: s.get_range("k", 0, 1)):
+            with pytest.raises(CorruptObjectError):
+                read()
+        assert s.head("k").size == size
+        assert s.get("before")[0] == b"neighbour-a"
+
+
+@pytest.mark.corrupts_heap
+@pytest.mark.parametrize("size", [257, 4096, 4097, 70_000])
 def test_I4_verify_reads_off_returns_the_flipped_bytes(tmp_path, size):
     path, value, flipped = _corrupt_one(tmp_path, size)
     with _open(path, create=False, verify_reads=False) as s:

@@ -48,7 +48,7 @@ def test_commit_makes_allocs_writes_sets_and_frees_visible_together(tmp_path, re
     old_c = heap.alloc(3000)
     live0 = heap.stats()["live_blocks"]
     with heap.transaction() as tx:
-        n1 = tx.alloc(100)
+        n1 = tx.alloc(108)
         tx.write(n1, b"n1" * 50)
         tx.set(w[2], n1)
         n2 = tx.alloc_into(w[3], 100_000)

@@ -13,7 +13,6 @@ from allocator._native import _fast, address, ffi, lib
 from store.errors import CorruptObjectError, NoSuchKeyError, PreconditionFailedError
 
 COND_NONE, COND_ABSENT, COND_ETAG = lib.PM_COND_NONE, lib.PM_COND_ABSENT, lib.PM_COND_ETAG
-_LIST_FIXED = struct.Struct("<QQ16s")
 SCRATCH_SIZE = 64 * 1024
 NO_LIMIT = (1 << 64) - 1     # pm_index_get: copy to the end of the value
 
@@ -277,25 +276,16 @@ class Index:
         rc = lib.pm_index_apply(self._x, arr, len(ops), int(atomic))
         return rc, [arr[i].result for i in range(len(ops))]
 
-    def list(self, after: bytes, prefix: bytes, limit: int):
-        """[(key, content_type, size, mtime_ns, etag hex)] in key order."""
-        cap = limit * lib.PM_LIST_ENTRY_MAX
-        buf = bytearray(cap)
-        n = ffi.new("uint32_t *")
-        check(lib.pm_index_list(self._x, after, len(after), prefix, len(prefix), limit, ffi.from_buffer(buf),
-                                 cap, n), "list")
-        out, pos = [], 0
-        for _ in range(n[0]):
-            ks = int.from_bytes(buf[pos:pos + 2], "little")
-            key = bytes(buf[pos + 2:pos + 2 + ks])
-            pos += 2 + ks
-            cs = int.from_bytes(buf[pos:pos + 2], "little")
-            ctype = bytes(buf[pos + 2:pos + 2 + cs])
-            pos += 2 + cs
-            size, mtime, etag = _LIST_FIXED.unpack_from(buf, pos)
-            pos += _LIST_FIXED.size
-            out.append((key, ctype, size, mtime, etag.hex()))
-        return out
+    def list(self, after: bytes, prefix: bytes, limit: int, make_info):
+        """([make_info((key, size, etag hex, content type or None, mtime_ns, crc32c))] in key
+        order, whether more follow): one allocator._fast call, the walk without the GIL."""
+        try:
+            r = _fast.index_list(self._xp, after, prefix, limit, make_info)
+        except TypeError:       # closed: _xp is None
+            _closed()
+        if type(r) is int:
+            check(r, "list")
+        return r
 
 
 _CALLS = ("count", "get", "read_value", "head", "put", "put_plain", "delete", "submit", "apply", "list")

@@ -16,6 +16,7 @@ serialised inside the index.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
 import time
@@ -50,6 +51,9 @@ class ObjectInfo(NamedTuple):
     content_type: str | None
     last_modified: int      # ns since the Unix epoch
     checksum: int           # CRC32C of the value
+
+
+_make_info = functools.partial(_new_info, ObjectInfo)   # (fields) -> ObjectInfo, for list's C loop
 
 
 def encode_key(key: str | bytes) -> bytes:
@@ -300,10 +304,8 @@ class Store:
             raise ValueError(f"limit must be 1..100000, not {limit}")
         p = prefix.encode("utf-8") if prefix else b""
         a = encode_key(after) if after else b""
-        rows = self._index.list(a, p, limit + 1)
-        infos = [ObjectInfo(key.decode("utf-8"), size, etag, ctype.decode("utf-8") or None, mtime, 0)
-                 for key, ctype, size, mtime, etag in rows[:limit]]
-        return infos, (infos[-1].key if len(rows) > limit else None)
+        infos, more = self._index.list(a, p, limit, _make_info)
+        return infos, (infos[-1].key if more else None)
 
     def __len__(self) -> int:
         return self._index.count()

@@ -601,13 +601,16 @@ static int64_t list_walk(pm_index *x, const uint8_t *after, uint32_t alen, const
         k = h->base + o.key_off;
         if (alen && from == after && bytes_cmp(k, o.key_size, after, alen) == 0) continue;   /* exclusive */
         if (plen && (o.key_size < plen || memcmp(k, prefix, plen))) break;
-        uint64_t need = 2 + o.key_size + 2 + o.ctype_size + 8 + 8 + 16;
+        uint64_t need = 2 + o.key_size + 2 + o.ctype_size + 8 + 8 + 16 + 4;
         if (used + need > cap) return -2;       /* the caller's buffer holds LIST_ENTRY_MAX per entry */
         uint8_t *p = buf + used;
         uint16_t ks = o.key_size, cs = o.ctype_size;
+        uint32_t vcrc;
+        value_check(h, r, &o, PM_VERIFY_NONE, &vcrc);  /* a small value's: its bytes are in the record */
         memcpy(p, &ks, 2); memcpy(p + 2, k, ks); p += 2 + ks;
         memcpy(p, &cs, 2); memcpy(p + 2, k + ks, cs); p += 2 + cs;
         memcpy(p, &o.value_size, 8); memcpy(p + 8, &o.mtime_ns, 8); memcpy(p + 16, o.etag, 16);
+        memcpy(p + 32, &vcrc, 4);
         used += need;
         count++;
     }
@@ -616,7 +619,8 @@ static int64_t list_walk(pm_index *x, const uint8_t *after, uint32_t alen, const
 
 /* pm_index_list -- up to limit objects with keys > after (exclusive) that start with
  * prefix, in bytewise key order, packed into buf: per object u16 key size, key, u16
- * content-type size, content type, u64 value size, u64 mtime_ns, 16-byte etag. */
+ * content-type size, content type, u64 value size, u64 mtime_ns, 16-byte etag, u32
+ * value CRC32C. */
 int pm_index_list(pm_index *x, const uint8_t *after, uint32_t alen, const uint8_t *prefix, uint32_t plen,
                   uint32_t limit, uint8_t *buf, uint64_t cap, uint32_t *count) {
     for (int attempt = 0;; attempt++) {

@@ -15,7 +15,7 @@
 #define PM_E_CORRUPT_OBJECT -22 /* a record or value fails its checksum */
 #define PM_E_BUFFER -23         /* the caller's buffer is too small: info.value_size says how much */
 
-#define PM_LIST_ENTRY_MAX 1315  /* bytes one listed object takes at most in pm_index_list's buffer */
+#define PM_LIST_ENTRY_MAX 1319  /* bytes one listed object takes at most in pm_index_list's buffer */
 
 #define PM_COND_NONE 0
 #define PM_COND_ABSENT 1        /* if_none_match: the key must not exist */

@@ -326,10 +326,19 @@ def test_list_is_in_bytewise_key_order_with_metadata(tmp_path):
         assert nxt is None
         assert [i.key for i in infos] == _bsorted(LIST_KEYS)
         for i in infos:
-            h = s.head(i.key)
-            assert (i.size, i.etag, i.content_type, i.last_modified) == \
-                (h.size, h.etag, h.content_type, h.last_modified), f"list and head disagree on {i.key!r}"
+            assert i == s.head(i.key), f"list and head disagree on {i.key!r}"
         assert list(s) == _bsorted(LIST_KEYS)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_list_gives_the_same_info_as_head_and_get(tmp_path, size):
+    # every field, the checksum included: computed for a small value, stored for a larger one
+    value = _value(size, size)
+    with _open(tmp_path / "s.heap") as s:
+        put = s.put("k", value, content_type="application/x-test")
+        (listed,), _ = s.list()
+        assert listed == put == s.head("k") == s.get("k")[1]
+        assert (listed.checksum, listed.etag, listed.size) == (crc32c(value), hashlib.md5(value).hexdigest(), size)
 
 
 @pytest.mark.parametrize("prefix", ["", "a", "a/", "a/b", "a/b/", "é", "€", "日", "zz", "A", "a/b/c/d"])

@@ -1,5 +1,6 @@
 /* allocator._fast: the hot pair (pm_alloc_into, pm_free_from) as plain CPython methods,
- * and the store's common read and put (pm_index_read, pm_index_put_plain) as functions.
+ * and the store's common read, put and list (pm_index_read, pm_index_put_plain,
+ * pm_index_list) as functions.
  *
  * Through cffi a call cost about 0.3 us here (an argument tuple, errno kept in a
  * thread-state dict, the GIL released and retaken) and the Python method around it
@@ -27,12 +28,15 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 #include "pm_index_api.h"   /* and pm_api.h: the functions' types and the PM_E_* codes */
 
 typedef __typeof__(pm_alloc_into) *alloc_into_fn;
 typedef __typeof__(pm_free_from) *free_from_fn;
 typedef __typeof__(pm_index_read) *index_read_fn;
 typedef __typeof__(pm_index_put_plain) *index_put_plain_fn;
+typedef __typeof__(pm_index_list) *index_list_fn;
 
 #define GIL_COPY_MAX 1024   /* bytes: store calls on values up to this keep the GIL */
 
@@ -40,6 +44,7 @@ static alloc_into_fn c_alloc_into;
 static free_from_fn c_free_from;
 static index_read_fn c_index_read;
 static index_put_plain_fn c_index_put_plain;
+static index_list_fn c_index_list;
 
 typedef struct {
     PyObject_HEAD
@@ -190,12 +195,13 @@ static PyType_Spec hot_spec = {"allocator._fast.Hot", sizeof(Hot), 0,
 /* bind(alloc_into, free_from, index_read, index_put_plain): the cffi module's functions' addresses */
 static PyObject *bind(PyObject *self, PyObject *args)
 {
-    unsigned long long a, f, r, p;
-    if (!PyArg_ParseTuple(args, "KKKK:bind", &a, &f, &r, &p)) return NULL;
+    unsigned long long a, f, r, p, l;
+    if (!PyArg_ParseTuple(args, "KKKKK:bind", &a, &f, &r, &p, &l)) return NULL;
     c_alloc_into = (alloc_into_fn)(uintptr_t)a;
     c_free_from = (free_from_fn)(uintptr_t)f;
     c_index_read = (index_read_fn)(uintptr_t)r;
     c_index_put_plain = (index_put_plain_fn)(uintptr_t)p;
+    c_index_list = (index_list_fn)(uintptr_t)l;
     Py_RETURN_NONE;
 }
 
@@ -256,24 +262,35 @@ static PyObject *index_read(PyObject *self, PyObject *const *args, Py_ssize_t n)
 static __thread struct pm_obj_info tl_put_info;     /* pm_index_put_plain's out, per thread */
 
 /* put_result -- (mtime_ns, crc32c, etag as hex, created) from the put's info. */
-static PyObject *put_result(const struct pm_obj_info *info, int created)
+/* etag_hex -- the 16-byte etag as 32 lowercase hex digits, a str. */
+static PyObject *etag_hex(const uint8_t *etag)
 {
     static const char digits[] = "0123456789abcdef";
     char hex[32];
-    for (int i = 0; i < 16; i++) hex[2 * i] = digits[info->etag[i] >> 4], hex[2 * i + 1] = digits[info->etag[i] & 15];
-    PyObject *t = PyTuple_New(4);
-    if (!t) return NULL;
-    PyObject *items[4] = {PyLong_FromUnsignedLongLong(info->mtime_ns), PyLong_FromUnsignedLong(info->value_crc32c),
-                          PyUnicode_FromStringAndSize(hex, 32), PyBool_FromLong(created)};
-    for (int i = 0; i < 4; i++) {
-        if (!items[i]) {
-            for (int k = i + 1; k < 4; k++) Py_XDECREF(items[k]);
-            Py_DECREF(t);
+    for (int i = 0; i < 16; i++) hex[2 * i] = digits[etag[i] >> 4], hex[2 * i + 1] = digits[etag[i] & 15];
+    return PyUnicode_FromStringAndSize(hex, 32);
+}
+
+/* tuple_of -- a tuple of n new references (each may be NULL: an error, all released). */
+static PyObject *tuple_of(PyObject **items, int n)
+{
+    PyObject *t = PyTuple_New(n);
+    for (int i = 0; i < n; i++) {
+        if (!t || !items[i]) {
+            for (int k = i; k < n; k++) Py_XDECREF(items[k]);
+            Py_XDECREF(t);
             return NULL;
         }
         PyTuple_SetItem(t, i, items[i]);    /* steals it */
     }
     return t;
+}
+
+static PyObject *put_result(const struct pm_obj_info *info, int created)
+{
+    PyObject *items[4] = {PyLong_FromUnsignedLongLong(info->mtime_ns), PyLong_FromUnsignedLong(info->value_crc32c),
+                          etag_hex(info->etag), PyBool_FromLong(created)};
+    return tuple_of(items, 4);
 }
 
 /* index_put_plain(index_addr, key, value, release_gil) -> (mtime_ns, crc32c, etag hex,
@@ -307,8 +324,78 @@ static PyObject *index_put_plain(PyObject *self, PyObject *const *args, Py_ssize
     return rc < 0 ? PyLong_FromLong(rc) : put_result(info, rc == 1);
 }
 
+/* list_entry -- make_info((key, size, etag hex, content type or None, mtime_ns, crc32c))
+ * from the pm_index_list entry at *p; advances *p. */
+static PyObject *list_entry(PyObject *make_info, const uint8_t **p)
+{
+    const uint8_t *q = *p;
+    uint16_t ks, cs;
+    uint64_t size, mtime;
+    uint32_t crc;
+    memcpy(&ks, q, 2);
+    const char *key = (const char *)q + 2;
+    q += 2 + ks;
+    memcpy(&cs, q, 2);
+    const char *ctype = (const char *)q + 2;
+    q += 2 + cs;
+    memcpy(&size, q, 8); memcpy(&mtime, q + 8, 8); memcpy(&crc, q + 32, 4);
+    *p = q + 36;
+    PyObject *ct = cs ? PyUnicode_DecodeUTF8(ctype, cs, "replace") : Py_NewRef(Py_None);
+    PyObject *items[6] = {PyUnicode_DecodeUTF8(key, ks, "strict"), PyLong_FromUnsignedLongLong(size),
+                          etag_hex(q + 16), ct, PyLong_FromUnsignedLongLong(mtime), PyLong_FromUnsignedLong(crc)};
+    PyObject *row = tuple_of(items, 6);
+    if (!row) return NULL;
+    PyObject *info = PyObject_CallFunctionObjArgs(make_info, row, NULL);
+    Py_DECREF(row);
+    return info;
+}
+
+/* index_list(index_addr, after, prefix, limit, make_info) -> ([make_info(fields)] in key
+ * order, whether more follow), or pm_index_list's negative PM_E_* code. after, prefix:
+ * bytes; fields: (key, size, etag hex, content type or None, mtime_ns, crc32c). The walk
+ * runs with the GIL released. */
+static PyObject *index_list(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (n != 5) {
+        PyErr_SetString(PyExc_TypeError, "index_list(index_addr, after, prefix, limit, make_info)");
+        return NULL;
+    }
+    void *x;
+    char *after, *prefix;
+    Py_ssize_t alen, plen;
+    if (ptr_arg(args[0], &x) < 0 || PyBytes_AsStringAndSize(args[1], &after, &alen) < 0 ||
+        PyBytes_AsStringAndSize(args[2], &prefix, &plen) < 0)
+        return NULL;
+    long limit = PyLong_AsLong(args[3]);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    if (!x || limit < 1 || limit > 1000000) return PyLong_FromLong(PM_E_ARG);
+    uint32_t want = (uint32_t)limit + 1, got = 0;      /* one more: does a next page exist? */
+    uint64_t cap = (uint64_t)want * PM_LIST_ENTRY_MAX;
+    uint8_t *buf = malloc(cap);     /* pages untouched past the entries found */
+    if (!buf) return PyErr_NoMemory();
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = c_index_list(x, (const uint8_t *)after, (uint32_t)alen, (const uint8_t *)prefix, (uint32_t)plen, want, buf,
+                      cap, &got);
+    Py_END_ALLOW_THREADS
+    PyObject *out = rc < 0 ? NULL : PyList_New(0);
+    const uint8_t *p = buf;
+    for (uint32_t i = 0; out && i < got && i < (uint32_t)limit; i++) {
+        PyObject *info = list_entry(args[4], &p);
+        if (!info || PyList_Append(out, info) < 0) Py_CLEAR(out);
+        Py_XDECREF(info);
+    }
+    free(buf);
+    if (rc < 0) return PyLong_FromLong(rc);
+    if (!out) return NULL;
+    PyObject *items[2] = {out, PyBool_FromLong(got > (uint32_t)limit)};
+    return tuple_of(items, 2);
+}
+
 static PyMethodDef methods[] = {
-    {"bind", bind, METH_VARARGS, "bind(alloc_into, free_from, index_read, index_put_plain addresses)"},
+    {"bind", bind, METH_VARARGS, "bind(alloc_into, free_from, index_read, index_put_plain, index_list addresses)"},
+    {"index_list", (PyCFunction)(void (*)(void))index_list, METH_FASTCALL,
+     "pm_index_list -> ([make_info(fields)], more), the walk without the GIL"},
     {"index_read", (PyCFunction)(void (*)(void))index_read, METH_FASTCALL,
      "pm_index_read -> the value as bytes, the GIL held for values up to GIL_COPY_MAX"},
     {"index_put_plain", (PyCFunction)(void (*)(void))index_put_plain, METH_FASTCALL,

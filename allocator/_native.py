@@ -27,7 +27,8 @@ def address(cdata) -> int:
 
 # _fast calls the cffi module's own functions (one allocator, one set of thread-locals).
 _fast.bind(*(address(ffi.addressof(lib, f)) for f in
-             ("pm_alloc_into", "pm_free_from", "pm_index_read", "pm_index_put_plain", "pm_index_list")))
+             ("pm_alloc_into", "pm_free_from", "pm_index_read", "pm_index_put_plain", "pm_index_list",
+              "pm_index_get")))
 
 BACKENDS = {"auto": lib.PM_BACKEND_AUTO, "msync": lib.PM_BACKEND_MSYNC,
             "flush": lib.PM_BACKEND_FLUSH, "none": lib.PM_BACKEND_NONE,

@@ -179,32 +179,39 @@ class Index:
             return r if type(r) is bytes else index.read_value(k)    # over 2 GiB, or the error
         return get_value
 
-    def info_reader(self, encode_key, info_cls, slow_get):
-        """Store.get as one closure, like value_reader: key -> (value, info_cls(key, size,
-        etag hex, content type, mtime, crc)). zero_copy, values past the scratch buffer and
-        errors go to slow_get (Store's general get). The key fast path and the info unpack
-        (scratch_info_fields) are written out again here on purpose: a shared helper would
-        cost the Python frame these closures exist to save."""
-        local, read, index, new, unpack = _scratch, _fast_read, self, tuple.__new__, INFO_HEAD.unpack_from
+    def info_reader(self, encode_key, make_info, slow_get):
+        """Store.get as one closure, like value_reader: key -> (value, make_info((key, size,
+        etag hex, content type, mtime, crc))), both built in C. zero_copy, values past the
+        scratch buffer and errors go to slow_get (Store's general get). The key fast path is
+        written out again here on purpose: a shared helper would cost the Python frame these
+        closures exist to save."""
+        local, read, index = _scratch, _fast.index_read_info, self
 
         def get(key, *, zero_copy: bool = False):
             if zero_copy:
                 return slow_get(key, zero_copy=True)
             if type(key) is str and 0 < len(key) <= 256 and key.isprintable():
-                k = key.encode()
+                k, ks = key.encode(), key
             else:
                 k = encode_key(key)
-            req, iv = local.read
+                ks = key if type(key) is str else k.decode()
             try:
-                r = read(index._xp, k, req)
+                r = read(index._xp, k, local.read[0], ks, make_info)
             except TypeError:       # closed: _xp is None
                 _closed()
-            if type(r) is not bytes:
-                return slow_get(key)
-            _, _, size, mtime, crc, n, etag = unpack(iv)
-            ct = iv[_INFO_CTYPE_OFF:_INFO_CTYPE_OFF + n].decode("utf-8", "replace") if n else None
-            return r, new(info_cls, (key if type(key) is str else k.decode(), size, etag.hex(), ct, mtime, crc))
+            return r if type(r) is tuple else slow_get(key)
         return get
+
+    def head_info(self, key: bytes, key_str: str, make_info):
+        """make_info((key_str, size, etag hex, content type, mtime, crc)) of key, built in C
+        (one call, the GIL held: it reads the record only); a damaged value's metadata too."""
+        try:
+            r = _fast.index_head(self._xp, key, lib.PM_VERIFY_NONE, key_str, make_info)
+        except TypeError:       # closed: _xp is None
+            _closed()
+        if type(r) is int:
+            check(r, "head", key)
+        return r
 
     def head(self, key: bytes, verify: int = lib.PM_VERIFY_NONE):
         """The object's info (this thread's scratch struct). verify: PM_VERIFY_NONE (the

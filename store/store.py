@@ -53,7 +53,7 @@ class ObjectInfo(NamedTuple):
     checksum: int           # CRC32C of the value
 
 
-_make_info = functools.partial(_new_info, ObjectInfo)   # (fields) -> ObjectInfo, for list's C loop
+_make_info = functools.partial(_new_info, ObjectInfo)   # (fields) -> ObjectInfo, called by allocator._fast
 
 
 def encode_key(key: str | bytes) -> bytes:
@@ -104,7 +104,7 @@ class Store:
         self._index = index
         self.durability = durability
         self.get_value = index.value_reader(encode_key)     # the hot reads, one frame each
-        self.get = index.info_reader(encode_key, ObjectInfo, Store.get.__get__(self))
+        self.get = index.info_reader(encode_key, _make_info, Store.get.__get__(self))
         self.max_object_size = max_object_size
         self.report = {**dataclasses.asdict(heap.report), **{f"index_{k}": v for k, v in index.report.items()}}
         # Group commit pays off where a barrier is slow (msync: a device wait); with CPU-cache
@@ -272,7 +272,7 @@ class Store:
 
     def head(self, key) -> ObjectInfo:
         k = encode_key(key)
-        return self._info(k, self._index.head(k))
+        return self._index.head_info(k, key if type(key) is str else k.decode(), _make_info)
 
     def delete(self, key, *, if_match: str | None = None) -> None:
         """Remove key (NoSuchKeyError if absent; PreconditionFailedError if if_match fails)."""

@@ -11,7 +11,7 @@ from storeutil import checker_loops, head_off, key_off, make_store, peek, poke, 
 from allocator import Heap
 from recovery import check_store
 from recovery import format as fmt
-from recovery.check import check_heap
+from recovery.check import check_heap, format_report
 
 
 def _ids(path) -> set[str]:
@@ -20,6 +20,13 @@ def _ids(path) -> set[str]:
 
 def _found(path, **kw) -> list[tuple[str, int]]:
     return [(f.invariant, f.off) for f in check_heap(path, **kw).findings]
+
+
+def _assert_one_i2(path, rec_off: int, words: str) -> None:
+    """The checker finds exactly one thing, I2 at the record, and its message says words."""
+    rep = check_heap(path)
+    assert [(f.invariant, f.off) for f in rep.findings] == [("I2", rec_off)], format_report(rep)
+    assert words in rep.findings[0].message, rep.findings[0].message
 
 
 def _record_crc(path, rec, value_crc32c: int) -> int:
@@ -94,9 +101,7 @@ def test_I2_a_damaged_key_fails_the_record_crc(tmp_path, key):
     r = records(path)[key]
     assert peek(path, key_off(r), len(r.key)) == r.key
     poke(path, key_off(r) + 1, b"7")        # k7: still in key order, so only the CRC can tell
-    rep = check_heap(path)
-    assert [(f.invariant, f.off) for f in rep.findings] == [("I2", r.off)]
-    assert "crc32c" in rep.findings[0].message
+    _assert_one_i2(path, r.off, "crc32c")
 
 
 @pytest.mark.corrupts_heap
@@ -108,9 +113,7 @@ def test_I2_a_flipped_small_value_byte_fails_the_record_crc(tmp_path):
     assert r.value_block == 0 and r.value_size <= fmt.OBJ_SMALL_MAX
     assert r.value_off == key_off(r) + len(r.key) + r.hdr["ctype_size"]
     poke(path, r.value_off + 17, bytes([peek(path, r.value_off + 17, 1)[0] ^ 1]))
-    rep = check_heap(path)
-    assert [(f.invariant, f.off) for f in rep.findings] == [("I2", r.off)]
-    assert "inline value" in rep.findings[0].message
+    _assert_one_i2(path, r.off, "inline value")
     assert _found(path, verify_values=False) == [("I2", r.off)]
 
 
@@ -121,9 +124,7 @@ def test_I2_reserved_height_flags_bits_are_reported(tmp_path):
     r = records(path)["obj/04"]
     poke(path, r.off + 4, bytes([r.hdr["height_flags"] | 0x20]))   # the height is unchanged
     _fix_crc(path, r, r.hdr["value_crc32c"])                         # and the CRC holds
-    rep = check_heap(path)
-    assert [(f.invariant, f.off) for f in rep.findings] == [("I2", r.off)]
-    assert "reserved" in rep.findings[0].message
+    _assert_one_i2(path, r.off, "reserved")
 
 
 @pytest.mark.corrupts_heap
@@ -137,9 +138,7 @@ def test_I2_an_external_value_of_at_most_4096_bytes_is_reported(tmp_path):
     poke(path, tail_off(r), struct.pack("<Q", fmt.OBJ_INLINE_MAX))
     poke(path, tail_off(r) + 16, struct.pack("<I", vcrc))
     _fix_crc(path, r, vcrc)
-    rep = check_heap(path)
-    assert [(f.invariant, f.off) for f in rep.findings] == [("I2", r.off)]
-    assert "4096" in rep.findings[0].message
+    _assert_one_i2(path, r.off, "4096")
 
 
 @pytest.mark.corrupts_heap

@@ -127,7 +127,7 @@ static int decode(pm_heap *h, uint64_t r, struct rec *o) {
 }
 
 /* rec_crc -- FORMAT.md 4.7: the value's CRC32C, bytes [4, 16), the tail through the
- * content type (I2; through vcrc, I4 of an inline value). */
+ * content type (I2; through vcrc, I4 of a small value). */
 static uint32_t rec_crc(pm_heap *h, uint64_t r, const struct rec *o, uint32_t vcrc) {
     uint32_t c = pm_crc32c(0, &vcrc, 4);
     c = pm_crc32c(c, h->base + r + 4, PMD_OBJ_HDR_SIZE - 4);
@@ -395,7 +395,7 @@ int pm_index_open(pm_heap *h, uint64_t super_off, pm_index **out, struct pm_inde
     atomic_store(&x->tab, t);
     int rc = PM_OK;
     /* No CRC here: a record that fails its CRC (I2/I4: a flipped byte in its key, fields or
-     * inline value) stays reachable, and reading it raises CorruptObjectError, so one bad
+     * small value) stays reachable, and reading it raises CorruptObjectError, so one bad
      * object does not keep the others from being served (the checker reports it). */
     uint64_t prev = 0, steps = 0, limit = pm_heap_size(h) / 24;   /* the smallest record: 16 + 8 bytes */
     for (uint64_t r = pm_load8(h, next_word(head, 0)); r; r = pm_load8(h, next_word(r, 0))) {
@@ -429,8 +429,8 @@ void pm_index_close(pm_index *x) {
 uint64_t pm_index_count(pm_index *x) { return atomic_load(&x->count); }
 
 /* pm_index_get -- copy value[start:start+limit] of key into dst (no lock; retried if a
- * write lands meanwhile). verify: check the whole value's CRC32C (I4).
- * Returns bytes copied, PM_E_NOT_FOUND, PM_E_BUFFER (info filled, but for an inline
+ * write lands meanwhile). verify: PM_VERIFY_* (pm_index_api.h), over the whole value.
+ * Returns bytes copied, PM_E_NOT_FOUND, PM_E_BUFFER (info filled, but for a small
  * value's CRC32C: cap too small for the wanted part of the value), or PM_E_CORRUPT_OBJECT. */
 int pm_index_get(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t start, uint64_t limit, uint8_t *dst,
                  uint64_t cap, int verify, struct pm_obj_info *info) {
@@ -454,7 +454,7 @@ int pm_index_get(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t start,
                 fill_info(h, r, &o, o.value_crc32c, info);
                 rc = PM_E_BUFFER;
             } else {
-                int ok = value_check(h, r, &o, verify, &vcrc);  /* I4 (and I2 of an inline record) */
+                int ok = value_check(h, r, &o, verify, &vcrc);  /* I2, I4 */
                 fill_info(h, r, &o, vcrc, info);
                 memcpy(dst, h->base + o.value_off + (start < o.value_size ? start : o.value_size), want);
                 rc = ok ? (int)(want > INT32_MAX ? INT32_MAX : want) : PM_E_CORRUPT_OBJECT;

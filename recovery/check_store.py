@@ -101,14 +101,13 @@ def _record(buf, off: int, blocks: dict[int, int], *, head: bool = False) -> tup
     t = fmt.OBJ_HDR_SIZE + 8 * h                        # the tail, from off
     if t + (fmt.OBJ_TAIL_INLINE if inline else fmt.OBJ_TAIL_EXT) > block_size:
         return None, "I2", f"record {off}: {t} bytes of header and pointers leave no room for its tail"
-    size = _TAIL_INLINE.unpack_from(buf, off + t)[0] if inline else None
+    size, etag = _TAIL_INLINE.unpack_from(buf, off + t) if inline else (None, None)
     tail = fmt.obj_tail_size(size)
     end = t + tail + ks + cs                            # the end of the content type, from off
     if end > block_size:
         return None, "I2", (f"record {off}: {end} bytes of header, pointers, tail, key and content type overrun "
                             f"its {block_size}-byte block")
     if inline:
-        size, etag = _TAIL_INLINE.unpack_from(buf, off + t)
         vblock, voff = 0, off + end
         if head and size:
             return None, "I2", f"head {off}: value_size {size}, expected 0"

@@ -36,8 +36,6 @@ DURABILITY_BACKENDS = {"sync": "auto", "os": "none"}
 # carry a whole batch (about 8 entries per operation: 1000 operations fit).
 STORE_LANE_COUNT = 4
 STORE_LANE_SIZE = 256 << 10
-# struct pm_obj_info up to its etag: rec_off, value_off, value_size, mtime_ns, crc32c, ctype_size, etag
-_INFO_HEAD = _index.INFO_HEAD
 _new_info = tuple.__new__     # ObjectInfo without NamedTuple's Python-level __new__ (hot path)
 _md5 = hashlib.md5
 _NO_COND = (_index.COND_NONE, None)

@@ -230,17 +230,35 @@ static int index_args(PyObject *const *args, void **x, const char **key)
  * size is then in small_req's info) is read again straight into a bytes object of that
  * size, with the GIL released. Values over 2 GiB come back as PM_E_BUFFER (the caller's
  * general path reads them). */
+static PyObject *read_whole(void *x, const char *key, const struct pm_read_req *sr);
+
+/* read_args -- index_read's three arguments; 1 if the index or the request is missing
+ * (a closed index: the caller returns PM_E_ARG). */
+static int read_args(PyObject *const *args, void **x, const char **key, const struct pm_read_req **sr)
+{
+    void *small;
+    if (index_args(args, x, key) < 0 || ptr_arg(args[2], &small) < 0) return -1;
+    *sr = small;
+    return !*x || !small;
+}
+
 static PyObject *index_read(PyObject *self, PyObject *const *args, Py_ssize_t n)
 {
     if (n != 3) {
         PyErr_SetString(PyExc_TypeError, "index_read(index_addr, key, small_req_addr)");
         return NULL;
     }
-    void *x, *small;
+    void *x;
     const char *key;
-    if (index_args(args, &x, &key) < 0 || ptr_arg(args[2], &small) < 0) return NULL;
-    if (!x || !small) return PyLong_FromLong(PM_E_ARG);
-    const struct pm_read_req *sr = small;
+    const struct pm_read_req *sr;
+    int bad = read_args(args, &x, &key, &sr);
+    if (bad) return bad < 0 ? NULL : PyLong_FromLong(PM_E_ARG);
+    return read_whole(x, key, sr);
+}
+
+/* read_whole -- index_read's work: the value as bytes, or a PM_E_* code as an int. */
+static PyObject *read_whole(void *x, const char *key, const struct pm_read_req *sr)
+{
     int rc = c_index_read(x, key, sr);
     while (rc == PM_E_BUFFER && sr->info->value_size <= INT32_MAX) {
         uint64_t size = sr->info->value_size;
@@ -264,7 +282,6 @@ static PyObject *index_read(PyObject *self, PyObject *const *args, Py_ssize_t n)
 
 static __thread struct pm_obj_info tl_put_info;     /* pm_index_put_plain's out, per thread */
 
-/* put_result -- (mtime_ns, crc32c, etag as hex, created) from the put's info. */
 /* etag_hex -- the 16-byte etag as 32 lowercase hex digits, a str. */
 static PyObject *etag_hex(const uint8_t *etag)
 {
@@ -289,6 +306,7 @@ static PyObject *tuple_of(PyObject **items, int n)
     return t;
 }
 
+/* put_result -- (mtime_ns, crc32c, etag as hex, created) from the put's info. */
 static PyObject *put_result(const struct pm_obj_info *info, int created)
 {
     PyObject *items[4] = {PyLong_FromUnsignedLongLong(info->mtime_ns), PyLong_FromUnsignedLong(info->value_crc32c),
@@ -417,14 +435,14 @@ static PyObject *index_read_info(PyObject *self, PyObject *const *args, Py_ssize
         PyErr_SetString(PyExc_TypeError, "index_read_info(index_addr, key, small_req_addr, key_str, make_info)");
         return NULL;
     }
-    PyObject *v = index_read(self, args, 3);
+    void *x;
+    const char *key;
+    const struct pm_read_req *sr;
+    int bad = read_args(args, &x, &key, &sr);
+    if (bad) return bad < 0 ? NULL : PyLong_FromLong(PM_E_ARG);
+    PyObject *v = read_whole(x, key, sr);
     if (!v || !PyBytes_Check(v)) return v;      /* an error, or a code */
-    void *small;
-    if (ptr_arg(args[2], &small) < 0) {
-        Py_DECREF(v);
-        return NULL;
-    }
-    PyObject *items[2] = {v, info_of(args[4], args[3], ((const struct pm_read_req *)small)->info)};
+    PyObject *items[2] = {v, info_of(args[4], args[3], sr->info)};
     return tuple_of(items, 2);
 }
 

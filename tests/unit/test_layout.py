@@ -137,7 +137,7 @@ def test_store_magic_spells_its_name():
 
 
 def test_store_info_unpack_matches_the_c_struct():
-    from store._index import INFO_HEAD as _INFO_HEAD   # the unpack scratch_info_fields uses
+    from store._index import INFO_HEAD as _INFO_HEAD  # the unpack scratch_info_fields uses
     t = _native.ffi.typeof("struct pm_obj_info")
     names = [n for n, _ in t.fields][:7]
     assert names == ["rec_off", "value_off", "value_size", "mtime_ns", "value_crc32c", "ctype_size", "etag"]

@@ -14,12 +14,13 @@ from cffi import FFI
 CSRC = pathlib.Path(__file__).parent / "csrc"
 STORE_CSRC = pathlib.Path(__file__).parent.parent / "store" / "csrc"
 STORE_SOURCES = ["index.c", "md5.c"]   # the store's C hot path (index lookup, object copy) in the same extension
-# Each mutant removes one barrier, reorders one commit step, or reuses freed memory too early
+# Each mutant removes one barrier, reorders one commit step, reuses freed memory too early,
+# or breaks the journal (skips its replay, or its record's barrier)
 # (recovery/mutants.py runs them).
 MUTANTS = {"": "", **{m: f"-DPMSTORE_MUTANT_{m.upper()}" for m in
                       ("noinval", "noapplyfence", "nocheck", "nodata", "applyfirst", "earlyclear",
-                       "nolimbo")}}
-SOURCES = ["pmem.c", "crc32c.c", "trace.c", "redo.c", "classes.c", "span.c", "alloc.c"]
+                       "nolimbo", "noreplay", "jnlnosync")}}
+SOURCES = ["pmem.c", "crc32c.c", "trace.c", "redo.c", "journal.c", "classes.c", "span.c", "alloc.c"]
 
 
 def _cdef_text(name: str, folder: pathlib.Path = CSRC) -> str:

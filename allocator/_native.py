@@ -173,6 +173,28 @@ class Mapping:
         return memoryview(ffi.buffer(lib.pm_heap_base(h) + off, size)).toreadonly()
 
     # -- redo
+    def journal_init(self, journal_off: int, journal_size: int) -> None:
+        check(lib.pm_journal_init(self._handle(), journal_off, journal_size), "init the journal")
+
+    def journal_recover(self) -> int:
+        """Replay the journal's records of the current epoch (FORMAT.md 7.11); returns how many."""
+        rep = ffi.new("struct pm_journal_report *")
+        rc = lib.pm_journal_recover(self._handle(), rep)
+        if rc == lib.PM_E_CORRUPT:
+            raise errors.CorruptHeapError(None, "journal", f"journal record at offset {rep.bad_off} passes its CRC "
+                                   "but names impossible ranges (J2); nothing was applied")
+        check(rc, "replay the journal")
+        return rep.records
+
+    def journal_checkpoint(self) -> None:
+        check(lib.pm_journal_checkpoint(self._handle()), "checkpoint the journal")
+
+    def journal_stats(self) -> dict:
+        st = ffi.new("struct pm_journal_stats *")
+        lib.pm_journal_stats(self._handle(), st)
+        return {"in_use": bool(st.in_use), "records": st.records, "bytes": st.bytes,
+                "checkpoints": st.checkpoints, "epoch": st.epoch, "dirty_pages": st.dirty_pages}
+
     def redo_init(self, redo_off: int, lane_count: int, lane_size: int) -> None:
         check(lib.pm_redo_init(self._handle(), redo_off, lane_count, lane_size), "init redo lanes")
 

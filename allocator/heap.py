@@ -45,6 +45,7 @@ class RecoveryReport:
 
     was_clean: bool
     header_copy_restored: str | None
+    journal_records_replayed: int
     lanes_replayed: int
     lanes_discarded: int
     entries_applied: int
@@ -81,14 +82,16 @@ class Heap:
     @classmethod
     def create(cls, path, *, size: int = 64 << 20, max_size: int | None = None,
                lane_count: int = layout.DEFAULT_LANE_COUNT, lane_size: int = layout.DEFAULT_LANE_SIZE,
-               backend: str = "auto", trace: bool = False) -> Heap:
-        """Create a heap of `size` bytes that grows on demand up to max_size (default 16 GiB)."""
+               journal_size: int = 0, backend: str = "auto", trace: bool = False) -> Heap:
+        """Create a heap of `size` bytes that grows on demand up to max_size (default 16 GiB).
+        `journal_size` > 0 gives it a barrier journal: on the msync backend a barrier then
+        writes one sequential record instead of every page it covers (FORMAT.md 7.11)."""
         max_size = DEFAULT_MAX_SIZE if max_size is None else max_size
         max_size = max(max_size, size)
         max_size = -(-max_size // layout.PAGE_SIZE) * layout.PAGE_SIZE
         HeapFile.create(path, size=size, max_size=max_size, lane_count=lane_count, lane_size=lane_size,
                         meta_size=meta_size_for(max_size), class_table_id=CLASS_TABLE_ID,
-                        backend=backend).close()
+                        journal_size=journal_size, backend=backend).close()
         return cls.open(path, backend=backend, trace=trace)
 
     @classmethod
@@ -119,7 +122,7 @@ class Heap:
         hf = HeapFile.open(path, backend=backend, trace=trace, validate=validate, before_ready=before_ready)
         rep: OpenReport = hf.report
         report = RecoveryReport(was_clean=rep.was_clean, header_copy_restored=rep.header_copy_restored,
-                                lanes_replayed=rep.lanes_replayed, lanes_discarded=rep.lanes_discarded,
+                                journal_records_replayed=rep.journal_records_replayed, lanes_replayed=rep.lanes_replayed, lanes_discarded=rep.lanes_discarded,
                                 entries_applied=rep.entries_applied, replay_ms=rep.recovery_ms, **scan)
         return cls(hf, report)
 

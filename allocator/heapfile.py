@@ -41,6 +41,7 @@ class OpenReport:
 
     was_clean: bool                 # the previous holder closed it cleanly
     header_copy_restored: str | None  # "A" or "B" when one copy was torn or stale and is rewritten
+    journal_records_replayed: int   # barrier journal records re-applied (FORMAT.md 7.11)
     lanes_replayed: int
     lanes_discarded: int
     entries_applied: int
@@ -119,8 +120,10 @@ def validate_headers(path, raw_a: bytes, raw_b: bytes, actual_size: int) -> tupl
         bad("root_off", f"is {f['root_off']}, expected {layout.ROOT_OFF}")
     if f["redo_off"] != layout.REDO_OFF:
         bad("redo_off", f"is {f['redo_off']}, expected {layout.REDO_OFF}")
-    if f["meta_off"] != layout.meta_off_for(f["lane_count"], f["lane_size"]):
-        bad("meta_off", f"is {f['meta_off']}, expected the end of the redo lanes")
+    if f["journal_size"] and (f["journal_size"] < 2 * layout.JNL_HDR_SIZE or f["journal_size"] % layout.OS_PAGE_SIZE):
+        bad("journal_size", f"is {f['journal_size']}, expected 0 or a multiple of 4096 of at least 8192")
+    if f["meta_off"] != layout.meta_off_for(f["lane_count"], f["lane_size"], f["journal_size"]):
+        bad("meta_off", f"is {f['meta_off']}, expected the end of the redo lanes and the journal")
     if f["data_off"] < f["meta_off"] or f["data_off"] % layout.PAGE_SIZE:
         bad("data_off", f"is {f['data_off']}, expected a page-aligned offset past meta_off")
     if f["file_size"] < f["data_off"] or f["file_size"] % layout.OS_PAGE_SIZE:
@@ -150,9 +153,10 @@ class HeapFile:
     @classmethod
     def create(cls, path, *, size: int, max_size: int | None = None,
                lane_count: int = layout.DEFAULT_LANE_COUNT, lane_size: int = layout.DEFAULT_LANE_SIZE,
-               meta_size: int = 0, class_table_id: int = 0, backend: str = "auto",
+               meta_size: int = 0, class_table_id: int = 0, journal_size: int = 0, backend: str = "auto",
                trace: bool = False) -> HeapFile:
-        """Create a new heap of `size` bytes (rounded up to whole pages) that may grow to max_size."""
+        """Create a new heap of `size` bytes (rounded up to whole pages) that may grow to max_size.
+        `journal_size` bytes after the lanes hold the barrier journal (0: none; FORMAT.md 4.8)."""
         path = Path(path)
         if path.exists():
             raise FileExistsError(errno.EEXIST, f"{path}: already exists; open it or remove it first")
@@ -160,7 +164,8 @@ class HeapFile:
             raise ValueError(f"lane_count must be 1..{layout.MAX_LANE_COUNT}, not {lane_count}")
         if lane_size < 4096 or lane_size % 4096:
             raise ValueError(f"lane_size must be a positive multiple of 4096, not {lane_size}")
-        meta_off = layout.meta_off_for(lane_count, lane_size)
+        layout.check_journal_size(journal_size)
+        meta_off = layout.meta_off_for(lane_count, lane_size, journal_size)
         data_off = layout.data_off_for(meta_off, meta_size)
         file_size = max(-(-size // layout.PAGE_SIZE) * layout.PAGE_SIZE, data_off + layout.PAGE_SIZE)
         max_size = max(file_size, DEFAULT_MAX_SIZE if max_size is None else max_size)
@@ -170,7 +175,8 @@ class HeapFile:
             raise ValueError(f"size {file_size} exceeds max_size {max_size}")
         header = Header(uuid=uuidlib.uuid4().bytes, generation=1, file_size=file_size, max_size=max_size,
                         lane_count=lane_count, lane_size=lane_size, meta_off=meta_off, data_off=data_off,
-                        created_ns=time.time_ns(), clean_shutdown=1, class_table_id=class_table_id)
+                        created_ns=time.time_ns(), clean_shutdown=1, class_table_id=class_table_id,
+                        journal_size=journal_size)
         tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -232,13 +238,16 @@ class HeapFile:
             if trace:
                 mapping.trace_start()
             t0 = time.perf_counter()
+            mapping.journal_init(layout.journal_off_for(header.lane_count, header.lane_size), header.journal_size)
             mapping.redo_init(header.redo_off, header.lane_count, header.lane_size)
             try:
+                journaled = mapping.journal_recover()   # first: it gives the lanes their barriers' bytes
                 rec = mapping.redo_recover()
             except CorruptHeapError as e:
                 raise CorruptHeapError(path, e.field, str(e).split(": ", 2)[-1]) from None
             report = OpenReport(was_clean=bool(header.clean_shutdown), header_copy_restored=restored,
-                                recovery_ms=(time.perf_counter() - t0) * 1e3, **rec)
+                                recovery_ms=(time.perf_counter() - t0) * 1e3,
+                                journal_records_replayed=journaled, **rec)
             hf = cls(path, fd, mapping, header, report)
             if before_ready is not None:
                 before_ready(hf)
@@ -298,8 +307,10 @@ class HeapFile:
 
     def mark_clean(self) -> None:
         """The close path's writes: settle the last commits' words and empty the lanes
-        (FORMAT.md 7.1), then mark the header clean."""
+        (FORMAT.md 7.1), write the whole heap back and retire the journal (7.11), then
+        mark the header clean."""
         self.mapping.redo_quiesce()
+        self.mapping.journal_checkpoint()
         self.update_header(clean_shutdown=1)
 
     def abandon(self) -> None:

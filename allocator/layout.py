@@ -12,7 +12,7 @@ import struct
 
 from allocator import _native
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAGIC = b"PMSTHEAP"
 HEADER_SIZE = 256
 HEADER_A_OFF = 0
@@ -28,6 +28,8 @@ REDO_OP_OR = 1
 REDO_OP_ANDNOT = 2
 REDO_OP_CHECK = 3  # internal: written by commits that carry data (L5), never by callers
 CRC_COVERED_SIZE = 252  # H3: the CRC covers bytes [0, 252)
+JNL_HDR_SIZE = 4096     # the journal's header page (its epoch word); records follow (4.8)
+JNL_REC_HDR_SIZE = 24
 
 DEFAULT_LANE_COUNT = 16
 DEFAULT_LANE_SIZE = 4096
@@ -39,7 +41,7 @@ HEADER_FIELDS = (
     ("generation", "Q"), ("file_size", "Q"), ("max_size", "Q"), ("page_size", "I"),
     ("lane_count", "I"), ("lane_size", "I"), ("class_table_id", "I"), ("root_off", "Q"),
     ("redo_off", "Q"), ("meta_off", "Q"), ("data_off", "Q"), ("created_ns", "Q"),
-    ("clean_shutdown", "I"), ("flags", "I"), ("reserved", "132s"), ("crc32c", "I"),
+    ("clean_shutdown", "I"), ("flags", "I"), ("journal_size", "Q"), ("reserved", "124s"), ("crc32c", "I"),
 )
 _HEADER = struct.Struct("<" + "".join(code for _, code in HEADER_FIELDS))
 assert _HEADER.size == HEADER_SIZE
@@ -68,6 +70,7 @@ class Header:
     created_ns: int
     clean_shutdown: int
     class_table_id: int = 0
+    journal_size: int = 0
     page_size: int = PAGE_SIZE
     root_off: int = ROOT_OFF
     redo_off: int = REDO_OFF
@@ -104,10 +107,22 @@ def redo_region_size(lane_count: int, lane_size: int) -> int:
     return lane_count * lane_size
 
 
-def meta_off_for(lane_count: int, lane_size: int) -> int:
-    """First byte after the redo lanes, OS-page aligned."""
+def journal_off_for(lane_count: int, lane_size: int) -> int:
+    """First byte after the redo lanes, OS-page aligned: where the journal starts."""
     end = REDO_OFF + redo_region_size(lane_count, lane_size)
     return -(-end // OS_PAGE_SIZE) * OS_PAGE_SIZE
+
+
+def meta_off_for(lane_count: int, lane_size: int, journal_size: int = 0) -> int:
+    """First byte after the redo lanes and the journal."""
+    return journal_off_for(lane_count, lane_size) + journal_size
+
+
+def check_journal_size(journal_size: int) -> None:
+    """0 (no journal) or whole OS pages, at least the header page and one page of records."""
+    if journal_size and (journal_size < 2 * JNL_HDR_SIZE or journal_size % OS_PAGE_SIZE):
+        raise ValueError(f"journal_size must be 0 or a multiple of {OS_PAGE_SIZE} of at least "
+                         f"{2 * JNL_HDR_SIZE}, not {journal_size}")
 
 
 def data_off_for(meta_off: int, meta_size: int) -> int:

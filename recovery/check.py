@@ -2,7 +2,7 @@
 
 Reads the file through recovery/format.py (a transcription of FORMAT.md) and never
 calls allocator code, so an allocator bug cannot hide itself (STYLE.md principle 7).
-Checks H1-H6 (header copies), L1-L3 (redo lanes), R1 (root word) and P1-P5 (page
+Checks H1-H6 (header copies), J1-J3 (barrier journal), L1-L3 (redo lanes), R1 (root word) and P1-P5 (page
 descriptors and run bitmaps), then, when the root names a store superblock, the index
 and objects (I1-I5, recovery/check_store.py); returns every finding with its invariant
 ID, offset and a message, plus the set of allocated blocks.
@@ -46,6 +46,7 @@ class Report:
     spans: int = 0
     objects: int = 0
     value_bytes: int = 0
+    journal_records: int = 0    # not at rest: journal records replayed (in a private copy) first
     lanes_replayed: int = 0     # not at rest: lanes replayed (in a private copy) before the checks
     store: object = None    # check_store.StoreWalk of a store heap, else None
     file_size: int = 0
@@ -112,6 +113,8 @@ def _check(buf, size: int, rep: Report, at_rest: bool, verify_values: bool = Tru
     _check_header_fields(h, size, rep)
     if rep.findings and any(f.invariant in ("H2", "H5", "H6") for f in rep.findings):
         return  # the rest of the layout cannot be trusted
+    if not _check_journal(buf, h, rep, at_rest):
+        return  # J2: recovery refuses the file, so the heap it would leave is undefined
     _check_lanes(buf, h, rep, at_rest)
     _check_pages(buf, h, rep)
     root = struct.unpack_from("<Q", buf, fmt.ROOT_OFF)[0]
@@ -136,8 +139,10 @@ def _check_header_fields(h: dict, size: int, rep: Report) -> None:
         bad("lane_count/lane_size", f"{h['lane_count']} x {h['lane_size']}")
     if h["root_off"] != fmt.ROOT_OFF or h["redo_off"] != fmt.REDO_OFF:
         bad("root_off/redo_off", f"{h['root_off']}, {h['redo_off']}")
-    lanes_end = fmt.REDO_OFF + h["lane_count"] * h["lane_size"]
-    if h["meta_off"] != -(-lanes_end // fmt.OS_PAGE_SIZE) * fmt.OS_PAGE_SIZE:
+    js = h["journal_size"]
+    if js and (js < 2 * fmt.JNL_HDR_SIZE or js % fmt.OS_PAGE_SIZE):
+        bad("journal_size", str(js))
+    if h["meta_off"] != fmt.journal_off(h["lane_count"], h["lane_size"]) + js:
         bad("meta_off", str(h["meta_off"]))
     if h["data_off"] % fmt.PAGE_SIZE or h["data_off"] < h["meta_off"]:
         bad("data_off", str(h["data_off"]))
@@ -149,6 +154,56 @@ def _check_header_fields(h: dict, size: int, rep: Report) -> None:
         bad("class_table_id", f"{h['class_table_id']}, this checker knows {fmt.CLASS_TABLE_ID}", "H6")
     if h["class_table_id"] and h["meta_off"] + 8 * -(-h["max_size"] // fmt.PAGE_SIZE) > h["data_off"]:
         rep.add("P5", h["meta_off"], "the descriptor table does not cover max_size below data_off")
+
+
+def _check_journal(buf, h: dict, rep: Report, at_rest: bool) -> bool:
+    """J1-J3 (FORMAT.md 4.8). The records of the current epoch are those from the first,
+    with seq 0, 1, 2, ..., up to the first whose size, seq or CRC fails. At rest there is
+    none (J3). Not at rest they are replayed into buf, in order, before the lanes are
+    read -- unless one names an impossible range (J2): then False, nothing replayed."""
+    size = h["journal_size"]
+    if not size:
+        return True
+    lo = fmt.journal_off(h["lane_count"], h["lane_size"])
+    end = lo + size
+    epoch = struct.unpack_from("<Q", buf, lo)[0]
+    records, pos = [], lo + fmt.JNL_HDR_SIZE
+    while pos + fmt.JNL_REC_STRUCT.size <= end:
+        crc, rsize, seq, count, reserved = fmt.JNL_REC_STRUCT.unpack_from(buf, pos)
+        if rsize < fmt.JNL_REC_STRUCT.size or rsize % 8 or rsize > end - pos or seq != len(records):
+            break
+        raw = bytes(buf[pos:pos + rsize])
+        if fmt.jnl_record_crc32c(epoch, raw) != crc:
+            break
+        records.append((pos, raw, count, reserved))
+        pos += rsize
+    if at_rest:
+        if records:
+            rep.add("J3", lo, f"the journal holds {len(records)} record(s) of epoch {epoch} at rest")
+        return True
+    ranges_of = []
+    for pos, raw, count, reserved in records:
+        body = len(raw) - fmt.JNL_REC_STRUCT.size
+        ok = count >= 1 and reserved == 0 and 16 * count <= body
+        data_at, ranges, prev_end = fmt.JNL_REC_STRUCT.size + 16 * count, [], fmt.ROOT_OFF
+        for i in range(count if ok else 0):
+            off, n = struct.unpack_from("<QQ", raw, fmt.JNL_REC_STRUCT.size + 16 * i)
+            if off % 8 or n % 8 or not n or off < prev_end or off + n > h["file_size"] \
+                    or (off < end and off + n > lo):
+                ok = False
+                break
+            ranges.append((off, data_at, n))
+            data_at += n
+            prev_end = off + n
+        if not ok or data_at != len(raw):
+            rep.add("J2", pos, f"journal record {len(ranges_of)} passes its CRC but its ranges are impossible")
+            return False
+        ranges_of.append((raw, ranges))
+    for raw, ranges in ranges_of:
+        for off, at, n in ranges:
+            buf[off:off + n] = raw[at:at + n]
+    rep.journal_records = len(ranges_of)
+    return True
 
 
 def _check_lanes(buf, h: dict, rep: Report, at_rest: bool) -> None:

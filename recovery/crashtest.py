@@ -50,17 +50,23 @@ PLANS = {
 }
 REDO_LANES = 4
 REDO_THREADS = 3
+# Journals small enough to fill mid-workload (FORMAT.md 7.11: full journal -> checkpoint):
+# the redo workload's records are about 100-300 bytes, the store's up to 20 KB.
+JOURNAL_REDO = 8 << 10
+JOURNAL_STORE = 16 << 10
 
 
 # ------------------------------------------------------------------ redo commits, several lanes
-def record_redo(path: Path, seed: int, commit_count: int,
-                lane_count: int = REDO_LANES) -> tuple[bytes, bytes, list[int], list[dict]]:
+def record_redo(path: Path, seed: int, commit_count: int, lane_count: int = REDO_LANES,
+                journal_size: int = 0) -> tuple[bytes, bytes, list[int], list[dict]]:
     """Random multi-word redo commits (SET, OR, ANDNOT) from three threads in turn, so
     they use different lanes and one lane's lazy invalidation must be made durable by
-    another lane's commit point (L4). Returns (base image, trace, words, models)."""
+    another lane's commit point (L4). journal_size > 0: barriers go through the journal
+    (FORMAT.md 7.11). Returns (base image, trace, words, models)."""
     from allocator import HeapFile, layout
     path.unlink(missing_ok=True)
-    HeapFile.create(path, size=128 << 10, max_size=128 << 10, lane_count=lane_count, backend="none").close()
+    HeapFile.create(path, size=128 << 10, max_size=128 << 10, lane_count=lane_count, journal_size=journal_size,
+                    backend="none").close()
     base = path.read_bytes()
     rng = random.Random(seed)
     ops = (layout.REDO_OP_SET, layout.REDO_OP_OR, layout.REDO_OP_ANDNOT)
@@ -114,8 +120,9 @@ def read_words(path: Path, words: list[int], *, backend: str = "private") -> dic
 
 
 def run_redo(seed: int, commit_count: int, max_subsets: int, workdir: Path, *, workers: int = 1,
-             lane_count: int = REDO_LANES) -> crashsim.Result:
-    base, trace, words, models = record_redo(workdir / f"r{seed}.heap", seed, commit_count, lane_count)
+             lane_count: int = REDO_LANES, journal_size: int = 0) -> crashsim.Result:
+    base, trace, words, models = record_redo(workdir / f"r{seed}.heap", seed, commit_count, lane_count,
+                                             journal_size)
 
     def check(img, point):
         acked, allowed = allowed_states(point, models)
@@ -210,14 +217,16 @@ def run_limbo(seed: int, op_count: int, max_subsets: int, workdir: Path, *, work
 # ------------------------------------------------------------------ store workloads
 
 
-def record_workload(path: Path, seed: int, op_count: int) -> tuple[bytes, bytes, list[dict]]:
+def record_workload(path: Path, seed: int, op_count: int, journal_size: int = 0) -> tuple[bytes, bytes, list[dict]]:
     """Run a random store workload on a traced heap: (base image, trace, models).
-    models[i] is the store's content after i operations; marks 2i / 2i+1 bracket op i."""
+    models[i] is the store's content after i operations; marks 2i / 2i+1 bracket op i.
+    journal_size > 0: its barriers go through a journal that small (FORMAT.md 7.11), so
+    it fills and checkpoints mid-workload."""
     from store import Store
     rng = random.Random(seed)
     path.unlink(missing_ok=True)
     base_keys = KEYS[:3]
-    with Store.open(path, initial_size=256 << 10, max_size=16 << 20, backend="none") as s:
+    with Store.open(path, initial_size=256 << 10, max_size=16 << 20, backend="none", journal_size=journal_size) as s:
         for k in base_keys:
             s.put(k, k.encode() * 3)
     # Tower heights are random: add keys the workload never touches until one of them
@@ -230,8 +239,8 @@ def record_workload(path: Path, seed: int, op_count: int) -> tuple[bytes, bytes,
         base_keys = [*base_keys, f"k/{len(base_keys):02d}~"]    # between the workload's keys
         with Store.open(path, backend="none", create=False) as s:
             s.put(base_keys[-1], base_keys[-1].encode() * 3)
-    base = path.read_bytes()
     s = Store.open(path, backend="none", create=False)
+    base = path.read_bytes()    # after open: its writes (a journal's new epoch) are durable when it returns
     m = s.heap.mapping
     m.trace_start()
     model = {k: (k.encode() * 3) for k in base_keys}
@@ -297,8 +306,9 @@ class Totals:
     violations: list = dataclasses.field(default_factory=list)
 
 
-def run_workload(seed: int, op_count: int, max_subsets: int, workdir: Path, *, workers: int = 1) -> crashsim.Result:
-    base, trace, models = record_workload(workdir / f"w{seed}.heap", seed, op_count)
+def run_workload(seed: int, op_count: int, max_subsets: int, workdir: Path, *, workers: int = 1,
+                 journal_size: int = 0) -> crashsim.Result:
+    base, trace, models = record_workload(workdir / f"w{seed}.heap", seed, op_count, journal_size)
 
     def check(img, point):
         check_image_against(img, point, models)
@@ -308,16 +318,20 @@ def run_workload(seed: int, op_count: int, max_subsets: int, workdir: Path, *, w
 
 def run(plan: Plan, *, workers: int | None = None,
         progress: Callable[[int, int, crashsim.Result], None] | None = None, workdir: str | None = None) -> Totals:
-    """Two multi-lane redo workloads, then every store workload of the plan;
+    """Two multi-lane redo workloads, the limbo workload, every store workload of the plan, then
+    the same through a small barrier journal (one redo, a quarter of the store seeds);
     progress(i, count, result) after each."""
     workers = workers or min(4, os.cpu_count() or 1)
     tot = Totals()
     jobs = [(run_redo, seed, 2 * plan.op_count, 4 * plan.max_subsets) for seed in plan.seeds[:2]]
     jobs += [(run_limbo, plan.seeds[0], 4, plan.max_subsets)]
     jobs += [(run_workload, seed, plan.op_count, plan.max_subsets) for seed in plan.seeds]
+    jobs += [(run_redo, seed, 2 * plan.op_count, 4 * plan.max_subsets, JOURNAL_REDO) for seed in plan.seeds[:1]]
+    jobs += [(run_workload, seed, plan.op_count, plan.max_subsets, JOURNAL_STORE)
+             for seed in plan.seeds[:max(1, len(plan.seeds) // 4)]]
     with tempfile.TemporaryDirectory(prefix="pmstore-crashtest-", dir=workdir or _fast_tmp()) as d:
-        for i, (fn, seed, ops, subsets) in enumerate(jobs):
-            res = fn(seed, ops, subsets, Path(d), workers=workers)
+        for i, (fn, seed, ops, subsets, *journal) in enumerate(jobs):
+            res = fn(seed, ops, subsets, Path(d), workers=workers, **({"journal_size": journal[0]} if journal else {}))
             tot.workloads += 1
             tot.crash_states += res.states
             tot.persist_points += res.points

@@ -12,7 +12,7 @@ import struct
 import crc32c as _crc32c_lib
 
 MAGIC = b"PMSTHEAP"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 HEADER_SIZE = 256
 HEADER_COPIES = {"A": 0, "B": 4096}
 HEADER_CRC_COVERS = 252
@@ -27,6 +27,8 @@ DESC_SIZE = 8
 DESC_FREE, DESC_RUN, DESC_SPAN = 0, 1, 2
 RUN_BITMAP_SIZE = 512
 CLASS_TABLE_ID = 2
+JNL_HDR_SIZE = 4096         # FORMAT.md 4.8: the journal's first page holds its epoch word
+JNL_REC_STRUCT = struct.Struct("<IIQII")   # crc32c, size, seq, range_count, reserved
 
 # FORMAT.md 4.1, in order: (field, struct code)
 HEADER_FIELDS = (
@@ -34,7 +36,7 @@ HEADER_FIELDS = (
     ("generation", "Q"), ("file_size", "Q"), ("max_size", "Q"), ("page_size", "I"),
     ("lane_count", "I"), ("lane_size", "I"), ("class_table_id", "I"), ("root_off", "Q"),
     ("redo_off", "Q"), ("meta_off", "Q"), ("data_off", "Q"), ("created_ns", "Q"),
-    ("clean_shutdown", "I"), ("flags", "I"), ("reserved", "132s"), ("crc32c", "I"),
+    ("clean_shutdown", "I"), ("flags", "I"), ("journal_size", "Q"), ("reserved", "124s"), ("crc32c", "I"),
 )
 HEADER_STRUCT = struct.Struct("<" + "".join(c for _, c in HEADER_FIELDS))
 
@@ -133,3 +135,14 @@ def obj_crc32c(value_crc32c: int, fields: bytes, tail: bytes) -> int:
     """A record's crc32c: of the value's CRC32C (4 bytes LE), header bytes [4, 16) (fields)
     and the tail from t through the end of the content type (FORMAT.md 4.7)."""
     return crc32c(tail, crc32c(fields, crc32c(value_crc32c.to_bytes(4, "little"))))
+
+
+def journal_off(lane_count: int, lane_size: int) -> int:
+    """The journal starts at the end of the redo lanes, rounded up to an OS page (FORMAT.md 3)."""
+    return -(-(REDO_OFF + lane_count * lane_size) // OS_PAGE_SIZE) * OS_PAGE_SIZE
+
+
+def jnl_record_crc32c(epoch: int, record: bytes) -> int:
+    """A journal record's CRC32C: over the epoch (le64), then the record from byte 4 on (4.8)."""
+    return crc32c(record[4:], crc32c(struct.pack("<Q", epoch)))
+

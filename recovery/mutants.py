@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-# name -> what the mutant breaks (allocator/csrc/redo.c and alloc.c, PMSTORE_MUTANT_<NAME>)
+# name -> what the mutant breaks (allocator/csrc/redo.c, alloc.c and journal.c, PMSTORE_MUTANT_<NAME>)
 MUTANTS = {
     "noinval": "a lane's invalidation is never made durable by later commit points (L4)",
     "noapplyfence": "a commit's applied words never join a later barrier (FORMAT.md 7.1 steps 2 and 4)",
@@ -29,6 +29,8 @@ MUTANTS = {
     "applyfirst": "the words are applied before the commit point (7.1 steps reordered)",
     "earlyclear": "a settled lane's seal is cleared before the barrier that makes its words durable (L4)",
     "nolimbo": "freed memory is reused while a sealed commit can still replay a word into it (L7)",
+    "noreplay": "open skips the journal's records: barriers' bytes never written back are lost (J1, J3)",
+    "jnlnosync": "a journal record is appended but not persisted before the barrier returns (7.11)",
 }
 PACKAGES = ("allocator", "store", "recovery")
 

@@ -36,6 +36,10 @@ DURABILITY_BACKENDS = {"sync": "auto", "os": "none"}
 # carry a whole batch (about 8 entries per operation: 1000 operations fit).
 STORE_LANE_COUNT = 4
 STORE_LANE_SIZE = 256 << 10
+# The barrier journal (FORMAT.md 7.11): on a file, a commit appends to it instead of
+# writing back every page it touched. A quarter of the initial size, 64 KiB to 16 MiB.
+STORE_JOURNAL_MIN_SIZE = 64 << 10
+STORE_JOURNAL_MAX_SIZE = 16 << 20
 _new_info = tuple.__new__     # ObjectInfo without NamedTuple's Python-level __new__ (hot path)
 _md5 = hashlib.md5
 _NO_COND = (_index.COND_NONE, None)
@@ -114,9 +118,12 @@ class Store:
     @classmethod
     def open(cls, path, *, create: bool = True, initial_size: int = 64 << 20, max_size: int = 16 << 30,
              durability: str = "sync", verify_reads: bool = True, max_object_size: int = DEFAULT_MAX_OBJECT_SIZE,
-             backend: str | None = None, group_commit: bool | None = None) -> Store:
+             backend: str | None = None, group_commit: bool | None = None,
+             journal_size: int | None = None) -> Store:
         """Open (or create) the store at path. `backend` overrides the durability's default;
-        `group_commit` (default: on where barriers are msyncs) lets concurrent writers share commits."""
+        `group_commit` (default: on where barriers are msyncs) lets concurrent writers share commits;
+        `journal_size` (at create; default a quarter of initial_size, 64 KiB..16 MiB; 0 for none)
+        sizes the barrier journal."""
         if durability not in DURABILITY_BACKENDS:
             raise ValueError(f"durability must be 'sync' or 'os', not {durability!r}")
         if max_object_size < 1:
@@ -127,8 +134,10 @@ class Store:
             if not create:
                 raise FileNotFoundError(f"{path}: no such store (pass create=True to make one)")
             path.parent.mkdir(parents=True, exist_ok=True)
+            if journal_size is None:
+                journal_size = min(STORE_JOURNAL_MAX_SIZE, max(STORE_JOURNAL_MIN_SIZE, initial_size // 4 >> 12 << 12))
             heap = Heap.create(path, size=initial_size, max_size=max_size, backend=backend,
-                               lane_count=STORE_LANE_COUNT, lane_size=STORE_LANE_SIZE)
+                               lane_count=STORE_LANE_COUNT, lane_size=STORE_LANE_SIZE, journal_size=journal_size)
         else:
             heap = Heap.open(path, backend=backend)
         try:

@@ -141,4 +141,24 @@ int pm_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t co
 int pm_redo_recover(pm_heap *h, struct pm_recover_report *out);
 int pm_redo_quiesce(pm_heap *h);   /* every commit's words durable, every lane empty (close) */
 
+/* journal.c: the barrier journal (FORMAT.md 4.8, 7.11) */
+struct pm_journal_report {
+    uint64_t records;           /* records replayed at open */
+    uint64_t bytes;             /* bytes of those records */
+    uint64_t bad_off;           /* PM_E_CORRUPT: the record with impossible ranges (J2) */
+};
+struct pm_journal_stats {
+    uint32_t in_use;            /* barriers append to the journal */
+    uint32_t reserved;
+    uint64_t records;           /* appended since open */
+    uint64_t bytes;
+    uint64_t checkpoints;       /* since open (the one at open not counted) */
+    uint64_t epoch;
+    uint64_t dirty_pages;       /* distinct heap pages journaled since the last checkpoint */
+};
+int pm_journal_init(pm_heap *h, uint64_t off, uint64_t size);
+int pm_journal_recover(pm_heap *h, struct pm_journal_report *out);
+int pm_journal_checkpoint(pm_heap *h);
+void pm_journal_stats(pm_heap *h, struct pm_journal_stats *out);
+
 #endif

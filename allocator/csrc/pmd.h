@@ -9,7 +9,7 @@
 #ifndef PMD_H
 #define PMD_H
 
-#define PMD_FORMAT_VERSION 1
+#define PMD_FORMAT_VERSION 2
 #define PMD_MAGIC 0x5041454854534D50        /* "PMSTHEAP" read as a little-endian u64 */
 #define PMD_HEADER_SIZE 256                 /* bytes used by one header copy */
 #define PMD_HEADER_A_OFF 0                  /* header copy A, its own OS page */
@@ -59,8 +59,20 @@ struct pmd_header {
     uint64_t created_ns;        /* wall clock at create, ns since the epoch */
     uint32_t clean_shutdown;    /* 1 = closed cleanly, 0 = open or crashed */
     uint32_t flags;             /* reserved, 0 */
-    uint8_t  reserved[132];     /* 0 */
+    uint64_t journal_size;      /* bytes of the barrier journal after the lanes, 0 = none */
+    uint8_t  reserved[124];     /* 0 */
     uint32_t crc32c;            /* CRC32C of bytes [0, 252) */
+};
+
+#define PMD_JNL_HDR_SIZE 4096               /* journal header page: the epoch word, then zeros */
+#define PMD_JNL_REC_HDR_SIZE 24             /* a journal record's header; ranges and bytes follow */
+
+struct pmd_jnl_rec {
+    uint32_t crc32c;            /* CRC32C of (le64 epoch, bytes [4, size) of the record) */
+    uint32_t size;              /* bytes of the record, a multiple of 8 */
+    uint64_t seq;               /* 0, 1, 2, ... within the epoch */
+    uint32_t range_count;       /* {u64 off, u64 size} pairs after this header */
+    uint32_t reserved;          /* 0 */
 };
 
 struct pmd_lane_hdr {

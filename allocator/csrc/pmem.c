@@ -127,6 +127,7 @@ void pm_heap_unmap(pm_heap *h) {
     pmi_alloc_free(h);
     pmi_trace_free(h);
     pmi_redo_free(h);
+    pmi_journal_free(h);
     pthread_mutex_destroy(&h->trace_lock);
     pthread_mutex_destroy(&h->rmw_lock);
     free(h);
@@ -200,10 +201,18 @@ static void flush_lines_clflush(uint8_t *p, uint8_t *end) {
 
 /* pmi_persist_ranges -- one persist barrier covering all n ranges: when it returns,
  * every byte stored in them before the call is durable (under the backend's model).
- * msync: MS_SYNC over the OS pages touched, adjacent pages merged into one call.
- * flush: write back every cache line touched, then one SFENCE. */
+ * A heap with a journal on the msync backend appends a copy of the ranges to it
+ * (journal.c, FORMAT.md 7.11); otherwise the ranges are written back in place. */
 void pmi_persist_ranges(pm_heap *h, const struct pmi_range *r, size_t n) {
     atomic_fetch_add_explicit(&h->persist_count[pmi_thread_idx() % PMI_STRIPES].n, 1, memory_order_relaxed);
+    if (h->jnl && pmi_journal_persist(h, r, n)) return;
+    pmi_persist_direct(h, r, n);
+}
+
+/* pmi_persist_direct -- write the ranges back in place, one barrier (not counted).
+ * msync: MS_SYNC over the OS pages touched, adjacent pages merged into one call.
+ * flush: write back every cache line touched, then one SFENCE. */
+void pmi_persist_direct(pm_heap *h, const struct pmi_range *r, size_t n) {
     if (h->tracing) {
         for (size_t i = 0; i < n; i++) pmi_trace_flush(h, r[i].off, r[i].size);
         pmi_trace_fence(h);

@@ -57,6 +57,7 @@ struct pm_heap {
     _Atomic uint64_t *slots;    /* word slots (redo.c): seq << 12 | lane of the last commit on each hashed line */
     uint32_t slot_bits;         /* log2 of the slot count */
     struct pmi_alloc *alloc;    /* allocator (alloc.c, span.c) */
+    struct pmi_journal *jnl;    /* barrier journal (journal.c); NULL when the heap has none */
     /* written rarely; its own line so the hot reads above stay shared */
     _Alignas(64) atomic_int failed_errno;   /* a barrier failed (EIO...): sticky, every later write refuses */
     /* written on every barrier, striped by thread */
@@ -94,6 +95,7 @@ void pmi_write(pm_heap *h, uint64_t off, const void *src, uint64_t size);
 void pmi_store8(pm_heap *h, uint64_t off, uint64_t value);
 void pmi_rmw8(pm_heap *h, uint64_t off, uint64_t mask, int or);
 void pmi_persist_ranges(pm_heap *h, const struct pmi_range *r, size_t n);
+void pmi_persist_direct(pm_heap *h, const struct pmi_range *r, size_t n);
 static inline int pmi_in_range(pm_heap *h, uint64_t off, uint64_t size) {
     uint64_t m = atomic_load_explicit(&h->map_size, memory_order_acquire);
     return off <= m && size <= m - off;
@@ -120,4 +122,7 @@ uint32_t pmi_redo_snapshot(pm_heap *h, uint64_t *out);     /* out: lane_count en
 int pmi_redo_all_gone(pm_heap *h, const uint64_t *snap, uint32_t n);
 /* alloc.c */
 void pmi_alloc_free(pm_heap *h);
+/* journal.c */
+int pmi_journal_persist(pm_heap *h, const struct pmi_range *r, size_t n);   /* 0: not journaled */
+void pmi_journal_free(pm_heap *h);
 #endif

@@ -33,7 +33,7 @@ def c_table(struct: str) -> list[tuple[int, int, str]]:
     return [(f.offset, _native.ffi.sizeof(f.type), name) for name, f in t.fields]
 
 
-@pytest.mark.parametrize("struct", ["pmd_header", "pmd_lane_hdr", "pmd_redo_entry"])
+@pytest.mark.parametrize("struct", ["pmd_header", "pmd_lane_hdr", "pmd_redo_entry", "pmd_jnl_rec"])
 def test_format_md_tables_match_the_c_structs(struct):
     assert format_table(struct) == c_table(struct)
 
@@ -48,7 +48,7 @@ def test_H2_python_header_codec_matches_c_and_format_md():
 @pytest.mark.parametrize("name", ["FORMAT_VERSION", "HEADER_SIZE", "HEADER_A_OFF", "HEADER_B_OFF", "ROOT_OFF",
                                   "REDO_OFF", "OS_PAGE_SIZE", "PAGE_SIZE", "LANE_HDR_SIZE",
                                   "REDO_ENTRY_SIZE", "REDO_OP_SET", "REDO_OP_OR", "REDO_OP_ANDNOT",
-                                  "REDO_OP_CHECK"])
+                                  "REDO_OP_CHECK", "JNL_HDR_SIZE", "JNL_REC_HDR_SIZE"])
 def test_constants_have_the_same_value_in_c_and_python(name):
     assert getattr(layout, name) == _native.layout_constant(f"PMD_{name}")
 
@@ -93,6 +93,9 @@ def test_checker_transcription_matches_c(name):
 def test_checker_header_table_matches_c():
     assert [n for n, _ in rformat.HEADER_FIELDS] == [n for _, _, n in c_table("pmd_header")]
     assert rformat.HEADER_STRUCT.size == layout.HEADER_SIZE
+    assert rformat.FORMAT_VERSION == layout.FORMAT_VERSION
+    assert rformat.JNL_HDR_SIZE == layout.JNL_HDR_SIZE
+    assert rformat.JNL_REC_STRUCT.size == _native.ffi.sizeof("struct pmd_jnl_rec") == layout.JNL_REC_HDR_SIZE
     kinds = {"DESC_FREE": "PMD_DESC_FREE", "DESC_RUN": "PMD_DESC_RUN", "DESC_SPAN": "PMD_DESC_SPAN"}
     for py, c in kinds.items():
         assert getattr(rformat, py) == _native.layout_constant(c)

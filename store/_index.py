@@ -243,6 +243,20 @@ class Index:
             check(r, "put", key)
         return r
 
+    def set_group(self, limit: int) -> None:
+        """Group commit on (the most ops one commit takes) or off (0). put_plain then shares
+        commits in C, and waits for them with the GIL released."""
+        lib.pm_index_set_group(self._x, limit)
+        if limit:
+            self._release_gil = True
+
+    def writer_enter(self) -> bool:
+        """Count a writer in; True if another was already in (then share its commit)."""
+        return lib.pm_index_writer_enter(self._x) > 0
+
+    def writer_leave(self) -> None:
+        lib.pm_index_writer_leave(self._x)
+
     def delete(self, key: bytes, cond: int, match: bytes | None) -> None:
         check(lib.pm_index_delete(self._x, key, len(key), cond, match or ffi.NULL), "delete", key)
 

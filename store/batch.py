@@ -84,27 +84,23 @@ class Batch:
 class GroupCommitter:
     """Concurrent writers share commits: each op joins a queue in C (pm_index_submit, the
     GIL released while it waits); one waiting writer applies everyone's queued operations
-    (distinct keys) in one redo commit, so one barrier covers many writers."""
+    (distinct keys) in one redo commit, so one barrier covers many writers. The writer
+    count lives in C, where the common put (pm_index_put_plain) keeps it itself."""
 
     MAX_GROUP = 64
 
     def __init__(self, store):
-        import threading
         self._store = store
-        self._count_lock = threading.Lock()
-        self.active = 0                   # writers in put/delete; > 0 means commits can be shared
         # ops per group: the lane holds their redo entries (about 24 each, with tall towers)
         self.limit = min(self.MAX_GROUP, max(1, store.heap.mapping.redo_capacity // 24))
+        store._index.set_group(self.limit)
 
     def enter(self) -> bool:
         """Count a writer in; True if another was already in flight (then share its commit)."""
-        with self._count_lock:
-            self.active += 1
-            return self.active > 1
+        return self._store._index.writer_enter()
 
     def leave(self) -> None:
-        with self._count_lock:
-            self.active -= 1
+        self._store._index.writer_leave()
 
     def submit(self, op: tuple) -> int | BaseException:
         """Apply one op (as Index.apply takes it) in some group's commit; returns its result

@@ -173,9 +173,10 @@ class Store:
             if_none_match: bool = False) -> ObjectInfo:
         """Store value under key (atomically replacing any old object); durable on return in sync mode."""
         if (type(value) is bytes and type(key) is str and content_type is None and if_match is None
-                and not if_none_match and self._group is None and 0 < len(key) <= 256 and key.isprintable()
+                and not if_none_match and 0 < len(key) <= 256 and key.isprintable()
                 and len(value) <= self.max_object_size):
             # the common put: a printable key (encode_key's checks hold by construction), one C call
+            # (with group commit on, that call shares a commit with concurrent writers itself)
             k = key.encode()
             try:
                 mtime, crc, etag, _ = self._index.put_plain(k, value)

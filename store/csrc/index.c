@@ -44,6 +44,8 @@ struct pm_index {
     struct pm_index_op **gq;
     uint32_t gq_n, gq_cap;
     int gq_leader;
+    uint32_t gq_limit;          /* 0: group commit off; else the most ops one group commits */
+    _Atomic uint32_t writers;   /* writers inside a put or delete now (pm_index_writer_enter) */
     uint64_t used;              /* writer: slots holding a record or a tombstone */
     uint64_t rng;               /* writer: xorshift state for tower heights */
     _Alignas(64) atomic_uint_fast64_t version;  /* bumped after every change */
@@ -389,7 +391,8 @@ int pm_index_open(pm_heap *h, uint64_t super_off, pm_index **out, struct pm_inde
     pthread_mutex_init(&x->wlock, NULL);
     pthread_mutex_init(&x->gq_lock, NULL);
     pthread_cond_init(&x->gq_done, NULL);
-    x->gq = NULL; x->gq_n = x->gq_cap = 0; x->gq_leader = 0;
+    x->gq = NULL; x->gq_n = x->gq_cap = 0; x->gq_leader = 0; x->gq_limit = 0;
+    atomic_store(&x->writers, 0);
     struct tab *t = tab_new(1024);
     if (!t) { free(x); return PM_E_NOMEM; }
     atomic_store(&x->tab, t);
@@ -476,12 +479,42 @@ int pm_index_read(pm_index *x, const char *key, const struct pm_read_req *req) {
                         x->verify_reads, req->info);
 }
 
+static int submit_plain(pm_index *x, const uint8_t *key, uint32_t klen, const uint8_t *value, uint64_t vlen,
+                        struct pm_obj_info *info);
+
 int pm_index_put_plain(pm_index *x, const char *key, const uint8_t *value, uint64_t vlen, struct pm_obj_info *info) {
     size_t klen = strnlen(key, PMD_OBJ_KEY_MAX + 1);
+    if (x->gq_limit && pm_index_writer_enter(x) > 0) {  /* another writer is in: share its commit */
+        int rc = submit_plain(x, (const uint8_t *)key, (uint32_t)(klen > PMD_OBJ_KEY_MAX ? 0 : klen), value, vlen, info);
+        pm_index_writer_leave(x);
+        return rc;
+    }
     int created = 0;
     int rc = pm_index_put(x, (const uint8_t *)key, (uint32_t)(klen > PMD_OBJ_KEY_MAX ? 0 : klen), (const uint8_t *)"", 0, value,
                           vlen, NULL, 0, PM_COND_NONE, NULL, info, &created);
+    if (x->gq_limit) pm_index_writer_leave(x);
     return rc < 0 ? rc : created;
+}
+
+/* submit_plain -- pm_index_put_plain's op through group commit (pm_index_submit); info
+ * gets what the op's record holds: size, mtime, CRC32C, ETag. */
+static int submit_plain(pm_index *x, const uint8_t *key, uint32_t klen, const uint8_t *value, uint64_t vlen,
+                        struct pm_obj_info *info) {
+    if (klen < 1) return PM_E_ARG;
+    uint8_t etag[16];
+    pmi_md5(value, vlen, etag);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct pm_index_op op = {key, klen, 0, (const uint8_t *)"", 0, PM_COND_NONE, value, vlen, etag, NULL,
+                             (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec, 0, 0};
+    int rc = pm_index_submit(x, &op, x->gq_limit);
+    if (rc < 0) return rc;
+    memset(info, 0, offsetof(struct pm_obj_info, ctype));
+    info->value_size = vlen;
+    info->mtime_ns = op.mtime_ns;
+    info->value_crc32c = pm_crc32c(0, value, vlen);
+    memcpy(info->etag, etag, 16);
+    return rc;
 }
 
 /* pm_index_put -- insert or replace key (FORMAT.md 7.9): one redo commit allocates the
@@ -742,7 +775,17 @@ static int b_op(struct batch *b, struct pm_index_op *op) {
  * unconditional delete of an absent key is skipped (result PM_E_NOT_FOUND), not a failure.
  * Otherwise failing ops (preconditions) are skipped and the rest commit: that is group
  * commit, many writers' ops sharing one commit's barriers. */
+static int apply_locked(pm_index *x, struct pm_index_op *ops, uint32_t n, int atomic);
+
 int pm_index_apply(pm_index *x, struct pm_index_op *ops, uint32_t n, int atomic) {
+    pthread_mutex_lock(&x->wlock);
+    int rc = apply_locked(x, ops, n, atomic);
+    pthread_mutex_unlock(&x->wlock);
+    return rc;
+}
+
+/* apply_locked -- pm_index_apply's body; pre: x->wlock held. */
+static int apply_locked(pm_index *x, struct pm_index_op *ops, uint32_t n, int atomic) {
     pm_heap *h = x->h;
     uint32_t cap = h->lane_capacity;
     struct batch b = {x, {0, 0, NULL, NULL}, NULL, 0, NULL, 0, NULL, 0, 0, NULL, 0};
@@ -753,7 +796,6 @@ int pm_index_apply(pm_index *x, struct pm_index_op *ops, uint32_t n, int atomic)
     b.e = malloc(cap * sizeof *b.e); b.cap = cap; b.data = malloc(2ull * n * sizeof *b.data);
     int rc = PM_OK;
     if (!b.ov.off || !b.ov.val || !b.res || !b.fre || !b.e || !b.data) { rc = PM_E_NOMEM; goto done; }
-    pthread_mutex_lock(&x->wlock);
     uint32_t applied = 0, created = 0;
     for (uint32_t i = 0; i < n; i++) {
         uint32_t res0 = b.nres, fre0 = b.nfree, n0 = b.n, d0 = b.ndata;
@@ -805,7 +847,6 @@ int pm_index_apply(pm_index *x, struct pm_index_op *ops, uint32_t n, int atomic)
         atomic_fetch_add_explicit(&x->version, 1, memory_order_release);
         for (uint32_t k = 0; k < b.nfree; k++) pmi_released(h, &b.fre[k]);
     }
-    pthread_mutex_unlock(&x->wlock);
 done:
     free(b.ov.off); free(b.ov.val); free(b.res); free(b.fre); free(b.e); free(b.data);
     return rc;
@@ -813,8 +854,13 @@ done:
 
 /* ------------------------------------------------------------------ group commit */
 
+
 #define GQ_PENDING INT32_MIN
 #define GQ_MAX 64
+
+void pm_index_set_group(pm_index *x, uint32_t limit) { x->gq_limit = limit > GQ_MAX ? GQ_MAX : limit; }
+uint32_t pm_index_writer_enter(pm_index *x) { return atomic_fetch_add(&x->writers, 1); }
+void pm_index_writer_leave(pm_index *x) { atomic_fetch_sub(&x->writers, 1); }
 
 static int same_key(const struct pm_index_op *a, const struct pm_index_op *b) {
     return a->klen == b->klen && memcmp(a->key, b->key, a->klen) == 0;
@@ -840,6 +886,11 @@ int pm_index_submit(pm_index *x, struct pm_index_op *op, uint32_t limit) {
     while (op->result == GQ_PENDING) {
         if (x->gq_leader) { pthread_cond_wait(&x->gq_done, &x->gq_lock); continue; }
         x->gq_leader = 1;
+        /* the writer lock first: while a commit is in flight (a lone writer's, or the
+         * batch's) the queue keeps growing, and this group takes all of it */
+        pthread_mutex_unlock(&x->gq_lock);
+        pthread_mutex_lock(&x->wlock);
+        pthread_mutex_lock(&x->gq_lock);
         struct pm_index_op *mine[GQ_MAX], group[GQ_MAX];
         uint32_t k = 0, keep = 0;
         for (uint32_t i = 0; i < x->gq_n; i++) {     /* oldest first; a repeated key waits */
@@ -852,7 +903,8 @@ int pm_index_submit(pm_index *x, struct pm_index_op *op, uint32_t limit) {
         x->gq_n = keep;
         pthread_mutex_unlock(&x->gq_lock);
         for (uint32_t j = 0; j < k; j++) group[j] = *mine[j], group[j].result = 0;
-        int rc = pm_index_apply(x, group, k, 0);    /* durable: every op of the group that succeeded */
+        int rc = apply_locked(x, group, k, 0);      /* durable: every op of the group that succeeded */
+        pthread_mutex_unlock(&x->wlock);
         pthread_mutex_lock(&x->gq_lock);
         for (uint32_t j = 0; j < k; j++) mine[j]->result = rc < 0 && group[j].result >= 0 ? rc : group[j].result;
         x->gq_leader = 0;

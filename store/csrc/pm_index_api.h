@@ -98,6 +98,12 @@ int pm_index_apply(pm_index *x, struct pm_index_op *ops, uint32_t n, int atomic)
 /* pm_index_submit: group commit -- op joins a queue; one waiting writer applies up to
  * `limit` queued ops (distinct keys) in one pm_index_apply. Returns op's result. */
 int pm_index_submit(pm_index *x, struct pm_index_op *op, uint32_t limit);
+/* Group commit on (limit > 0: the most ops one commit takes) or off (0). With it on, a
+ * writer counts itself in and out (pm_index_put_plain does, in C); one that finds another
+ * writer in shares a commit through pm_index_submit instead of committing alone. */
+void pm_index_set_group(pm_index *x, uint32_t limit);
+uint32_t pm_index_writer_enter(pm_index *x);   /* returns the writers that were in before */
+void pm_index_writer_leave(pm_index *x);
 int pm_index_list(pm_index *x, const uint8_t *after, uint32_t alen, const uint8_t *prefix, uint32_t plen,
                   uint32_t limit, uint8_t *buf, uint64_t cap, uint32_t *count);
 #endif

@@ -355,3 +355,29 @@ def test_group_commit_heap_full_and_create_only_races(tmp_path):
             assert not race_errors, "\n".join(race_errors[:5])
             assert len(wins) == 1 and len(fails) == 7, (wins, fails)
             assert s.get_value(f"once/{rnd}") == str(wins[0]).encode()
+
+
+def test_group_commit_plain_puts_share_barriers_on_a_file(tmp_path):
+    """The common put (one C call, pm_index_put_plain) joins group commit itself: 8 writers
+    on the msync backend share barriers (fewer barriers than puts), and every put is there."""
+    with Store.open(tmp_path / "s.heap", initial_size=4 << 20) as s:
+        assert s.heap.mapping.backend == "msync"
+        c0 = s.heap.mapping.persist_count
+        per_writer = 40
+
+        def writer_for(wid):
+            def run(deadline, errors):
+                for i in range(per_writer):
+                    info = s.put(f"w{wid}/{i:03d}", bytes([wid, i]) * 50)
+                    if info.size != 100 or info.etag != hashlib.md5(bytes([wid, i]) * 50).hexdigest():
+                        errors.append(f"writer {wid}: put {i} returned {info}")
+            return run
+
+        errors = _run_threads([writer_for(w) for w in range(8)], 60.0)
+        assert not errors, "\n".join(errors[:5])
+        puts = 8 * per_writer
+        assert s.heap.mapping.persist_count - c0 < 0.9 * puts, "concurrent plain puts never shared a barrier"
+        assert len(s) == puts
+        for w in range(8):
+            for i in range(per_writer):
+                assert s.get_value(f"w{w}/{i:03d}") == bytes([w, i]) * 50

@@ -217,11 +217,15 @@ def run_limbo(seed: int, op_count: int, max_subsets: int, workdir: Path, *, work
 # ------------------------------------------------------------------ store workloads
 
 
-def record_workload(path: Path, seed: int, op_count: int, journal_size: int = 0) -> tuple[bytes, bytes, list[dict]]:
+def record_workload(path: Path, seed: int, op_count: int, journal_size: int = 0,
+                    threads: int = 1) -> tuple[bytes, bytes, list[dict]]:
     """Run a random store workload on a traced heap: (base image, trace, models).
     models[i] is the store's content after i operations; marks 2i / 2i+1 bracket op i.
     journal_size > 0: its barriers go through a journal that small (FORMAT.md 7.11), so
-    it fills and checkpoints mid-workload."""
+    it fills and checkpoints mid-workload. threads > 1: op i runs on thread i % threads
+    (one at a time), so consecutive commits come from different lane pairs and one
+    thread's commit may still be DEFERRED when the next thread's commit changes a
+    record it published (what concurrent writers and group commit leaders do)."""
     from store import Store
     rng = random.Random(seed)
     path.unlink(missing_ok=True)
@@ -245,35 +249,43 @@ def record_workload(path: Path, seed: int, op_count: int, journal_size: int = 0)
     m.trace_start()
     model = {k: (k.encode() * 3) for k in base_keys}
     models = [dict(model)]
+    pool = [ThreadPoolExecutor(1) for _ in range(threads)]
     for i in range(op_count):
         m.trace_mark(2 * i)
-        k = rng.choice(KEYS)
-        if i == op_count // 2:      # a value larger than the free space: the heap grows mid-workload
-            v = rng.randbytes(m.size)
-            s.put(k, v)
-            model[k] = v
-        elif rng.random() < 0.25:     # an atomic batch of 2-4 puts and deletes
-            with s.batch() as b:
-                for kk in rng.sample(KEYS, rng.randint(2, 4)):
-                    if kk in model and rng.random() < 0.4:
-                        b.delete(kk)
-                        del model[kk]
-                    else:
-                        v = rng.randbytes(rng.choice(SIZES))
-                        b.put(kk, v)
-                        model[kk] = v
-        elif k in model and rng.random() < 0.35:
-            s.delete(k)
-            del model[k]
-        else:
-            v = rng.randbytes(rng.choice(SIZES))
-            s.put(k, v, content_type=rng.choice([None, "text/plain"]))
-            model[k] = v
+        pool[i % threads].submit(_workload_op, s, rng, model, i, op_count, m.size).result()
         m.trace_mark(2 * i + 1)
         models.append(dict(model))
+    for w in pool:
+        w.shutdown()
     trace = m.trace_take()
     s.abandon()
     return base, trace, models
+
+
+def _workload_op(s, rng: random.Random, model: dict, i: int, op_count: int, heap_size: int) -> None:
+    """Operation i of a store workload, applied to the store and to the model."""
+    k = rng.choice(KEYS)
+    if i == op_count // 2:      # a value larger than the free space: the heap grows mid-workload
+        v = rng.randbytes(heap_size)
+        s.put(k, v)
+        model[k] = v
+    elif rng.random() < 0.25:     # an atomic batch of 2-4 puts and deletes
+        with s.batch() as b:
+            for kk in rng.sample(KEYS, rng.randint(2, 4)):
+                if kk in model and rng.random() < 0.4:
+                    b.delete(kk)
+                    del model[kk]
+                else:
+                    v = rng.randbytes(rng.choice(SIZES))
+                    b.put(kk, v)
+                    model[kk] = v
+    elif k in model and rng.random() < 0.35:
+        s.delete(k)
+        del model[k]
+    else:
+        v = rng.randbytes(rng.choice(SIZES))
+        s.put(k, v, content_type=rng.choice([None, "text/plain"]))
+        model[k] = v
 
 
 def check_image_against(img: Path, point: crashsim.CrashPoint, models: list[dict]) -> None:
@@ -307,8 +319,8 @@ class Totals:
 
 
 def run_workload(seed: int, op_count: int, max_subsets: int, workdir: Path, *, workers: int = 1,
-                 journal_size: int = 0) -> crashsim.Result:
-    base, trace, models = record_workload(workdir / f"w{seed}.heap", seed, op_count, journal_size)
+                 journal_size: int = 0, threads: int = 1) -> crashsim.Result:
+    base, trace, models = record_workload(workdir / f"w{seed}.heap", seed, op_count, journal_size, threads)
 
     def check(img, point):
         check_image_against(img, point, models)
@@ -318,20 +330,24 @@ def run_workload(seed: int, op_count: int, max_subsets: int, workdir: Path, *, w
 
 def run(plan: Plan, *, workers: int | None = None,
         progress: Callable[[int, int, crashsim.Result], None] | None = None, workdir: str | None = None) -> Totals:
-    """Two multi-lane redo workloads, the limbo workload, every store workload of the plan, then
-    the same through a small barrier journal (one redo, a quarter of the store seeds);
+    """Two multi-lane redo workloads, the limbo workload, every store workload of the plan, a
+    quarter of them from three threads (L8), then one redo and that quarter of three-thread
+    store workloads through a small barrier journal;
     progress(i, count, result) after each."""
     workers = workers or min(4, os.cpu_count() or 1)
     tot = Totals()
     jobs = [(run_redo, seed, 2 * plan.op_count, 4 * plan.max_subsets) for seed in plan.seeds[:2]]
     jobs += [(run_limbo, plan.seeds[0], 4, plan.max_subsets)]
     jobs += [(run_workload, seed, plan.op_count, plan.max_subsets) for seed in plan.seeds]
-    jobs += [(run_redo, seed, 2 * plan.op_count, 4 * plan.max_subsets, JOURNAL_REDO) for seed in plan.seeds[:1]]
-    jobs += [(run_workload, seed, plan.op_count, plan.max_subsets, JOURNAL_STORE)
-             for seed in plan.seeds[:max(1, len(plan.seeds) // 4)]]
+    quarter = plan.seeds[:max(1, len(plan.seeds) // 4)]
+    jobs += [(run_workload, seed, plan.op_count, plan.max_subsets, {"threads": 3}) for seed in quarter]
+    jobs += [(run_redo, seed, 2 * plan.op_count, 4 * plan.max_subsets, {"journal_size": JOURNAL_REDO})
+             for seed in plan.seeds[:1]]
+    jobs += [(run_workload, seed, plan.op_count, plan.max_subsets, {"journal_size": JOURNAL_STORE, "threads": 3})
+             for seed in quarter]
     with tempfile.TemporaryDirectory(prefix="pmstore-crashtest-", dir=workdir or _fast_tmp()) as d:
-        for i, (fn, seed, ops, subsets, *journal) in enumerate(jobs):
-            res = fn(seed, ops, subsets, Path(d), workers=workers, **({"journal_size": journal[0]} if journal else {}))
+        for i, (fn, seed, ops, subsets, *kw) in enumerate(jobs):
+            res = fn(seed, ops, subsets, Path(d), workers=workers, **(kw[0] if kw else {}))
             tot.workloads += 1
             tot.crash_states += res.states
             tot.persist_points += res.points

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-# name -> what the mutant breaks (allocator/csrc/redo.c, alloc.c and journal.c, PMSTORE_MUTANT_<NAME>)
+# name -> what the mutant breaks (allocator/csrc/redo.c, alloc.c, journal.c, store/csrc/index.c;
+# PMSTORE_MUTANT_<NAME>)
 MUTANTS = {
     "noinval": "a lane's invalidation is never made durable by later commit points (L4)",
     "noapplyfence": "a commit's applied words never join a later barrier (FORMAT.md 7.1 steps 2 and 4)",
@@ -31,6 +32,8 @@ MUTANTS = {
     "nolimbo": "freed memory is reused while a sealed commit can still replay a word into it (L7)",
     "noreplay": "open skips the journal's records: barriers' bytes never written back are lost (J1, J3)",
     "jnlnosync": "a journal record is appended but not persisted before the barrier returns (7.11)",
+    "datalinks": "a new record's links ride as CHECKed data, not SET entries: a later commit on another "
+                 "thread changes them while the first is DEFERRED (L8)",
 }
 PACKAGES = ("allocator", "store", "recovery")
 

@@ -335,13 +335,30 @@ static void record_write(pm_heap *h, uint64_t r, uint64_t voff, uint32_t height,
     if (vlen) pmi_write(h, voff, value, vlen);
 }
 
+/* record_ranges -- the bytes a commit publishing record r (and its value) checks and
+ * persists as data: the header, the tail through the value, an external value. Not the
+ * next pointers: later commits change them, so they are published by SET entries of
+ * their own, which chain those commits to this one (FORMAT.md 7.9, L8). Returns the count. */
+static uint32_t record_ranges(uint64_t r, uint32_t height, uint64_t meta, int inl, uint64_t voff, uint64_t vlen,
+                              struct pmi_range *out) {
+    uint64_t t = r + PMD_OBJ_HDR_SIZE + 8ull * height;
+#ifdef PMSTORE_MUTANT_DATALINKS
+    t = r + PMD_OBJ_HDR_SIZE;   /* the links ride as data, checked by CHECK (the bug L8 closes) */
+#endif
+    out[0] = (struct pmi_range){r, PMD_OBJ_HDR_SIZE};
+    out[1] = (struct pmi_range){t, r + meta - t + (inl ? vlen : 0)};
+    if (inl) return 2;
+    out[2] = (struct pmi_range){voff, vlen};
+    return 3;
+}
+
 /* ------------------------------------------------------------------ API */
 
 /* pm_index_create -- a new store in the heap: superblock and head record, published in
  * the root word by one commit. */
 int pm_index_create(pm_heap *h, uint64_t *super_off) {
     if (!h->alloc) return PM_E_ARG;
-    struct pmd_redo_entry e[8];
+    struct pmd_redo_entry e[8 + PMD_OBJ_MAX_HEIGHT];
     uint32_t n = 0;
     struct reservation rs, rh;
     uint64_t head_size = rec_meta_size(PMD_OBJ_MAX_HEIGHT, 1, 0, 0, 0);
@@ -355,8 +372,11 @@ int pm_index_create(pm_heap *h, uint64_t *super_off) {
     pmi_write(h, rs.off, &sb, sizeof sb);
     record_write(h, rh.off, rh.off + head_size, PMD_OBJ_MAX_HEIGHT, no_next, NULL, 0, NULL, 0, NULL, 0, 0, no_etag, 0);
     e[n++] = (struct pmd_redo_entry){PMD_ROOT_OFF | PMD_REDO_OP_SET, rs.off};
-    struct pmi_range data[2] = {{rs.off, sizeof sb}, {rh.off, head_size}};
-    rc = pmi_redo_commit(h, e, n, data, 2);   /* durable: superblock, head and root together */
+    for (uint32_t l = 0; l < PMD_OBJ_MAX_HEIGHT; l++)    /* the head's links: words later commits change */
+        e[n++] = (struct pmd_redo_entry){next_word(rh.off, l) | PMD_REDO_OP_SET, 0};
+    struct pmi_range data[3] = {{rs.off, sizeof sb}};
+    uint32_t nd = 1 + record_ranges(rh.off, PMD_OBJ_MAX_HEIGHT, head_size, 1, rh.off + head_size, 0, data + 1);
+    rc = pmi_redo_commit(h, e, n, data, nd);  /* durable: superblock, head and root together */
     if (rc) { pmi_unreserve(h, &rs); pmi_unreserve(h, &rh); return rc; }
     pmi_reserved_committed(h, &rs);
     pmi_reserved_committed(h, &rh);
@@ -540,7 +560,7 @@ int pm_index_put(pm_index *x, const uint8_t *key, uint32_t klen, const uint8_t *
     uint32_t height = old ? rec_height(h, old) : random_height(x);
     int inl = vlen <= PMD_OBJ_INLINE_MAX;
     uint64_t meta = rec_meta_size(height, inl, vlen, klen, ctlen);
-    struct pmd_redo_entry e[4 + PMD_OBJ_MAX_HEIGHT + 8];
+    struct pmd_redo_entry e[4 + 2 * PMD_OBJ_MAX_HEIGHT + 8];
     uint32_t n = 0, nres = 0, nfree = 0;
     struct reservation res[2], fre[2];
     rc = pmi_reserve(h, meta + (inl ? vlen : 0), &res[nres], e, &n);
@@ -555,11 +575,16 @@ int pm_index_put(pm_index *x, const uint8_t *key, uint32_t klen, const uint8_t *
     uint64_t nexts[PMD_OBJ_MAX_HEIGHT];
     for (uint32_t l = 0; l < height; l++) nexts[l] = pm_load8(h, next_word(old ? old : preds[l], l));
     record_write(h, r, voff, height, nexts, key, klen, ctype, ctlen, value, vlen, vcrc, etag, mtime_ns);
-    for (uint32_t l = 0; l < height; l++)
+    for (uint32_t l = 0; l < height; l++) {
+#ifndef PMSTORE_MUTANT_DATALINKS
+        e[n++] = (struct pmd_redo_entry){next_word(r, l) | PMD_REDO_OP_SET, nexts[l]};
+#endif
         e[n++] = (struct pmd_redo_entry){next_word(preds[l], l) | PMD_REDO_OP_SET, r};
+    }
     if (old && (rc = free_entries(h, old, fre, &nfree, e, &n))) goto unreserve;
-    struct pmi_range data[2] = {{r, meta + (inl ? vlen : 0)}, {voff, vlen}};
-    rc = pmi_redo_commit(h, e, n, data, inl ? 1 : 2);   /* durable: the object and its links, or nothing */
+    struct pmi_range data[3];
+    uint32_t nd = record_ranges(r, height, meta, inl, voff, vlen, data);
+    rc = pmi_redo_commit(h, e, n, data, nd);   /* durable: the object and its links, or nothing */
     if (rc) goto unreserve;
     for (uint32_t k = 0; k < nres; k++) pmi_reserved_committed(h, &res[k]);
     tab_put(x, key, klen, r);       /* out of DRAM: lookups fall back... never: tab_put only fails to grow */
@@ -706,10 +731,8 @@ static int is_new(const struct batch *b, uint64_t r) {
 
 /* b_set -- next word `off` of record r := v: a plain store in a record this commit
  * created (not yet published), an overlay SET otherwise. */
-static void b_set(struct batch *b, uint64_t r, uint64_t off, uint64_t v) {
-    if (is_new(b, r)) pmi_write(b->x->h, off, &v, 8);
-    else ov_set(&b->ov, off, v);
-}
+/* b_set -- a link word set by the batch's commit: a new record's too (L8). */
+static void b_set(struct batch *b, uint64_t off, uint64_t v) { ov_set(&b->ov, off, v); }
 
 static uint64_t b_find(struct batch *b, const uint8_t *key, uint32_t klen, uint64_t preds[PMD_OBJ_MAX_HEIGHT]) {
     pm_heap *h = b->x->h;
@@ -740,7 +763,7 @@ static int b_op(struct batch *b, struct pm_index_op *op) {
         int rc = free_entries(h, old, b->fre, &b->nfree, b->e, &b->n);
         if (rc) return rc;
         for (uint32_t l = 0; l < rec_height(h, old); l++)
-            b_set(b, preds[l], next_word(preds[l], l), ov_load(h, &b->ov, next_word(old, l)));
+            b_set(b, next_word(preds[l], l), ov_load(h, &b->ov, next_word(old, l)));
         return 0;
     }
     if (op->klen < 1 || op->klen > PMD_OBJ_KEY_MAX || op->ctlen > PMD_OBJ_CTYPE_MAX) return PM_E_ARG;
@@ -763,10 +786,12 @@ static int b_op(struct batch *b, struct pm_index_op *op) {
     for (uint32_t l = 0; l < height; l++) nexts[l] = ov_load(h, &b->ov, next_word(old ? old : preds[l], l));
     record_write(h, r, voff, height, nexts, op->key, op->klen, op->ctype, op->ctlen, op->value, op->vlen,
                  pm_crc32c(0, op->value, op->vlen), op->etag, op->mtime_ns);
-    b->data[b->ndata++] = (struct pmi_range){r, meta + (inl ? op->vlen : 0)};
-    if (!inl) b->data[b->ndata++] = (struct pmi_range){voff, op->vlen};
+#ifndef PMSTORE_MUTANT_DATALINKS
+    for (uint32_t l = 0; l < height; l++) b_set(b, next_word(r, l), nexts[l]);
+#endif
+    b->ndata += record_ranges(r, height, meta, inl, voff, op->vlen, b->data + b->ndata);
     if (old && (rc = free_entries(h, old, b->fre, &b->nfree, b->e, &b->n))) return rc;
-    for (uint32_t l = 0; l < height; l++) b_set(b, preds[l], next_word(preds[l], l), r);
+    for (uint32_t l = 0; l < height; l++) b_set(b, next_word(preds[l], l), r);
     return old ? 0 : 1;
 }
 
@@ -793,7 +818,7 @@ static int apply_locked(pm_index *x, struct pm_index_op *ops, uint32_t n, int at
     while (b.ov.cap < 4ull * n * (PMD_OBJ_MAX_HEIGHT + 1)) b.ov.cap *= 2;
     b.ov.off = calloc(b.ov.cap, 8); b.ov.val = calloc(b.ov.cap, 8);
     b.res = malloc(2ull * n * sizeof *b.res); b.fre = malloc(2ull * n * sizeof *b.fre);
-    b.e = malloc(cap * sizeof *b.e); b.cap = cap; b.data = malloc(2ull * n * sizeof *b.data);
+    b.e = malloc(cap * sizeof *b.e); b.cap = cap; b.data = malloc(3ull * n * sizeof *b.data);
     int rc = PM_OK;
     if (!b.ov.off || !b.ov.val || !b.res || !b.fre || !b.e || !b.data) { rc = PM_E_NOMEM; goto done; }
     uint32_t applied = 0, created = 0;

@@ -33,6 +33,19 @@ def test_J1_J3_store_ops_through_the_journal_are_all_or_nothing(tmp_path_factory
     assert not res.violations, "\n".join(map(str, res.violations[:5]))
 
 
+@pytest.mark.parametrize("seed", SEEDS[:4])
+def test_J1_L8_store_ops_from_three_threads_through_the_journal(tmp_path_factory, seed, crash_totals):
+    """As the store's three-thread workload (test_store_crash.py, L8), through the journal:
+    a kill -9 soak first found the L8 bug here (replay rolled back the links a DEFERRED
+    commit had applied but no record yet held)."""
+    workdir = crashtest.fast_workdir(tmp_path_factory)
+    res = crashtest.run_workload(seed, PLAN.op_count, PLAN.max_subsets, workdir, workers=WORKERS,
+                                 journal_size=crashtest.JOURNAL_STORE, threads=3)
+    crash_totals.add(f"store ops, 3 threads, journal (seed {seed})", res)
+    assert res.states > 500
+    assert not res.violations, "\n".join(map(str, res.violations[:5]))
+
+
 @pytest.mark.parametrize("seed", PLAN.seeds[:2])
 def test_J1_L4_redo_commits_through_the_journal_replay_in_order(tmp_path_factory, seed, crash_totals):
     workdir = crashtest.fast_workdir(tmp_path_factory)

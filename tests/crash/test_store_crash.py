@@ -32,6 +32,20 @@ def test_I1_I5_store_ops_are_all_or_nothing_at_every_crash_point(tmp_path_factor
     assert not res.violations, "\n".join(map(str, res.violations[:5]))
 
 
+@pytest.mark.parametrize("seed", PLAN.seeds[:8])
+def test_L8_store_ops_from_three_threads_are_all_or_nothing_at_every_crash_point(tmp_path_factory, seed,
+                                                                                   crash_totals):
+    """Consecutive ops on different threads: one thread's commit is still DEFERRED (its
+    links not yet durable) when the next thread's commit links a record after the one it
+    published. Before L8 that record's data CHECK then failed at recovery and the first
+    commit was dropped with its links lost (leaks, dangling pointers, lost puts)."""
+    workdir = crashtest.fast_workdir(tmp_path_factory)
+    res = crashtest.run_workload(seed, PLAN.op_count, PLAN.max_subsets, workdir, workers=WORKERS, threads=3)
+    crash_totals.add(f"store ops, 3 threads (seed {seed})", res)
+    assert res.states > 500, "the workload must reach many crash states"
+    assert not res.violations, "\n".join(map(str, res.violations[:5]))
+
+
 def test_I1_a_workload_grows_the_heap_and_builds_towers(tmp_path):
     path = tmp_path / "w.heap"
     _base, trace, models = crashtest.record_workload(path, PLAN.seeds[0], PLAN.op_count)

@@ -459,7 +459,11 @@ static int lane_acquire(pm_heap *h, struct tl_redo *t, uint32_t *out) {
             PMI_COUNT(PMI_CNT_STARVE);
             int rc = settle_round(h);
             if (rc < 0) return rc;
-        } else if (spins > 4) sched_yield();
+        }
+        /* every lane still taken after a few tries: a lane holder (or a dependency) is not
+         * running -- preempted, or a Python thread waiting for the GIL. Yield rather than
+         * spin on barriers: each settle round is one (an msync on a file) */
+        if (spins > 4) sched_yield();
     }
 }
 

@@ -91,8 +91,9 @@ class GroupCommitter:
 
     def __init__(self, store):
         self._store = store
-        # ops per group: the lane holds their redo entries (about 24 each, with tall towers)
-        self.limit = min(self.MAX_GROUP, max(1, store.heap.mapping.redo_capacity // 24))
+        # ops per group: the lane holds their redo entries (up to about 40 each with the
+        # tallest towers: links of the predecessors and of the new record, L8)
+        self.limit = min(self.MAX_GROUP, max(1, store.heap.mapping.redo_capacity // 40))
         store._index.set_group(self.limit)
 
     def enter(self) -> bool:

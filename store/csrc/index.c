@@ -729,8 +729,6 @@ static int is_new(const struct batch *b, uint64_t r) {
     return 0;
 }
 
-/* b_set -- next word `off` of record r := v: a plain store in a record this commit
- * created (not yet published), an overlay SET otherwise. */
 /* b_set -- a link word set by the batch's commit: a new record's too (L8). */
 static void b_set(struct batch *b, uint64_t off, uint64_t v) { ov_set(&b->ov, off, v); }
 
@@ -878,7 +876,6 @@ done:
 }
 
 /* ------------------------------------------------------------------ group commit */
-
 
 #define GQ_PENDING INT32_MIN
 #define GQ_MAX 64

@@ -81,7 +81,13 @@ int pmi_journal_persist(pm_heap *h, const struct pmi_range *r, size_t n) {
     struct pmi_journal *j = h->jnl;
     if (!in_use(h)) return 0;
     struct pmi_range small[JNL_SMALL], *v = n <= JNL_SMALL ? small : malloc(n * sizeof *v);
-    if (!v) return 0;       /* out of DRAM: the in-place barrier is as durable */
+    if (!v) {   /* out of DRAM: a checkpoint is this barrier (an in-place one is not: an older
+                   record of these ranges would replay over it) */
+        pthread_mutex_lock(&j->lock);
+        checkpoint(h, j);
+        pthread_mutex_unlock(&j->lock);
+        return 1;
+    }
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         if (!r[i].size) continue;

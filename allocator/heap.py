@@ -122,7 +122,8 @@ class Heap:
         hf = HeapFile.open(path, backend=backend, trace=trace, validate=validate, before_ready=before_ready)
         rep: OpenReport = hf.report
         report = RecoveryReport(was_clean=rep.was_clean, header_copy_restored=rep.header_copy_restored,
-                                journal_records_replayed=rep.journal_records_replayed, lanes_replayed=rep.lanes_replayed, lanes_discarded=rep.lanes_discarded,
+                                journal_records_replayed=rep.journal_records_replayed,
+                                lanes_replayed=rep.lanes_replayed, lanes_discarded=rep.lanes_discarded,
                                 entries_applied=rep.entries_applied, replay_ms=rep.recovery_ms, **scan)
         return cls(hf, report)
 

@@ -120,7 +120,7 @@ def validate_headers(path, raw_a: bytes, raw_b: bytes, actual_size: int) -> tupl
         bad("root_off", f"is {f['root_off']}, expected {layout.ROOT_OFF}")
     if f["redo_off"] != layout.REDO_OFF:
         bad("redo_off", f"is {f['redo_off']}, expected {layout.REDO_OFF}")
-    if f["journal_size"] and (f["journal_size"] < 2 * layout.JNL_HDR_SIZE or f["journal_size"] % layout.OS_PAGE_SIZE):
+    if not layout.journal_size_ok(f["journal_size"]):
         bad("journal_size", f"is {f['journal_size']}, expected 0 or a multiple of 4096 of at least 8192")
     if f["meta_off"] != layout.meta_off_for(f["lane_count"], f["lane_size"], f["journal_size"]):
         bad("meta_off", f"is {f['meta_off']}, expected the end of the redo lanes and the journal")

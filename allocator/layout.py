@@ -118,9 +118,13 @@ def meta_off_for(lane_count: int, lane_size: int, journal_size: int = 0) -> int:
     return journal_off_for(lane_count, lane_size) + journal_size
 
 
+def journal_size_ok(journal_size: int) -> bool:
+    """0 (no journal) or whole OS pages, at least the header page and one page of records (H2)."""
+    return not journal_size or (journal_size >= 2 * JNL_HDR_SIZE and journal_size % OS_PAGE_SIZE == 0)
+
+
 def check_journal_size(journal_size: int) -> None:
-    """0 (no journal) or whole OS pages, at least the header page and one page of records."""
-    if journal_size and (journal_size < 2 * JNL_HDR_SIZE or journal_size % OS_PAGE_SIZE):
+    if not journal_size_ok(journal_size):
         raise ValueError(f"journal_size must be 0 or a multiple of {OS_PAGE_SIZE} of at least "
                          f"{2 * JNL_HDR_SIZE}, not {journal_size}")
 

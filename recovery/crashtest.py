@@ -250,9 +250,11 @@ def record_workload(path: Path, seed: int, op_count: int, journal_size: int = 0,
     model = {k: (k.encode() * 3) for k in base_keys}
     models = [dict(model)]
     pool = [ThreadPoolExecutor(1) for _ in range(threads)]
+    last = None     # threads > 1: the key of the last op, which the next op often follows (L8)
     for i in range(op_count):
         m.trace_mark(2 * i)
-        pool[i % threads].submit(_workload_op, s, rng, model, i, op_count, m.size).result()
+        last = pool[i % threads].submit(_workload_op, s, rng, model, i, op_count, m.size,
+                                        last if threads > 1 else None).result()
         m.trace_mark(2 * i + 1)
         models.append(dict(model))
     for w in pool:
@@ -262,9 +264,14 @@ def record_workload(path: Path, seed: int, op_count: int, journal_size: int = 0,
     return base, trace, models
 
 
-def _workload_op(s, rng: random.Random, model: dict, i: int, op_count: int, heap_size: int) -> None:
-    """Operation i of a store workload, applied to the store and to the model."""
+def _workload_op(s, rng: random.Random, model: dict, i: int, op_count: int, heap_size: int,
+                 after: str | None = None) -> str:
+    """Operation i of a store workload, applied to the store and to the model; returns its
+    key. after: half the time, take the key that follows it, so this op changes the link
+    of the record the last op (on another thread) published -- the L8 case."""
     k = rng.choice(KEYS)
+    if after is not None and rng.random() < 0.5:
+        k = KEYS[(KEYS.index(after) + 1) % len(KEYS)]
     if i == op_count // 2:      # a value larger than the free space: the heap grows mid-workload
         v = rng.randbytes(heap_size)
         s.put(k, v)
@@ -286,6 +293,7 @@ def _workload_op(s, rng: random.Random, model: dict, i: int, op_count: int, heap
         v = rng.randbytes(rng.choice(SIZES))
         s.put(k, v, content_type=rng.choice([None, "text/plain"]))
         model[k] = v
+    return k
 
 
 def check_image_against(img: Path, point: crashsim.CrashPoint, models: list[dict]) -> None:
@@ -331,15 +339,15 @@ def run_workload(seed: int, op_count: int, max_subsets: int, workdir: Path, *, w
 def run(plan: Plan, *, workers: int | None = None,
         progress: Callable[[int, int, crashsim.Result], None] | None = None, workdir: str | None = None) -> Totals:
     """Two multi-lane redo workloads, the limbo workload, every store workload of the plan, a
-    quarter of them from three threads (L8), then one redo and that quarter of three-thread
-    store workloads through a small barrier journal;
+    quarter of them (at least two) from three threads (L8), then one redo and those
+    three-thread store workloads through a small barrier journal;
     progress(i, count, result) after each."""
     workers = workers or min(4, os.cpu_count() or 1)
     tot = Totals()
     jobs = [(run_redo, seed, 2 * plan.op_count, 4 * plan.max_subsets) for seed in plan.seeds[:2]]
     jobs += [(run_limbo, plan.seeds[0], 4, plan.max_subsets)]
     jobs += [(run_workload, seed, plan.op_count, plan.max_subsets) for seed in plan.seeds]
-    quarter = plan.seeds[:max(1, len(plan.seeds) // 4)]
+    quarter = plan.seeds[:max(2, len(plan.seeds) // 4)]   # the quick plan: both seeds (L8 needs them)
     jobs += [(run_workload, seed, plan.op_count, plan.max_subsets, {"threads": 3}) for seed in quarter]
     jobs += [(run_redo, seed, 2 * plan.op_count, 4 * plan.max_subsets, {"journal_size": JOURNAL_REDO})
              for seed in plan.seeds[:1]]

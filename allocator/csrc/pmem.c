@@ -123,8 +123,11 @@ int pm_heap_map(int fd, uint64_t map_size, uint64_t reserve_size, int backend, p
 /* pm_heap_unmap -- drop the mapping (durable state is untouched) and free the handle. */
 void pm_heap_unmap(pm_heap *h) {
     if (!h) return;
-    munmap(h->base, h->reserve_size);
+    /* the allocator first: a thread exiting this instant may be in its theap's destructor,
+     * draining its limbo through barriers on this mapping; pmi_alloc_free waits for it
+     * (theap_life) and marks the rest dead, so no destructor touches the heap once unmapped */
     pmi_alloc_free(h);
+    munmap(h->base, h->reserve_size);
     pmi_trace_free(h);
     pmi_redo_free(h);
     pmi_journal_free(h);

@@ -76,33 +76,43 @@ class StoreWalk:
     reachable: dict[int, int] = dataclasses.field(default_factory=dict)  # block -> references
     leaked: list[int] = dataclasses.field(default_factory=list)
     value_bytes: int = 0
+    version: int = fmt.STORE_VERSION    # the superblock's
 
 
 def is_store(buf, root: int) -> bool:
     return bool(root) and bytes(buf[root:root + 8]) == fmt.STORE_MAGIC
 
 
-def _record(buf, off: int, blocks: dict[int, int], *, head: bool = False) -> tuple[Record | None, str, str]:
-    """Parse and validate the record at off: (record, "", "") or (None, invariant, message)."""
+def _record(buf, off: int, blocks: dict[int, int], *, head: bool = False,
+            version: int = fmt.STORE_VERSION) -> tuple[Record | None, str, str]:
+    """Parse and validate the record at off: (record, "", "") or (None, invariant, message).
+    version: the superblock's (a version-2 store holds no MD5_DERIVED record)."""
     block_size = blocks.get(off)
     if block_size is None:
         return None, "P4", f"record {off} is not an allocated block (dangling pointer)"
     if block_size < fmt.OBJ_HDR_SIZE + 8:
         return None, "I2", f"record {off}: block of {block_size} bytes is smaller than a record header"
     crc, hf, cs, ks, mtime = _HDR.unpack_from(buf, off)
-    h, inline = hf & fmt.OBJ_HEIGHT_MASK, hf & fmt.OBJ_FLAG_INLINE
+    h, inline, derived = hf & fmt.OBJ_HEIGHT_MASK, hf & fmt.OBJ_FLAG_INLINE, bool(hf & fmt.OBJ_FLAG_MD5_DERIVED)
     if hf & fmt.OBJ_FLAGS_RESERVED:
-        return None, "I2", f"record {off}: height_flags {hf:#04x} sets reserved bits 5-6"
+        return None, "I2", f"record {off}: height_flags {hf:#04x} sets reserved bit 6"
+    if derived and version == fmt.STORE_VERSION_OLD:
+        return None, "I5", f"record {off}: MD5_DERIVED (height_flags {hf:#04x}) in a version-{version} store"
+    if derived and not inline:
+        return None, "I2", f"record {off}: MD5_DERIVED (height_flags {hf:#04x}) without INLINE"
     if head and (h != fmt.OBJ_MAX_HEIGHT or not inline or ks or cs):
         return None, "I2", (f"head {off}: height {h}, inline {bool(inline)}, key_size {ks}, ctype_size {cs} "
                             f"(expected {fmt.OBJ_MAX_HEIGHT}, True, 0, 0)")
     if not head and not (1 <= h <= fmt.OBJ_MAX_HEIGHT and 1 <= ks <= fmt.OBJ_KEY_MAX):
         return None, "I2", f"record {off}: height {h}, key_size {ks} out of range (1..16, 1..1024)"
     t = fmt.OBJ_HDR_SIZE + 8 * h                        # the tail, from off
-    if t + (fmt.OBJ_TAIL_INLINE if inline else fmt.OBJ_TAIL_EXT) > block_size:
+    if t + (fmt.OBJ_TAIL_EXT if not inline else fmt.OBJ_TAIL_DERIVED if derived else fmt.OBJ_TAIL_INLINE) > block_size:
         return None, "I2", f"record {off}: {t} bytes of header and pointers leave no room for its tail"
-    size, etag = _TAIL_INLINE.unpack_from(buf, off + t) if inline else (None, None)
-    tail = fmt.obj_tail_size(size)
+    size, etag = (_LE16.unpack_from(buf, off + t)[0], _NO_ETAG) if derived else \
+        _TAIL_INLINE.unpack_from(buf, off + t) if inline else (None, None)
+    if derived and size > fmt.OBJ_SMALL_MAX:
+        return None, "I2", f"record {off}: MD5_DERIVED with value_size {size} (over {fmt.OBJ_SMALL_MAX})"
+    tail = fmt.obj_tail_size(size, derived)
     end = t + tail + ks + cs                            # the end of the content type, from off
     if end > block_size:
         return None, "I2", (f"record {off}: {end} bytes of header, pointers, tail, key and content type overrun "
@@ -138,6 +148,8 @@ def _record(buf, off: int, blocks: dict[int, int], *, head: bool = False) -> tup
 
 
 _HDR = fmt.OBJ_HDR_STRUCT
+_LE16 = struct.Struct("<H")
+_NO_ETAG = bytes(16)    # a derived ETag (MD5_DERIVED): the checker does not compute it
 _TAIL_INLINE = fmt.OBJ_TAIL_INLINE_STRUCT
 _TAIL_EXT = fmt.OBJ_TAIL_EXT_STRUCT
 _crc = fmt.crc32c
@@ -159,10 +171,12 @@ def walk(buf, root: int, blocks: dict[int, int], *, verify_values: bool = True, 
         w.bad.append(BadEntry("I5", 0, 0, root, f"superblock {root} is not an allocated block of >= 64 bytes"))
         return w
     _, version, _, head, _, _ = fmt.SUPER_STRUCT.unpack_from(buf, root)
-    if version != fmt.STORE_VERSION:
-        w.bad.append(BadEntry("I5", 0, 0, root, f"superblock version {version}, expected {fmt.STORE_VERSION}"))
+    if version not in (fmt.STORE_VERSION_OLD, fmt.STORE_VERSION):
+        w.bad.append(BadEntry("I5", 0, 0, root, f"superblock version {version}, expected "
+                                                f"{fmt.STORE_VERSION_OLD} or {fmt.STORE_VERSION}"))
         return w
-    hrec, _, msg = _record(buf, head, blocks, head=True)
+    w.version = version
+    hrec, _, msg = _record(buf, head, blocks, head=True, version=version)
     if hrec is None:
         w.bad.append(BadEntry("I5", root, 0, head, f"head: {msg}"))
         return w
@@ -190,8 +204,10 @@ def _walk_level0(buf, w: StoreWalk, blocks: dict[int, int], verify_values: bool)
     records, seen, vblocks = w.records, set(), []
     get, unpack, crc, le32 = blocks.get, _HDR_NEXT0.unpack_from, _crc, _LE32.pack
     unpack_inline, unpack_ext, unpack_le32 = _TAIL_INLINE.unpack_from, _TAIL_EXT.unpack_from, _LE32.unpack_from
+    unpack_le16 = _LE16.unpack_from
     min_block = fmt.OBJ_HDR_SIZE + 8
     pred, prev_key, limit, value_bytes = w.head_off, b"", len(blocks) + 1, 0
+    bad_flags = fmt.OBJ_FLAGS_RESERVED | (fmt.OBJ_FLAG_MD5_DERIVED if w.version == fmt.STORE_VERSION_OLD else 0)
     r = _next(buf, pred, 0)
     while r:
         bsize = get(r)
@@ -202,10 +218,17 @@ def _walk_level0(buf, w: StoreWalk, blocks: dict[int, int], verify_values: bool)
         h = hf & 0x1F
         t = r + 16 + 8 * h                          # FORMAT.md 4.7, inlined: hot
         if hf & 0x80:
-            ok = not hf & 0x60 and 1 <= h <= 16 and 1 <= ks <= 1024 and t + 22 - r <= bsize
+            if hf & 0x20:                           # MD5_DERIVED: the tail is value_size alone
+                ok = not hf & bad_flags and 1 <= h <= 16 and 1 <= ks <= 1024 and t + 2 - r <= bsize
+                if ok:
+                    size, etag, key_at = unpack_le16(buf, t)[0], _NO_ETAG, t + 2
+                    ok = size <= 256
+            else:
+                ok = not hf & bad_flags and 1 <= h <= 16 and 1 <= ks <= 1024 and t + 22 - r <= bsize
+                if ok:
+                    size, etag = unpack_inline(buf, t)
+                    key_at = t + 18 if size <= 256 else t + 22      # a stored value_crc32c above 256 B
             if ok:
-                size, etag = unpack_inline(buf, t)
-                key_at = t + 18 if size <= 256 else t + 22      # a stored value_crc32c above 256 B
                 end = voff = key_at + ks + cs
                 vblock = 0
                 ok = size <= 4096 and end + size - r <= bsize
@@ -217,7 +240,7 @@ def _walk_level0(buf, w: StoreWalk, blocks: dict[int, int], verify_values: bool)
         else:
             key_at = t + 36
             end = key_at + ks + cs
-            ok = not hf & 0x60 and 1 <= h <= 16 and 1 <= ks <= 1024 and end - r <= bsize
+            ok = not hf & (bad_flags | 0x20) and 1 <= h <= 16 and 1 <= ks <= 1024 and end - r <= bsize
             if ok:
                 size, voff, vcrc, etag = unpack_ext(buf, t)
                 vblock = voff
@@ -263,7 +286,9 @@ def _walk_level0_c(buf, w: StoreWalk, blocks: dict[int, int], verify_values: boo
     offs, vblocks = _cffi.new("uint64_t[]", cap), _cffi.new("uint64_t[]", cap)
     stop, vbytes = _cffi.new("uint64_t *"), _cffi.new("uint64_t *")
     base = _cffi.from_buffer(buf)
-    n = _clib.pmc_walk0(layout(header), base, w.head_off, verify_values, out, cap, stop, offs, vblocks, vbytes)
+    bad_flags = fmt.OBJ_FLAGS_RESERVED | (fmt.OBJ_FLAG_MD5_DERIVED if w.version == fmt.STORE_VERSION_OLD else 0)
+    n = _clib.pmc_walk0(layout(header), base, w.head_off, verify_values, bad_flags, out, cap, stop, offs, vblocks,
+                        vbytes)
     w.count, w.value_bytes = n, vbytes[0]
     reach = w.reachable
     reach.update(dict.fromkeys(_cffi.unpack(offs, n), 1))    # strictly increasing keys: each record once
@@ -288,7 +313,7 @@ def _stop_level0(buf, w: StoreWalk, blocks, pred: int, r: int, prev_key: bytes, 
     if r in seen or len(w.records) >= len(blocks) + 1:
         w.bad.append(BadEntry("I1", pred, 0, r, f"level 0 revisits block {r} (a cycle)"))
         return
-    rec, inv, msg = _record(buf, r, blocks)
+    rec, inv, msg = _record(buf, r, blocks, version=w.version)
     if rec is None:
         w.bad.append(BadEntry(inv, pred, 0, r, msg))
     elif rec.key <= prev_key:

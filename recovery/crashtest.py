@@ -238,8 +238,8 @@ def record_workload(path: Path, seed: int, op_count: int, journal_size: int = 0,
     # in 20 workloads had no tall record left at the end, and left them untested).
     workload_keys = {k.encode() for k in KEYS}
     while not any(r.height > 1 and r.key not in workload_keys for r in check_heap(path, records=True).store.records):
-        if len(base_keys) == 40:
-            raise RuntimeError("37 keys added and none above level 0: the index's tower heights are not random")
+        if len(base_keys) == 100:     # p = 1/8 per level: all 97 at level 0 one time in ~400,000
+            raise RuntimeError("97 keys added and none above level 0: the index's tower heights are not random")
         base_keys = [*base_keys, f"k/{len(base_keys):02d}~"]    # between the workload's keys
         with Store.open(path, backend="none", create=False) as s:
             s.put(base_keys[-1], base_keys[-1].encode() * 3)

@@ -90,10 +90,11 @@ _TABLE = _make_table()
 
 # FORMAT.md 4.6: the store superblock (the root word of a store heap points at it).
 STORE_MAGIC = b"PMSTORE1"
-STORE_VERSION = 2
+STORE_VERSION = 3
+STORE_VERSION_OLD = 2            # read too (records without OBJ_FLAG_MD5_DERIVED); raised to 3 at open
 SUPER_STRUCT = struct.Struct("<8sII QQ 32s")          # magic, version, reserved0, head_off, created_ns, reserved
 SUPER_HEAD_OFF = 16                                   # offset of head_off inside the superblock
-# FORMAT.md 4.7: object record (store version 2). A 16-byte header (pmd_object), next[height]
+# FORMAT.md 4.7: object record (store version 3; version 2 is the same without MD5_DERIVED). A 16-byte header (pmd_object), next[height]
 # at 16, then the tail at t = 16 + 8 * height: a tail header, the key, the content type and,
 # when INLINE, the value. No magic and no padding.
 OBJ_HDR_FIELDS = ("crc32c", "height_flags", "ctype_size", "key_size", "mtime_ns")
@@ -113,21 +114,26 @@ OBJ_CTYPE_MAX = 255
 OBJ_INLINE_MAX = 4096            # values up to this size are INLINE, larger ones never
 OBJ_HEIGHT_MASK = 0x1F           # height_flags bits 0-4: height
 OBJ_FLAG_INLINE = 0x80           # height_flags bit 7
-OBJ_FLAGS_RESERVED = 0x60        # height_flags bits 5-6: zero
+OBJ_FLAG_MD5_DERIVED = 0x20      # height_flags bit 5: no stored ETag (INLINE, value_size <= 256 only)
+OBJ_FLAGS_RESERVED = 0x40        # height_flags bit 6: zero
+OBJ_TAIL_DERIVED = 2             # tail header bytes before the key, MD5_DERIVED: value_size alone
 
 
-def obj_tail_size(inline_value_size: int | None) -> int:
-    """Bytes from the tail to the key: external, INLINE small (value_size <= 256), INLINE
-    with its value_crc32c."""
+def obj_tail_size(inline_value_size: int | None, derived: bool = False) -> int:
+    """Bytes from the tail to the key: external; INLINE and MD5_DERIVED; INLINE small
+    (value_size <= 256); INLINE with its value_crc32c."""
     if inline_value_size is None:
         return OBJ_TAIL_EXT
+    if derived:
+        return OBJ_TAIL_DERIVED
     return OBJ_TAIL_INLINE + (4 if inline_value_size > OBJ_SMALL_MAX else 0)
 
 
-def obj_record_size(height: int, key_size: int, ctype_size: int, inline_value_size: int | None) -> int:
+def obj_record_size(height: int, key_size: int, ctype_size: int, inline_value_size: int | None,
+                    derived: bool = False) -> int:
     """Bytes of a record: header, next pointers, tail header, key, content type and, when
     inline_value_size is not None (INLINE), the value."""
-    return OBJ_HDR_SIZE + 8 * height + obj_tail_size(inline_value_size) + key_size + ctype_size + \
+    return OBJ_HDR_SIZE + 8 * height + obj_tail_size(inline_value_size, derived) + key_size + ctype_size + \
         (inline_value_size or 0)
 
 

@@ -21,6 +21,7 @@ Nothing is deleted without a file in the quarantine directory and a line in the 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import struct
@@ -206,7 +207,7 @@ def _quarantine(buf, dumps: list, sizes: dict, qdir: Path, rep: RepairReport) ->
         _write_durable(qdir / f"{stem}.block", bytes(buf[off:off + extent]))
         if rec is not None:
             desc.update(key=rec.key.decode("utf-8", "replace"), key_hex=rec.key.hex(), value_size=rec.value_size,
-                        mtime_ns=rec.hdr["mtime_ns"], etag=rec.hdr["etag"].hex(),
+                        mtime_ns=rec.hdr["mtime_ns"], etag=_etag_hex(buf, rec),
                         value_crc32c=rec.hdr["value_crc32c"])
             if 0 < rec.value_off + rec.value_size <= len(buf):
                 _write_durable(qdir / f"{stem}.value", bytes(buf[rec.value_off:rec.value_off + rec.value_size]))
@@ -221,11 +222,19 @@ def _quarantine(buf, dumps: list, sizes: dict, qdir: Path, rep: RepairReport) ->
         os.close(fd)
 
 
+def _etag_hex(buf, rec) -> str:
+    """The record's ETag: as stored, or the MD5 of its small value (MD5_DERIVED, FORMAT.md 4.7)."""
+    if rec.hdr["height_flags"] & fmt.OBJ_FLAG_MD5_DERIVED and 0 < rec.value_off + rec.value_size <= len(buf):
+        return hashlib.md5(bytes(buf[rec.value_off:rec.value_off + rec.value_size])).hexdigest()
+    return rec.hdr["etag"].hex()
+
+
 def _record_extent(buf, rec, off: int) -> int:
     """Bytes to keep of a record that is not an allocated block (a dangling pointer's target)."""
     if rec is not None:
         return fmt.obj_record_size(rec.height, len(rec.key), rec.hdr["ctype_size"],
-                                   None if rec.value_block else rec.value_size)
+                                   None if rec.value_block else rec.value_size,
+                                   bool(rec.hdr["height_flags"] & fmt.OBJ_FLAG_MD5_DERIVED))
     largest = fmt.obj_record_size(fmt.OBJ_MAX_HEIGHT, fmt.OBJ_KEY_MAX, fmt.OBJ_CTYPE_MAX, fmt.OBJ_INLINE_MAX)
     return min(largest, len(buf) - off)
 

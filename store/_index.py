@@ -35,6 +35,10 @@ class _Scratch(threading.local):
         self.req.dst, self.req.cap, self.req.start, self.req.limit, self.req.info = (
             self.buf, _fast.GIL_COPY_MAX, 0, NO_LIMIT, self.info)
         self.read = (address(self.req), self.info_view)
+        # the same for the value alone: a small value's ETag is not computed (FORMAT.md 4.7)
+        self.req_value = ffi.new("struct pm_read_req *", self.req[0])
+        self.req_value.value_only = 1
+        self.read_value = (address(self.req_value), self.info_view)
 
 
 _scratch = _Scratch()
@@ -86,10 +90,11 @@ class Index:
         out = ffi.new("pm_index **")
         rep = ffi.new("struct pm_index_report *")
         magic, version = mapping.read(super_off, 8), int.from_bytes(mapping.read(super_off + 8, 4), "little")
-        if magic == _STORE_MAGIC and version != lib.PMD_STORE_VERSION:
+        if magic == _STORE_MAGIC and version not in (lib.PMD_STORE_VERSION_OLD, lib.PMD_STORE_VERSION):
             from allocator.errors import UnsupportedVersionError
             raise UnsupportedVersionError(path, "store version", f"the store was written with record layout "
-                                          f"{version}, this build reads {lib.PMD_STORE_VERSION} (I5, FORMAT.md 9)")
+                                          f"{version}, this build reads {lib.PMD_STORE_VERSION_OLD} and "
+                                          f"{lib.PMD_STORE_VERSION} (I5, FORMAT.md 9)")
         rc = lib.pm_index_open(mapping._handle(), super_off, out, rep)
         if rc == lib.PM_E_CORRUPT:
             from allocator.errors import CorruptHeapError
@@ -101,7 +106,8 @@ class Index:
         # put_plain releases the GIL where barriers are system calls (msync), as the heap's hot pair
         self._release_gil = mapping.backend not in _native.GIL_HOLDING_BACKENDS
         lib.pm_index_set_verify(self._x, int(verify_reads))
-        self.report = {"objects": rep.objects, "value_bytes": rep.value_bytes, "key_bytes": rep.key_bytes}
+        self.report = {"objects": rep.objects, "value_bytes": rep.value_bytes, "key_bytes": rep.key_bytes,
+                       "upgraded_from": rep.upgraded_from or None}
         self._info = None
 
     @staticmethod
@@ -155,7 +161,7 @@ class Index:
     def read_value(self, key: bytes):
         """The whole value as bytes, verified if verify_reads, one C call. key: a valid key
         (encode_key), so it holds no NUL -- pm_index_read takes it NUL-terminated."""
-        r = _fast_read(self._xp, key, _scratch.read[0])
+        r = _fast_read(self._xp, key, _scratch.read_value[0])
         if type(r) is bytes:
             return r
         buf = self.get(key)[0]      # over 2 GiB, or an error to raise
@@ -173,7 +179,7 @@ class Index:
             else:
                 k = encode_key(key)
             try:
-                r = read(index._xp, k, local.read[0])
+                r = read(index._xp, k, local.read_value[0])
             except TypeError:       # closed: _xp is None
                 _closed()
             return r if type(r) is bytes else index.read_value(k)    # over 2 GiB, or the error

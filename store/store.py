@@ -16,7 +16,6 @@ serialised inside the index.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import re
 import time
@@ -55,7 +54,10 @@ class ObjectInfo(NamedTuple):
     checksum: int           # CRC32C of the value
 
 
-_make_info = functools.partial(_new_info, ObjectInfo)   # (fields) -> ObjectInfo, called by allocator._fast
+# allocator._fast builds ObjectInfo from its fields in place, untracked by the GC, which
+# needs instances without a __dict__ (fastcall.c, make_info_of)
+assert ObjectInfo.__dictoffset__ == 0
+_make_info = ObjectInfo
 
 
 def encode_key(key: str | bytes) -> bytes:

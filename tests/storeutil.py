@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import struct
+from pathlib import Path
 
 import pytest
 from heaputil import peek, poke  # noqa: F401 (re-exported to the store tests)
@@ -50,7 +52,8 @@ def tail_off(rec) -> int:
 
 def key_off(rec) -> int:
     """The offset of a checker Record's key, right after its tail header."""
-    return tail_off(rec) + fmt.obj_tail_size(None if rec.value_block else rec.value_size)
+    return tail_off(rec) + fmt.obj_tail_size(None if rec.value_block else rec.value_size,
+                                             bool(rec.hdr["height_flags"] & fmt.OBJ_FLAG_MD5_DERIVED))
 
 
 def set_next(path, rec_off: int, level: int, target: int) -> None:
@@ -64,3 +67,24 @@ def head_off(path) -> int:
 def contents(path) -> dict[str, bytes]:
     with Store.open(path, create=False, backend="none") as s:
         return {k: s.get(k)[0] for k in s}
+
+
+# A store written by an older build (FORMAT.md 9): tests/fixtures/store-v2.heap.gz.
+V2_FIXTURE = Path(__file__).parent / "fixtures" / "store-v2.heap.gz"
+
+
+def v2_contents() -> dict[str, tuple[bytes, str | None]]:
+    """key -> (value, content type) of V2_FIXTURE: written by commit 039ea0a (store version 2,
+    every ETag stored) through Store.open(initial_size=1 MiB, max_size=16 MiB) and these puts,
+    then a delete of small/05."""
+    want = {f"small/{i:02d}": (bytes([i]) * (i * 7), "text/plain" if i % 2 else None) for i in range(40) if i != 5}
+    want["mid/800"] = (b"m" * 800, "application/x-mid")
+    want["big/9000"] = (bytes(range(256)) * 36, None)
+    return want
+
+
+def v2_store(directory: Path) -> Path:
+    """A fresh copy of V2_FIXTURE in directory."""
+    path = directory / "v2.heap"
+    path.write_bytes(gzip.decompress(V2_FIXTURE.read_bytes()))
+    return path

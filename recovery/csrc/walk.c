@@ -19,7 +19,8 @@
 #define KEY_MAX 1024u
 #define INLINE_MAX 4096u
 #define HEIGHT_MASK 0x1Fu       /* height_flags bits 0-4 */
-#define FLAGS_RESERVED 0x60u    /* height_flags bits 5-6: zero */
+#define FLAG_MD5_DERIVED 0x20u  /* height_flags bit 5: INLINE, value <= SMALL_MAX, tail = {u16 value_size} */
+#define TAIL_DERIVED 2u
 #define FLAG_INLINE 0x80u       /* height_flags bit 7 */
 #define DESC_RUN 1u
 #define DESC_SPAN 2u
@@ -107,7 +108,8 @@ static int key_less(const uint8_t *a, uint32_t alen, const uint8_t *b, uint32_t 
 }
 
 /* pmc_walk0 -- follow level 0 from the head while every record is valid: an allocated
- * block (P4) holding height 1..16 with bits 5-6 clear, a key of 1..1024 bytes, its tail
+ * block (P4) holding height 1..16 with no flag of bad_flags (bit 6; bit 5, MD5_DERIVED, in a
+ * version-2 store; MD5_DERIVED only INLINE with a value of <= 256 bytes), a key of 1..1024 bytes, its tail
  * (and an inline value of <= 4096 bytes) inside the block, a crc32c that holds (I2), an
  * external value of > 4096 bytes in an allocated block of its own that holds it (P4, I2),
  * a key above the previous one (I1) and, with verify, a value that matches its stored
@@ -116,7 +118,7 @@ static int key_less(const uint8_t *a, uint32_t alen, const uint8_t *b, uint32_t 
  * out[], offs[] and value_blocks[] (at most cap each) and returns the count; *stop_off is
  * the record it stopped at (0: the end of the list). */
 int64_t pmc_walk0(const struct pmc_layout *L, const uint8_t *base, uint64_t head_off, int verify,
-                  struct pmc_record *out, uint64_t cap, uint64_t *stop_off, uint64_t *offs, uint64_t *value_blocks,
+                  uint32_t bad_flags, struct pmc_record *out, uint64_t cap, uint64_t *stop_off, uint64_t *offs, uint64_t *value_blocks,
                   uint64_t *value_bytes) {
     *value_bytes = 0;
     const uint8_t *prev_key = NULL;
@@ -127,18 +129,22 @@ int64_t pmc_walk0(const struct pmc_layout *L, const uint8_t *base, uint64_t head
         if (n >= cap || bsize < HDR_SIZE + 8) break;
         const uint8_t *o = base + r;
         uint32_t hf = o[4], h = hf & HEIGHT_MASK, cs = o[5], ks = ld16(o + 6);
-        if ((hf & FLAGS_RESERVED) || h < 1 || h > MAX_HEIGHT || ks < 1 || ks > KEY_MAX) break;
+        uint32_t derived = hf & FLAG_MD5_DERIVED;
+        if ((hf & bad_flags) || h < 1 || h > MAX_HEIGHT || ks < 1 || ks > KEY_MAX) break;
+        if (derived && !(hf & FLAG_INLINE)) break;
         uint64_t t = HDR_SIZE + 8ull * h;                       /* the tail, from r */
-        if (t + (hf & FLAG_INLINE ? TAIL_INLINE + 4 : TAIL_EXT) > bsize) break;
-        uint32_t tail = hf & FLAG_INLINE ? TAIL_INLINE + (ld16(o + t) > SMALL_MAX ? 4 : 0) : TAIL_EXT;
+        if (t + (!(hf & FLAG_INLINE) ? TAIL_EXT : derived ? TAIL_DERIVED : TAIL_INLINE + 4) > bsize) break;
+        uint32_t tail = !(hf & FLAG_INLINE) ? TAIL_EXT : derived ? TAIL_DERIVED
+                      : TAIL_INLINE + (ld16(o + t) > SMALL_MAX ? 4 : 0);
         uint64_t end = t + tail + ks + cs;                      /* the end of the content type, from r */
         if (end > bsize) break;
         uint64_t vsize, voff, vblock;
         uint32_t vcrc;
+        static const uint8_t no_etag[16];       /* derived: the checker does not compute it */
         const uint8_t *etag;
         if (hf & FLAG_INLINE) {
-            vsize = ld16(o + t), etag = o + t + 2;
-            if (vsize > INLINE_MAX || vsize > bsize - end) break;
+            vsize = ld16(o + t), etag = derived ? no_etag : o + t + 2;
+            if (vsize > INLINE_MAX || vsize > bsize - end || (derived && vsize > SMALL_MAX)) break;
             voff = r + end, vblock = 0;
             vcrc = vsize > SMALL_MAX ? ld32(o + t + TAIL_INLINE) : pmc_crc32c(0, base + voff, vsize);
         } else {

@@ -35,7 +35,7 @@ struct pmc_record {
     uint32_t value_crc32c;      /* stored (external) or computed from the bytes (inline) */
     uint8_t  height_flags;      /* as found: height | INLINE */
     uint8_t  ctype_size;        /* bytes */
-    uint8_t  etag[16];          /* MD5 of the value, as found */
+    uint8_t  etag[16];          /* MD5 of the value, as found; zero when MD5_DERIVED */
     uint8_t  pad[6];            /* 0: the struct is 88 bytes */
 };
 
@@ -44,7 +44,7 @@ int64_t pmc_run_blocks(const uint8_t *base, uint64_t page_off, uint32_t block_si
                        uint64_t *out, uint64_t cap);
 uint64_t pmc_block_size(const struct pmc_layout *L, const uint8_t *base, uint64_t off);
 int64_t pmc_walk0(const struct pmc_layout *L, const uint8_t *base, uint64_t head_off, int verify,
-                  struct pmc_record *out, uint64_t cap, uint64_t *stop_off, uint64_t *offs, uint64_t *value_blocks,
+                  uint32_t bad_flags, struct pmc_record *out, uint64_t cap, uint64_t *stop_off, uint64_t *offs, uint64_t *value_blocks,
                   uint64_t *value_bytes);
 int pmc_walk_upper(const uint8_t *base, uint64_t head_off, const struct pmc_record *recs, uint64_t n);
 

@@ -64,17 +64,32 @@ struct rec {
     uint64_t value_block;       /* the value's own block; 0 when inline */
     uint32_t value_crc32c;      /* as stored; 0 (to be computed) for a small inline value */
     uint32_t small;             /* an inline value of at most PMD_OBJ_SMALL_MAX bytes: CRC not stored */
-    uint8_t etag[16];
+    uint32_t derived;           /* PMD_OBJ_FLAG_MD5_DERIVED: the ETag is the MD5 of the value, not stored */
+    uint8_t etag[16];           /* as stored; unset when derived (rec_etag) */
     uint64_t tail_off, key_off; /* heap offsets of the tail and the key (the content type follows) */
 };
 
 static uint64_t next_word(uint64_t r, uint32_t lvl) { return r + PMD_OBJ_HDR_SIZE + 8ull * lvl; }
-/* tail_size -- bytes from the tail to the key (FORMAT.md 4.7). */
-static uint32_t tail_size(int inl, uint64_t vlen) {
-    return !inl ? PMD_OBJ_TAIL_EXT : PMD_OBJ_TAIL_INLINE + (vlen > PMD_OBJ_SMALL_MAX ? 4 : 0);
+/* tail_size -- bytes from the tail to the key (FORMAT.md 4.7). derived: the record has
+ * PMD_OBJ_FLAG_MD5_DERIVED (no stored ETag). */
+static uint32_t tail_size(int inl, int derived, uint64_t vlen) {
+    if (!inl) return PMD_OBJ_TAIL_EXT;
+    return derived ? 2 : PMD_OBJ_TAIL_INLINE + (vlen > PMD_OBJ_SMALL_MAX ? 4 : 0);
 }
+/* new_derived -- whether a record written now leaves its ETag to be derived: a small
+ * inline value's (16 of ~150 bytes for 100-byte values; MD5 of them costs ~200 ns). */
+static int new_derived(uint64_t vlen) { return vlen <= PMD_OBJ_SMALL_MAX; }
+/* rec_meta_size -- a record written now: header, links, tail, key, content type. */
 static uint64_t rec_meta_size(uint32_t height, int inl, uint64_t vlen, uint32_t klen, uint32_t ctlen) {
-    return PMD_OBJ_HDR_SIZE + 8ull * height + tail_size(inl, vlen) + klen + ctlen;
+    return PMD_OBJ_HDR_SIZE + 8ull * height + tail_size(inl, new_derived(vlen), vlen) + klen + ctlen;
+}
+/* rec_block_size -- the block a record of `bytes` takes: its size, but a record of height
+ * 4 or more (1 in 512) rounded up to 64 bytes up to 256, so the rare tall records share a
+ * few size classes instead of holding a mostly empty run each (classes step by 8 there;
+ * 0.02 of the space ratio at 100,000 objects of 100 bytes). The checker only asks that the
+ * record fit its block (I2). */
+static uint64_t rec_block_size(uint32_t height, uint64_t bytes) {
+    return height >= 4 && bytes <= 256 ? (bytes + 63) & ~(uint64_t)63 : bytes;
 }
 static uint32_t rec_height(pm_heap *h, uint64_t r) { return h->base[r + 4] & PMD_OBJ_HEIGHT_MASK; }
 
@@ -85,7 +100,7 @@ static const uint8_t *rec_key(pm_heap *h, uint64_t r, uint32_t *klen) {
     memcpy(&ks, p + 6, 2);
     memcpy(&vs, t, 2);          /* an inline tail's value_size (an external one's low bytes: unused) */
     *klen = ks;
-    return t + tail_size(p[4] & PMD_OBJ_FLAG_INLINE, vs);
+    return t + tail_size(p[4] & PMD_OBJ_FLAG_INLINE, p[4] & PMD_OBJ_FLAG_MD5_DERIVED, vs);
 }
 
 /* decode -- record r into *o if it fits the heap: a stale offset held by a reader, or a
@@ -98,19 +113,22 @@ static int decode(pm_heap *h, uint64_t r, struct rec *o) {
     o->crc32c = hd.crc32c; o->mtime_ns = hd.mtime_ns;
     o->height = hd.height_flags & PMD_OBJ_HEIGHT_MASK;
     o->inl = (hd.height_flags & PMD_OBJ_FLAG_INLINE) != 0;
+    o->derived = (hd.height_flags & PMD_OBJ_FLAG_MD5_DERIVED) != 0;
     o->ctype_size = hd.ctype_size; o->key_size = hd.key_size;
-    if (o->height < 1 || o->height > PMD_OBJ_MAX_HEIGHT || (hd.height_flags & 0x60) || o->key_size > PMD_OBJ_KEY_MAX)
+    if (o->height < 1 || o->height > PMD_OBJ_MAX_HEIGHT || (hd.height_flags & PMD_OBJ_FLAGS_RESERVED) ||
+        o->key_size > PMD_OBJ_KEY_MAX || (o->derived && !o->inl))
         return 0;
     o->tail_off = r + PMD_OBJ_HDR_SIZE + 8ull * o->height;
-    if (o->tail_off + (o->inl ? PMD_OBJ_TAIL_INLINE + 4 : PMD_OBJ_TAIL_EXT) > size) return 0;
+    if (o->tail_off + (!o->inl ? PMD_OBJ_TAIL_EXT : o->derived ? 2 : PMD_OBJ_TAIL_INLINE + 4) > size) return 0;
     const uint8_t *t = h->base + o->tail_off;
-    if (o->inl) {       /* +4 above: even a tiny record's block (8-byte classes) reaches t + 22 */
+    if (o->inl) {       /* +4 above: every record with a stored ETag takes a block reaching t + 22 */
         uint16_t vs;
         memcpy(&vs, t, 2);
-        memcpy(o->etag, t + offsetof(struct pmd_tail_inline, etag), 16);
+        if (o->derived && vs > PMD_OBJ_SMALL_MAX) return 0;
+        if (!o->derived) memcpy(o->etag, t + offsetof(struct pmd_tail_inline, etag), 16);
         o->small = vs <= PMD_OBJ_SMALL_MAX;
         o->value_crc32c = 0;
-        if (!o->small) memcpy(&o->value_crc32c, t + PMD_OBJ_TAIL_INLINE, 4);
+        if (!o->small) memcpy(&o->value_crc32c, t + PMD_OBJ_TAIL_INLINE, 4);    /* never derived */
         o->value_size = vs; o->value_block = 0;
         if (vs > PMD_OBJ_INLINE_MAX) return 0;
     } else {
@@ -121,7 +139,7 @@ static int decode(pm_heap *h, uint64_t r, struct rec *o) {
         o->value_size = te.value_size; o->value_block = te.value_off;
         o->value_crc32c = te.value_crc32c;
     }
-    o->key_off = o->tail_off + tail_size(o->inl, o->value_size);
+    o->key_off = o->tail_off + tail_size(o->inl, o->derived, o->value_size);
     uint64_t meta = o->key_off - r + o->key_size + o->ctype_size;
     if (meta > size - r) return 0;
     o->value_off = o->inl ? r + meta : o->value_block;
@@ -161,15 +179,24 @@ static int bytes_cmp(const uint8_t *a, uint32_t alen, const uint8_t *b, uint32_t
     return c ? c : (alen > blen) - (alen < blen);
 }
 
-/* fill_info -- info from a decoded record; vcrc: the value's CRC32C (value_check). */
-static void fill_info(pm_heap *h, uint64_t r, const struct rec *o, uint32_t vcrc, struct pm_obj_info *info) {
+/* rec_etag -- the record's ETag: stored, or the MD5 of its small value (derived). */
+static void rec_etag(pm_heap *h, const struct rec *o, uint8_t out[16]) {
+    if (o->derived) pmi_md5(h->base + o->value_off, o->value_size, out);
+    else memcpy(out, o->etag, 16);
+}
+
+/* fill_info -- info from a decoded record; vcrc: the value's CRC32C (value_check).
+ * want_etag 0: a derived ETag is left all zero (a caller that reads the value only). */
+static void fill_info(pm_heap *h, uint64_t r, const struct rec *o, uint32_t vcrc, struct pm_obj_info *info,
+                      int want_etag) {
     info->rec_off = r;
     info->value_off = o->value_off;
     info->value_size = o->value_size;
     info->mtime_ns = o->mtime_ns;
     info->value_crc32c = vcrc;
     info->ctype_size = o->ctype_size;
-    memcpy(info->etag, o->etag, 16);
+    if (want_etag || !o->derived) rec_etag(h, o, info->etag);
+    else memset(info->etag, 0, 16);
     memcpy(info->ctype, h->base + o->key_off + o->key_size, o->ctype_size);
 }
 
@@ -179,7 +206,7 @@ static void fill_info_at(pm_heap *h, uint64_t r, struct pm_obj_info *info) {
     uint32_t vcrc;
     decode(h, r, &o);
     value_check(h, r, &o, PM_VERIFY_NONE, &vcrc);
-    fill_info(h, r, &o, vcrc, info);
+    fill_info(h, r, &o, vcrc, info, 1);
 }
 
 /* ------------------------------------------------------------------ DRAM hash */
@@ -280,7 +307,10 @@ static uint32_t random_height(pm_index *x) {
     uint32_t hgt = 1;
     for (;;) {
         x->rng ^= x->rng << 13; x->rng ^= x->rng >> 7; x->rng ^= x->rng << 17;
-        if ((x->rng & 3) || hgt == PMD_OBJ_MAX_HEIGHT) return hgt;   /* p = 1/4 */
+        /* p = 1/8: 9.1 bytes of links per record on average (1/4: 10.7), and the rare tall
+         * records spread over fewer size classes, each with a partly empty run (FORMAT.md
+         * 4.7); a search compares ~33% more keys, and lookups go through the DRAM hash */
+        if ((x->rng & 7) || hgt == PMD_OBJ_MAX_HEIGHT) return hgt;
         hgt++;
     }
 }
@@ -289,7 +319,10 @@ static int cond_ok(pm_heap *h, uint64_t old, int cond, const uint8_t *match_etag
     if (cond == PM_COND_ABSENT) return old == 0;
     if (cond != PM_COND_ETAG) return 1;
     struct rec o;
-    return old && decode(h, old, &o) && memcmp(o.etag, match_etag, 16) == 0;
+    uint8_t etag[16];
+    if (!old || !decode(h, old, &o)) return 0;
+    rec_etag(h, &o, etag);
+    return memcmp(etag, match_etag, 16) == 0;
 }
 
 /* free_entries -- writer: entries freeing record r and its value block. */
@@ -307,15 +340,15 @@ static int free_entries(pm_heap *h, uint64_t r, struct reservation *res, uint32_
 static void record_write(pm_heap *h, uint64_t r, uint64_t voff, uint32_t height, const uint64_t *nexts,
                          const uint8_t *key, uint32_t klen, const uint8_t *ctype, uint32_t ctlen,
                          const uint8_t *value, uint64_t vlen, uint32_t vcrc, const uint8_t *etag, uint64_t mtime_ns) {
-    int inl = vlen <= PMD_OBJ_INLINE_MAX;
-    struct pmd_object o = {0, (uint8_t)(height | (inl ? PMD_OBJ_FLAG_INLINE : 0)), (uint8_t)ctlen, (uint16_t)klen,
-                           mtime_ns};
+    int inl = vlen <= PMD_OBJ_INLINE_MAX, derived = new_derived(vlen);
+    struct pmd_object o = {0, (uint8_t)(height | (inl ? PMD_OBJ_FLAG_INLINE : 0) | (derived ? PMD_OBJ_FLAG_MD5_DERIVED : 0)),
+                           (uint8_t)ctlen, (uint16_t)klen, mtime_ns};
     uint8_t tail[PMD_OBJ_TAIL_EXT];
-    uint32_t tsz = tail_size(inl, vlen);
+    uint32_t tsz = tail_size(inl, derived, vlen);
     if (inl) {
         uint16_t vs = (uint16_t)vlen;
         memcpy(tail, &vs, 2);
-        memcpy(tail + offsetof(struct pmd_tail_inline, etag), etag, 16);
+        if (!derived) memcpy(tail + offsetof(struct pmd_tail_inline, etag), etag, 16);
         if (vlen > PMD_OBJ_SMALL_MAX) memcpy(tail + PMD_OBJ_TAIL_INLINE, &vcrc, 4);
     } else {
         struct pmd_tail_ext te = {vlen, voff, vcrc, {0}};
@@ -384,12 +417,25 @@ int pm_index_create(pm_heap *h, uint64_t *super_off) {
     return PM_OK;
 }
 
+/* upgrade -- raise a version-2 store to 3 (FORMAT.md 9), before any record written
+ * now (PMD_OBJ_FLAG_MD5_DERIVED, which version 2 lacks) can reach the file: one word,
+ * so one commit. The records stay as they are: version 3 reads both layouts. */
+static int upgrade(pm_heap *h, uint64_t super_off) {
+    uint32_t reserved0;
+    memcpy(&reserved0, h->base + super_off + offsetof(struct pmd_store_super, reserved0), 4);
+    struct pmd_redo_entry e = {(super_off + offsetof(struct pmd_store_super, version)) | PMD_REDO_OP_SET,
+                               (uint64_t)reserved0 << 32 | PMD_STORE_VERSION};
+    return pmi_redo_commit(h, &e, 1, NULL, 0);  /* durable: version 3 */
+}
+
 /* pm_index_open -- check the superblock, walk level 0 (I1-I3) and build the DRAM hash. */
 int pm_index_open(pm_heap *h, uint64_t super_off, pm_index **out, struct pm_index_report *rep) {
     memset(rep, 0, sizeof *rep);
     if (!pmi_in_range(h, super_off, sizeof(struct pmd_store_super)) || super_off % 8) return PM_E_CORRUPT;
     const struct pmd_store_super *sb = (const void *)(h->base + super_off);
-    if (sb->magic != PMD_STORE_MAGIC || sb->version != PMD_STORE_VERSION) return PM_E_CORRUPT;
+    if (sb->magic != PMD_STORE_MAGIC || (sb->version != PMD_STORE_VERSION && sb->version != PMD_STORE_VERSION_OLD))
+        return PM_E_CORRUPT;                                                    /* I5 */
+    int old_version = sb->version == PMD_STORE_VERSION_OLD;
     uint64_t head = sb->head_off;
     struct rec o;
     if (!decode(h, head, &o) || o.height != PMD_OBJ_MAX_HEIGHT || !o.inl || o.key_size || o.ctype_size ||
@@ -422,7 +468,8 @@ int pm_index_open(pm_heap *h, uint64_t super_off, pm_index **out, struct pm_inde
      * object does not keep the others from being served (the checker reports it). */
     uint64_t prev = 0, steps = 0, limit = pm_heap_size(h) / 24;   /* the smallest record: 16 + 8 bytes */
     for (uint64_t r = pm_load8(h, next_word(head, 0)); r; r = pm_load8(h, next_word(r, 0))) {
-        if (++steps > limit || !decode(h, r, &o) || o.key_size < 1 || o.inl != (o.value_size <= PMD_OBJ_INLINE_MAX)) {
+        if (++steps > limit || !decode(h, r, &o) || o.key_size < 1 || o.inl != (o.value_size <= PMD_OBJ_INLINE_MAX) ||
+            (o.derived && old_version)) {
             rc = PM_E_CORRUPT; rep->objects = r; break;                        /* I2 */
         }
         const uint8_t *k = h->base + o.key_off;
@@ -433,6 +480,7 @@ int pm_index_open(pm_heap *h, uint64_t super_off, pm_index **out, struct pm_inde
         rep->objects++; rep->value_bytes += o.value_size; rep->key_bytes += o.key_size;
         prev = r;
     }
+    if (!rc && old_version && (rc = upgrade(h, super_off)) == PM_OK) rep->upgraded_from = PMD_STORE_VERSION_OLD;
     if (rc) { pm_index_close(x); return rc; }
     atomic_store(&x->count, rep->objects);
     *out = x;
@@ -455,8 +503,17 @@ uint64_t pm_index_count(pm_index *x) { return atomic_load(&x->count); }
  * write lands meanwhile). verify: PM_VERIFY_* (pm_index_api.h), over the whole value.
  * Returns bytes copied, PM_E_NOT_FOUND, PM_E_BUFFER (info filled, but for a small
  * value's CRC32C: cap too small for the wanted part of the value), or PM_E_CORRUPT_OBJECT. */
+static int get_impl(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t start, uint64_t limit, uint8_t *dst,
+                    uint64_t cap, int verify, int want_etag, struct pm_obj_info *info);
+
 int pm_index_get(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t start, uint64_t limit, uint8_t *dst,
                  uint64_t cap, int verify, struct pm_obj_info *info) {
+    return get_impl(x, key, klen, start, limit, dst, cap, verify, 1, info);
+}
+
+/* get_impl -- pm_index_get; want_etag 0: leave a derived ETag uncomputed (pm_read_req). */
+static int get_impl(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t start, uint64_t limit, uint8_t *dst,
+                    uint64_t cap, int verify, int want_etag, struct pm_obj_info *info) {
     pm_heap *h = x->h;
     uint32_t hv = key_hash(key, klen);
     for (int attempt = 0;; attempt++) {
@@ -474,11 +531,11 @@ int pm_index_get(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t start,
             uint64_t want = start >= o.value_size ? 0 : o.value_size - start;
             if (want > limit) want = limit;
             if (want > cap) {       /* info for the caller's next, larger buffer: no CRC yet */
-                fill_info(h, r, &o, o.value_crc32c, info);
+                fill_info(h, r, &o, o.value_crc32c, info, want_etag);
                 rc = PM_E_BUFFER;
             } else {
                 int ok = value_check(h, r, &o, verify, &vcrc);  /* I2, I4 */
-                fill_info(h, r, &o, vcrc, info);
+                fill_info(h, r, &o, vcrc, info, want_etag);
                 memcpy(dst, h->base + o.value_off + (start < o.value_size ? start : o.value_size), want);
                 rc = ok ? (int)(want > INT32_MAX ? INT32_MAX : want) : PM_E_CORRUPT_OBJECT;
             }
@@ -495,8 +552,8 @@ void pm_index_set_verify(pm_index *x, int on) { x->verify_reads = on; }
 int pm_index_read(pm_index *x, const char *key, const struct pm_read_req *req) {
     size_t klen = strnlen(key, PMD_OBJ_KEY_MAX + 1);
     if (klen < 1 || klen > PMD_OBJ_KEY_MAX) return PM_E_NOT_FOUND;
-    return pm_index_get(x, (const uint8_t *)key, (uint32_t)klen, req->start, req->limit, req->dst, req->cap,
-                        x->verify_reads, req->info);
+    return get_impl(x, (const uint8_t *)key, (uint32_t)klen, req->start, req->limit, req->dst, req->cap,
+                    x->verify_reads, !req->value_only, req->info);
 }
 
 static int submit_plain(pm_index *x, const uint8_t *key, uint32_t klen, const uint8_t *value, uint64_t vlen,
@@ -563,7 +620,7 @@ int pm_index_put(pm_index *x, const uint8_t *key, uint32_t klen, const uint8_t *
     struct pmd_redo_entry e[4 + 2 * PMD_OBJ_MAX_HEIGHT + 8];
     uint32_t n = 0, nres = 0, nfree = 0;
     struct reservation res[2], fre[2];
-    rc = pmi_reserve(h, meta + (inl ? vlen : 0), &res[nres], e, &n);
+    rc = pmi_reserve(h, rec_block_size(height, meta + (inl ? vlen : 0)), &res[nres], e, &n);
     if (rc) goto out;
     nres++;
     if (!inl) {
@@ -593,7 +650,8 @@ int pm_index_put(pm_index *x, const uint8_t *key, uint32_t klen, const uint8_t *
     for (uint32_t k = 0; k < nfree; k++) pmi_released(h, &fre[k]);
     struct rec o;
     decode(h, r, &o);
-    fill_info(h, r, &o, vcrc, info);
+    fill_info(h, r, &o, vcrc, info, 0);
+    memcpy(info->etag, etag, 16);   /* the MD5 we were given or computed above */
     *created = !old;
     pthread_mutex_unlock(&x->wlock);
     return PM_OK;
@@ -667,7 +725,7 @@ static int64_t list_walk(pm_index *x, const uint8_t *after, uint32_t alen, const
         value_check(h, r, &o, PM_VERIFY_NONE, &vcrc);  /* a small value's: its bytes are in the record */
         memcpy(p, &ks, 2); memcpy(p + 2, k, ks); p += 2 + ks;
         memcpy(p, &cs, 2); memcpy(p + 2, k + ks, cs); p += 2 + cs;
-        memcpy(p, &o.value_size, 8); memcpy(p + 8, &o.mtime_ns, 8); memcpy(p + 16, o.etag, 16);
+        memcpy(p, &o.value_size, 8); memcpy(p + 8, &o.mtime_ns, 8); rec_etag(h, &o, p + 16);
         memcpy(p + 32, &vcrc, 4);
         used += need;
         count++;
@@ -771,7 +829,7 @@ static int b_op(struct batch *b, struct pm_index_op *op) {
     int inl = op->vlen <= PMD_OBJ_INLINE_MAX;
     uint64_t meta = rec_meta_size(height, inl, op->vlen, op->klen, op->ctlen);
     uint32_t r0 = b->nres, n0 = b->n;
-    int rc = pmi_reserve(h, meta + (inl ? op->vlen : 0), &b->res[b->nres], b->e, &b->n);
+    int rc = pmi_reserve(h, rec_block_size(height, meta + (inl ? op->vlen : 0)), &b->res[b->nres], b->e, &b->n);
     if (rc) return rc;
     b->nres++;
     if (!inl && (rc = pmi_reserve(h, op->vlen, &b->res[b->nres], b->e, &b->n))) {

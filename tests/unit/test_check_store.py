@@ -64,7 +64,9 @@ def test_I2_the_stored_crc32c_is_the_one_format_md_defines(tmp_path):
         assert (rec.value_block == 0) == inline and bool(rec.hdr["height_flags"] & fmt.OBJ_FLAG_INLINE) == inline
         assert peek(path, rec.value_off, rec.value_size) == values[key]
         assert rec.hdr["value_crc32c"] == fmt.crc32c(values[key])
-        assert rec.hdr["etag"] == hashlib.md5(values[key]).digest()
+        derived = bool(rec.hdr["height_flags"] & fmt.OBJ_FLAG_MD5_DERIVED)   # FORMAT.md 4.7: values <= 256 B
+        assert derived == (len(values[key]) <= fmt.OBJ_SMALL_MAX)
+        assert rec.hdr["etag"] == (bytes(16) if derived else hashlib.md5(values[key]).digest())
         assert rec.hdr["mtime_ns"] > 0 and rec.hdr["height_flags"] & fmt.OBJ_HEIGHT_MASK == rec.height
         assert _record_crc(path, rec, rec.hdr["value_crc32c"]) == rec.hdr["crc32c"], key
 
@@ -122,9 +124,23 @@ def test_I2_reserved_height_flags_bits_are_reported(tmp_path):
     path = tmp_path / "s.heap"
     make_store(path)
     r = records(path)["obj/04"]
-    poke(path, r.off + 4, bytes([r.hdr["height_flags"] | 0x20]))   # the height is unchanged
-    _fix_crc(path, r, r.hdr["value_crc32c"])                         # and the CRC holds
+    poke(path, r.off + 4, bytes([r.hdr["height_flags"] | fmt.OBJ_FLAGS_RESERVED]))   # the height is unchanged
+    _fix_crc(path, r, r.hdr["value_crc32c"])                                         # and the CRC holds
     _assert_one_i2(path, r.off, "reserved")
+
+
+@pytest.mark.corrupts_heap
+@pytest.mark.parametrize("key, words", [("obj/01", "over 256"), ("obj/07", "without INLINE")])
+def test_I2_md5_derived_on_a_value_that_stores_its_etag_is_reported(tmp_path, key, words):
+    """MD5_DERIVED only with INLINE and a value of at most 256 bytes (FORMAT.md 4.7): set on an
+    inline 800-byte value or an external one, with the CRC made to hold, it is I2."""
+    path = tmp_path / "s.heap"
+    make_store(path)
+    r = records(path)[key]
+    assert not r.hdr["height_flags"] & fmt.OBJ_FLAG_MD5_DERIVED and r.value_size > fmt.OBJ_SMALL_MAX
+    poke(path, r.off + 4, bytes([r.hdr["height_flags"] | fmt.OBJ_FLAG_MD5_DERIVED]))
+    _fix_crc(path, r, r.hdr["value_crc32c"])
+    _assert_one_i2(path, r.off, words)
 
 
 @pytest.mark.corrupts_heap

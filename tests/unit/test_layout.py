@@ -106,7 +106,8 @@ def test_format_md_store_super_table_matches_the_c_struct():
 
 
 def format_record_tables() -> list[list[tuple[str, str, str]]]:
-    """FORMAT.md 4.7's tables in order (header, INLINE tail, external tail): (offset, size, field) cells."""
+    """FORMAT.md 4.7's tables in order (header, MD5_DERIVED tail, INLINE tail, external tail):
+    (offset, size, field) cells."""
     m = re.search(r"^#+ 4\.7 Object record \(pmd_object\)\s*$(.*?)(?=^#)", FORMAT, re.MULTILINE | re.DOTALL)
     assert m, "FORMAT.md has no section 4.7"
     tables, rows = [], None
@@ -128,8 +129,9 @@ def _c_cells(struct: str) -> list[tuple[str, str, str]]:
 
 
 def test_format_md_record_tables_match_the_c_structs():
-    hdr, tail_inline, tail_ext = format_record_tables()
+    hdr, tail_derived, tail_inline, tail_ext = format_record_tables()
     assert hdr == [*_c_cells("pmd_object"), ("16", "8 x height", "next")]
+    assert tail_derived == [_c_cells("pmd_tail_inline")[0], ("2", "key_size", "key")]      # value_size, no etag
     assert tail_inline == [*_c_cells("pmd_tail_inline"), ("18", "0 or 4", "value_crc32c")]   # then key at 18 or 22
     assert _native.layout_constant("PMD_OBJ_SMALL_MAX") == rformat.OBJ_SMALL_MAX == 256
     assert tail_ext == [*_c_cells("pmd_tail_ext"), ("36", "key_size", "key")]
@@ -177,7 +179,11 @@ def test_checker_store_transcription_matches_c():
     for name in ("OBJ_MAX_HEIGHT", "OBJ_KEY_MAX", "OBJ_CTYPE_MAX", "OBJ_INLINE_MAX", "OBJ_FLAG_INLINE",
                  "OBJ_HEIGHT_MASK", "OBJ_TAIL_INLINE", "OBJ_TAIL_EXT", "OBJ_HDR_SIZE", "STORE_VERSION"):
         assert getattr(rformat, name) == _native.layout_constant(f"PMD_{name}"), name
-    assert rformat.OBJ_FLAGS_RESERVED == 0xFF & ~(rformat.OBJ_HEIGHT_MASK | rformat.OBJ_FLAG_INLINE)
+    for name in ("OBJ_FLAG_MD5_DERIVED", "OBJ_FLAGS_RESERVED", "STORE_VERSION_OLD"):
+        assert getattr(rformat, name) == _native.layout_constant(f"PMD_{name}"), name
+    assert rformat.OBJ_FLAGS_RESERVED == 0xFF & ~(rformat.OBJ_HEIGHT_MASK | rformat.OBJ_FLAG_INLINE |
+                                                  rformat.OBJ_FLAG_MD5_DERIVED)
+    assert rformat.OBJ_TAIL_DERIVED == _native.ffi.offsetof("struct pmd_tail_inline", "etag")
     assert rformat.OBJ_MAX_HEIGHT <= rformat.OBJ_HEIGHT_MASK
     assert rformat.STORE_MAGIC == _native.layout_constant("PMD_STORE_MAGIC").to_bytes(8, "little")
 

@@ -14,6 +14,7 @@ import random
 import time
 
 import pytest
+from storeutil import v2_contents, v2_store
 
 from allocator._native import _fast, crc32c
 from allocator.errors import CorruptHeapError, UnsupportedVersionError
@@ -807,3 +808,96 @@ def test_put_created_is_reported_through_group_commit(tmp_path):
         first = list(ex.map(lambda i: s.put_created(f"k{i % 16}", b"v%d" % i)[1], range(16)))
         again = list(ex.map(lambda i: s.put_created(f"k{i % 16}", b"w%d" % i)[1], range(16)))
     assert first == [True] * 16 and again == [False] * 16
+
+
+# ------------------------------------------------------------------ store version 2 (FORMAT.md 9)
+def _derived_keys(path) -> set[str]:
+    from recovery import format as fmt
+    rep = check_heap(path, records=True)
+    assert rep.ok, format_report(rep)
+    return {r.key.decode() for r in rep.store.records if r.hdr["height_flags"] & fmt.OBJ_FLAG_MD5_DERIVED}
+
+
+def test_I5_a_version_2_store_is_read_and_raised_to_version_3_at_open(tmp_path):
+    path = v2_store(tmp_path)
+    assert _derived_keys(path) == set()                  # the checker reads version 2 as it is
+    want = v2_contents()
+    with _open(path, create=False) as s:
+        assert s.report["index_upgraded_from"] == 2
+        super_off = s.heap.root
+        assert int.from_bytes(s.heap.read(super_off + 8, 4), "little") == 3
+        for k, (v, ct) in want.items():                 # every stored ETag as written
+            got, info = s.get(k)
+            assert (got, info.etag, info.content_type) == (v, hashlib.md5(v).hexdigest(), ct), k
+        s.put("small/new", b"n" * 50)                   # version-3 records beside version-2 ones
+        s.put("small/01", b"replaced", if_match=hashlib.md5(want["small/01"][0]).hexdigest())
+        want["small/new"], want["small/01"] = (b"n" * 50, None), (b"replaced", None)
+        s.delete("small/02", if_match=hashlib.md5(want.pop("small/02")[0]).hexdigest())
+        infos, _ = s.list()
+        assert {i.key: i.etag for i in infos} == {k: hashlib.md5(v).hexdigest() for k, (v, _) in want.items()}
+    assert _derived_keys(path) == {"small/new", "small/01"}
+    with _open(path, create=False) as s:
+        assert s.report["index_upgraded_from"] is None
+        assert {k: s.get(k)[0] for k in s} == {k: v for k, (v, _) in want.items()}
+
+
+@pytest.mark.corrupts_heap
+def test_I5_md5_derived_records_in_a_version_2_store_are_refused(tmp_path):
+    """A version-2 superblock over version-3 records (MD5_DERIVED): an old build would misread
+    them, so it is damage, not a store to upgrade: refused, and nothing in it is lost."""
+    path = tmp_path / "s.heap"
+    with _open(path) as s:
+        s.put("a", b"x" * 300)                          # a stored ETag
+        s.put("b", b"y" * 100)                          # MD5_DERIVED
+        super_off = s.heap.root
+    with open(path, "r+b") as f:
+        f.seek(super_off + 8)
+        f.write((2).to_bytes(4, "little"))
+    rep = check_heap(path)
+    assert [f.invariant for f in rep.findings] == ["I5"] and "MD5_DERIVED" in rep.findings[0].message, \
+        format_report(rep)
+    with pytest.raises(CorruptHeapError):
+        _open(path, create=False)
+    with open(path, "r+b") as f:                        # the superblock repaired by hand
+        f.seek(super_off + 8)
+        f.write((3).to_bytes(4, "little"))
+    with _open(path, create=False) as s:
+        assert {k: s.get(k)[0] for k in s} == {"a": b"x" * 300, "b": b"y" * 100}
+
+
+@pytest.mark.parametrize("size", [0, 100, 256, 257, 4096, 4097])
+def test_small_values_derive_their_etag_and_every_read_reports_the_md5(tmp_path, size):
+    """FORMAT.md 4.7: a value of at most 256 bytes is MD5_DERIVED (its ETag not stored, 16
+    bytes saved); get, head, list, put's info and if_match all see the MD5 all the same."""
+    path = tmp_path / "s.heap"
+    v = _value(size, size)
+    md5 = hashlib.md5(v).hexdigest()
+    with _open(path) as s:
+        assert s.put("k", v).etag == md5
+        assert s.get("k")[1].etag == s.head("k").etag == s.list()[0][0].etag == md5
+        assert s.get("k", zero_copy=True)[1].etag == md5
+        assert s.get_range("k", 0, 1)[1].etag == md5
+        with pytest.raises(PreconditionFailedError):
+            s.put("k", b"other", if_match=WRONG_ETAG)
+        s.put("k", v, if_match=md5)
+        with s.batch() as b:
+            b.put("k", v, if_match=md5)
+    assert (_derived_keys(path) == {"k"}) == (size <= 256)
+
+
+def test_infos_built_in_c_are_whole_objectinfos_outside_the_gc(tmp_path):
+    """allocator._fast builds ObjectInfo in place (fastcall.c make_info_of) and leaves it
+    untracked by the GC: each field must be where a NamedTuple keeps it, and anything but a
+    tuple subclass is refused rather than misbuilt."""
+    import gc
+
+    from store.store import ObjectInfo
+    with _open(tmp_path / "s.heap") as s:
+        s.put("a", b"x" * 100, content_type="text/plain")
+        for info in (s.get("a")[1], s.head("a"), s.list()[0][0]):
+            assert type(info) is ObjectInfo and not gc.is_tracked(info)
+            assert info == ObjectInfo("a", 100, hashlib.md5(b"x" * 100).hexdigest(), "text/plain",
+                                      info.last_modified, crc32c(b"x" * 100))
+            assert info._asdict()["content_type"] == "text/plain" and info.size == info[1] == 100
+        with pytest.raises(TypeError, match="tuple subclass"):
+            _fast.index_list(s._index._xp, b"", b"", 10, dict)

@@ -202,6 +202,11 @@ class Mapping:
     def redo_capacity(self) -> int:
         return lib.pm_redo_capacity(self._handle())
 
+    def alloc_retire(self) -> None:
+        """Close's first step: no thread heap is used again, so no thread's exit writes to
+        the heap after close's last checkpoint (alloc.c, pm_alloc_retire)."""
+        lib.pm_alloc_retire(self._handle())
+
     def redo_quiesce(self) -> None:
         """Make every commit's applied words durable and every lane empty (before close)."""
         check(lib.pm_redo_quiesce(self._handle()), "quiesce redo lanes")

@@ -306,9 +306,10 @@ class HeapFile:
             os.close(self._fd)  # releases the flock
 
     def mark_clean(self) -> None:
-        """The close path's writes: settle the last commits' words and empty the lanes
-        (FORMAT.md 7.1), write the whole heap back and retire the journal (7.11), then
-        mark the header clean."""
+        """The close path's writes: retire the thread heaps (no thread's exit writes after
+        this), settle the last commits' words and empty the lanes (FORMAT.md 7.1), write the
+        whole heap back and retire the journal (7.11), then mark the header clean."""
+        self.mapping.alloc_retire()
         self.mapping.redo_quiesce()
         self.mapping.journal_checkpoint()
         self.update_header(clean_shutdown=1)

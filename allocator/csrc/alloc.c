@@ -77,6 +77,7 @@ static void theap_abandon(void *p) {
 
 static struct pmi_theap *theap_get(pm_heap *h) {
     struct pmi_alloc *a = h->alloc;
+    if (atomic_load_explicit(&a->retired, memory_order_relaxed)) return NULL;   /* closing (pm_alloc_retire) */
     struct pmi_theap *t = pthread_getspecific(a->theap_key);
     if (t) return t;
     t = calloc(1, sizeof *t);
@@ -655,19 +656,41 @@ int pm_tx_commit(pm_heap *h, const struct pmd_redo_entry *e, uint32_t n, const u
 
 /* ------------------------------------------------------------------ open, growth, stats */
 
-static void alloc_destroy(struct pmi_alloc *a) {
-    if (!a) return;
-    /* The caller's own theap can go now; another live thread's stays allocated (dead) for
-     * a destructor that may be running this instant: a small leak, never a use after free. */
-    struct pmi_theap *mine = pthread_getspecific(a->theap_key);
+/* alloc_retire -- no thread heap is used again: the caller's own is freed, and another
+ * live thread's stays allocated (dead) for a destructor that may be running this instant:
+ * a small leak, never a use after free. Waits for a destructor running now (theap_life);
+ * a later thread exit runs none (the key is gone), so none drains its limbo through
+ * barriers any more. Idempotent. */
+static void alloc_retire(struct pmi_alloc *a) {
     pthread_mutex_lock(&theap_life);
-    pthread_key_delete(a->theap_key);
-    for (struct pmi_theap *t = a->theaps, *nx; t; t = nx) {
-        nx = t->all_next;
-        if (t == mine) theap_free(t);
-        else t->dead = 1;
+    if (!atomic_load(&a->retired)) {
+        atomic_store(&a->retired, 1);
+        struct pmi_theap *mine = pthread_getspecific(a->theap_key);
+        pthread_key_delete(a->theap_key);
+        pthread_mutex_lock(&a->pool_lock);
+        for (struct pmi_theap *t = a->theaps, *nx; t; t = nx) {
+            nx = t->all_next;
+            if (t == mine) theap_free(t);
+            else t->dead = 1;
+        }
+        a->theaps = NULL;
+        pthread_mutex_unlock(&a->pool_lock);
     }
     pthread_mutex_unlock(&theap_life);
+}
+
+/* pm_alloc_retire -- close's first step (HeapFile.mark_clean): after it, no thread's exit
+ * writes to the heap. Else an exit between close's last checkpoint and the unmap could
+ * drain a limbo through barriers, leaving a journal record of the current epoch in a
+ * heap marked clean (J3; about 1 close in 10 right after three writer threads exited).
+ * Allocation and free fail with PM_E_NOMEM from here on. */
+void pm_alloc_retire(pm_heap *h) {
+    if (h->alloc) alloc_retire(h->alloc);
+}
+
+static void alloc_destroy(struct pmi_alloc *a) {
+    if (!a) return;
+    alloc_retire(a);
     if (a->slots)
         for (uint32_t p = 0; p < a->page_max; p++)
             if (a->slots[p].run && a->slots[p].head == p) { free(a->slots[p].run->next); free(a->slots[p].run); }

@@ -81,6 +81,7 @@ struct pmi_alloc {
     struct pmi_run *pool[PMD_CLASS_COUNT];
     struct pmi_theap *theaps;
     pthread_key_t theap_key;
+    _Atomic int retired;        /* pm_alloc_retire: the thread heaps are gone (close) */
     _Atomic uint64_t live_spans;    /* large objects */
     _Atomic uint64_t span_pages;    /* pages held by large objects */
 };

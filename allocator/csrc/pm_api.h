@@ -133,6 +133,7 @@ int pm_tx_commit(pm_heap *h, const struct pmd_redo_entry *e, uint32_t n, const u
                  const struct pm_tx_slot *reserved, uint32_t nres, const struct pm_tx_slot *freed, uint32_t nfree);
 void pm_tx_abort(pm_heap *h, const struct pm_tx_slot *reserved, uint32_t nres);
 int pm_alloc_stats(pm_heap *h, struct pm_alloc_stats *out, struct pm_class_stats *cls);
+void pm_alloc_retire(pm_heap *h);
 
 /* redo.c */
 int pm_redo_init(pm_heap *h, uint64_t redo_off, uint32_t lane_count, uint32_t lane_size);

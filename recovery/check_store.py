@@ -156,6 +156,11 @@ _crc = fmt.crc32c
 _VALUE_CRC = RECORD_FIELDS.index("value_crc32c")
 
 
+def _bad_flags(version: int) -> int:
+    """height_flags bits no record of a store of this version has (I2; MD5_DERIVED, I5)."""
+    return fmt.OBJ_FLAGS_RESERVED | (fmt.OBJ_FLAG_MD5_DERIVED if version == fmt.STORE_VERSION_OLD else 0)
+
+
 def _next(buf, rec_off: int, level: int) -> int:
     return _U64.unpack_from(buf, rec_off + fmt.OBJ_HDR_SIZE + 8 * level)[0]
 
@@ -207,7 +212,7 @@ def _walk_level0(buf, w: StoreWalk, blocks: dict[int, int], verify_values: bool)
     unpack_le16 = _LE16.unpack_from
     min_block = fmt.OBJ_HDR_SIZE + 8
     pred, prev_key, limit, value_bytes = w.head_off, b"", len(blocks) + 1, 0
-    bad_flags = fmt.OBJ_FLAGS_RESERVED | (fmt.OBJ_FLAG_MD5_DERIVED if w.version == fmt.STORE_VERSION_OLD else 0)
+    bad_flags = _bad_flags(w.version)
     r = _next(buf, pred, 0)
     while r:
         bsize = get(r)
@@ -286,7 +291,7 @@ def _walk_level0_c(buf, w: StoreWalk, blocks: dict[int, int], verify_values: boo
     offs, vblocks = _cffi.new("uint64_t[]", cap), _cffi.new("uint64_t[]", cap)
     stop, vbytes = _cffi.new("uint64_t *"), _cffi.new("uint64_t *")
     base = _cffi.from_buffer(buf)
-    bad_flags = fmt.OBJ_FLAGS_RESERVED | (fmt.OBJ_FLAG_MD5_DERIVED if w.version == fmt.STORE_VERSION_OLD else 0)
+    bad_flags = _bad_flags(w.version)
     n = _clib.pmc_walk0(layout(header), base, w.head_off, verify_values, bad_flags, out, cap, stop, offs, vblocks,
                         vbytes)
     w.count, w.value_bytes = n, vbytes[0]

@@ -468,7 +468,7 @@ int pm_index_open(pm_heap *h, uint64_t super_off, pm_index **out, struct pm_inde
     for (uint64_t r = pm_load8(h, next_word(head, 0)); r; r = pm_load8(h, next_word(r, 0))) {
         if (++steps > limit || !decode(h, r, &o) || o.key_size < 1 || o.inl != (o.value_size <= PMD_OBJ_INLINE_MAX) ||
             (o.derived && old_version)) {
-            rc = PM_E_CORRUPT; rep->objects = r; break;                        /* I2 */
+            rc = PM_E_CORRUPT; rep->objects = r; break;                        /* I2; I5 */
         }
         const uint8_t *k = h->base + o.key_off;
         if (prev && key_cmp(h, prev, k, o.key_size) >= 0) {

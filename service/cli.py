@@ -125,7 +125,8 @@ def store_info(path: Path, create: bool = typer.Option(False, "--create", help="
                      "max_size": heap["max_size"], "bytes_used": heap["bytes_used"],
                      "bytes_free": heap["bytes_free"], "live_blocks": heap["live_blocks"],
                      "was_clean": st.report["was_clean"], "lanes_replayed": st.report["lanes_replayed"],
-                     "recovery_ms": round(st.report["replay_ms"] + st.report["scan_ms"] + st.report["index_ms"], 3)}
+                     "recovery_ms": round(st.report["replay_ms"] + st.report["scan_ms"] + st.report["index_ms"], 3),
+                     "store_upgraded_from": st.report["index_upgraded_from"]}   # this open raised it (FORMAT.md 9)
         _print_state(state, json_out, "store")
     except (PmstoreError, OSError, ValueError) as e:
         _fail(str(e))

@@ -7,6 +7,7 @@ import os
 import struct
 
 import pytest
+from storeutil import v2_contents, v2_store
 from typer.testing import CliRunner
 
 from allocator import HeapFile, _native, layout
@@ -169,3 +170,13 @@ def test_store_info_creates_opens_and_reports(runner, tmp_path):
     state = json.loads(runner.invoke(app, ["store", "info", str(p), "--json"]).stdout)
     assert state["objects"] == 2 and state["live_blocks"] >= 4
     assert runner.invoke(app, ["check", str(p)]).exit_code == 0
+    assert state["store_upgraded_from"] is None
+
+
+def test_store_info_reports_raising_a_version_2_store(runner, tmp_path):
+    """A store written by the version-2 build: the first open raises it to 3 and says so, the next does not."""
+    p = v2_store(tmp_path)
+    first = json.loads(runner.invoke(app, ["store", "info", str(p), "--json"]).stdout)
+    again = json.loads(runner.invoke(app, ["store", "info", str(p), "--json"]).stdout)
+    assert (first["store_upgraded_from"], again["store_upgraded_from"]) == (2, None)
+    assert first["objects"] == again["objects"] == len(v2_contents())

@@ -95,8 +95,12 @@ def validate_headers(path, raw_a: bytes, raw_b: bytes, actual_size: int) -> tupl
                                "not a pmstore heap")
     for c in copies.values():  # a whole-file version mismatch is reported before any checksum
         if c["magic"] == layout.MAGIC and c["crc_ok"] and c["format_version"] != layout.FORMAT_VERSION:
+            older = c["format_version"] < layout.FORMAT_VERSION
             raise UnsupportedVersionError(path, "format_version", f"file has format {c['format_version']}, "
-                                          f"this build reads format {layout.FORMAT_VERSION}")
+                                          f"this build reads format {layout.FORMAT_VERSION}: it was written by "
+                                          f"{'an older' if older else 'a newer'} pmstore (FORMAT.md 9); open it "
+                                          "with that build, or move it aside to start a new heap; nothing was "
+                                          "changed")
     good = {k: c for k, c in copies.items() if c["magic"] == layout.MAGIC and c["crc_ok"]}
     if not good:
         raise CorruptHeapError(path, "crc32c", "both header copies fail their checksum (H3)")

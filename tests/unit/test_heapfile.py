@@ -271,6 +271,7 @@ def test_unsupported_format_version(heap_path, version):
     _repack(heap_path, format_version=version)
     err = _refused(heap_path, UnsupportedVersionError, "format_version")
     assert f"file has format {version}" in str(err)
+    assert ("an older pmstore" if version == 1 else "a newer pmstore") in str(err)    # what to do about it
 
 
 def test_unsupported_format_version_in_one_copy_only(heap_path):

@@ -83,9 +83,7 @@ int pmi_journal_persist(pm_heap *h, const struct pmi_range *r, size_t n) {
     struct pmi_range small[JNL_SMALL], *v = n <= JNL_SMALL ? small : malloc(n * sizeof *v);
     if (!v) {   /* out of DRAM: a checkpoint is this barrier (an in-place one is not: an older
                    record of these ranges would replay over it) */
-        pthread_mutex_lock(&j->lock);
-        checkpoint(h, j);
-        pthread_mutex_unlock(&j->lock);
+        pm_journal_checkpoint(h);
         return 1;
     }
     size_t k = 0;
@@ -220,14 +218,13 @@ int pm_journal_recover(pm_heap *h, struct pm_journal_report *out) {
         }
     }
     out->records = seq;
-    pthread_mutex_lock(&j->lock);
-    checkpoint(h, j);       /* durable: the replayed bytes, and an epoch that retires them */
-    pthread_mutex_unlock(&j->lock);
+    int rc = pm_journal_checkpoint(h);  /* durable: the replayed bytes, and an epoch that retires them */
     j->checkpoints = 0;
-    return pmi_failed(h);
+    return rc;
 }
 
-/* pm_journal_checkpoint -- the whole heap durable and the journal empty (close). */
+/* pm_journal_checkpoint -- the whole heap durable and the journal empty: close, the end of
+ * open's replay, and a barrier that finds no DRAM for its ranges. */
 int pm_journal_checkpoint(pm_heap *h) {
     struct pmi_journal *j = h->jnl;
     if (!j) return PM_OK;

@@ -230,7 +230,15 @@ def record_workload(path: Path, seed: int, op_count: int, journal_size: int = 0,
     rng = random.Random(seed)
     path.unlink(missing_ok=True)
     base_keys = KEYS[:3]
-    with Store.open(path, initial_size=256 << 10, max_size=16 << 20, backend="none", journal_size=journal_size) as s:
+    opens = iter(range(1 << 20))
+
+    def seeded(s: Store) -> Store:
+        # tower heights from the seed too (the index seeds them from the clock): the same
+        # seed gives the same index, trace and crash states, so a violation reruns (Job)
+        s._index.seed_heights(seed << 20 | next(opens))
+        return s
+    with seeded(Store.open(path, initial_size=256 << 10, max_size=16 << 20, backend="none",
+                           journal_size=journal_size)) as s:
         for k in base_keys:
             s.put(k, k.encode() * 3)
     # Tower heights are random: add keys the workload never touches until one of them
@@ -241,9 +249,9 @@ def record_workload(path: Path, seed: int, op_count: int, journal_size: int = 0,
         if len(base_keys) == 100:     # p = 1/8 per level: all 97 at level 0 one time in ~400,000
             raise RuntimeError("97 keys added and none above level 0: the index's tower heights are not random")
         base_keys = [*base_keys, f"k/{len(base_keys):02d}~"]    # between the workload's keys
-        with Store.open(path, backend="none", create=False) as s:
+        with seeded(Store.open(path, backend="none", create=False)) as s:
             s.put(base_keys[-1], base_keys[-1].encode() * 3)
-    s = Store.open(path, backend="none", create=False)
+    s = seeded(Store.open(path, backend="none", create=False))
     base = path.read_bytes()    # after open: its writes (a journal's new epoch) are durable when it returns
     m = s.heap.mapping
     m.trace_start()
@@ -318,14 +326,6 @@ def check_image_against(img: Path, point: crashsim.CrashPoint, models: list[dict
         f"objects: {len(got)} in the store, {rep.objects} after recovery, {raw.objects} by the checker's own replay"
 
 
-@dataclasses.dataclass
-class Totals:
-    workloads: int = 0
-    crash_states: int = 0
-    persist_points: int = 0
-    violations: list = dataclasses.field(default_factory=list)
-
-
 def run_workload(seed: int, op_count: int, max_subsets: int, workdir: Path, *, workers: int = 1,
                  journal_size: int = 0, threads: int = 1) -> crashsim.Result:
     base, trace, models = record_workload(workdir / f"w{seed}.heap", seed, op_count, journal_size, threads)
@@ -336,32 +336,107 @@ def run_workload(seed: int, op_count: int, max_subsets: int, workdir: Path, *, w
                             private=True, workers=workers)
 
 
-def run(plan: Plan, *, workers: int | None = None,
-        progress: Callable[[int, int, crashsim.Result], None] | None = None, workdir: str | None = None) -> Totals:
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One workload of the suite, named fully enough to rerun it alone: the same seed gives
+    the same trace and the same crash states, given the same explorer count (each explorer
+    samples subsets with seed + its index). `pmstore crashtest --replay "<spec>"`."""
+    kind: str               # "store", "redo" or "limbo"
+    seed: int
+    ops: int                # operations (store), commits (redo)
+    subsets: int            # most dirty-unit subsets tried per crash point
+    threads: int = 1        # store: op i runs on thread i % threads (L8)
+    journal_size: int = 0   # store, redo: barriers through a journal this small (7.11)
+    lanes: int = REDO_LANES     # redo
+
+    KINDS = ("store", "redo", "limbo")
+
+    def run(self, workdir: Path, workers: int = 1) -> crashsim.Result:
+        if self.kind == "store":
+            return run_workload(self.seed, self.ops, self.subsets, workdir, workers=workers,
+                                journal_size=self.journal_size, threads=self.threads)
+        if self.kind == "redo":
+            return run_redo(self.seed, self.ops, self.subsets, workdir, workers=workers, lane_count=self.lanes,
+                            journal_size=self.journal_size)
+        return run_limbo(self.seed, self.ops, self.subsets, workdir, workers=workers)
+
+    def spec(self) -> str:
+        """'store seed=37 ops=20 subsets=48 threads=3': the fields that differ from their defaults."""
+        extra = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)[4:]
+                 if getattr(self, f.name) != f.default]
+        return " ".join([self.kind, f"seed={self.seed}", f"ops={self.ops}", f"subsets={self.subsets}", *extra])
+
+    @classmethod
+    def parse(cls, spec: str) -> Job:
+        kind, *pairs = spec.split()
+        if kind not in cls.KINDS:
+            raise ValueError(f"job kind {kind!r}: expected one of {', '.join(cls.KINDS)}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"kind"}
+        fields = {}
+        for pair in pairs:
+            name, eq, value = pair.partition("=")
+            if not eq or name not in names or not value.isdigit():
+                raise ValueError(f"{pair!r}: expected name=integer, name one of {', '.join(sorted(names))}")
+            fields[name] = int(value)
+        missing = {"seed", "ops", "subsets"} - fields.keys()
+        if missing:
+            raise ValueError(f"job {spec!r} lacks {', '.join(sorted(missing))}")
+        return cls(kind, **fields)
+
+    def failure(self, res: crashsim.Result, workers: int, shown: int = 5) -> str:
+        """What a test prints when res has violations: the first few, and how to rerun them."""
+        lines = [str(v) for v in res.violations[:shown]]
+        rerun = f"pmstore crashtest --replay '{self.spec()}' --workers {workers}"
+        return "\n".join([*lines, f"{len(res.violations)} violations; rerun this workload alone: {rerun}"])
+
+
+@dataclasses.dataclass
+class Totals:
+    workloads: int = 0
+    crash_states: int = 0
+    persist_points: int = 0
+    violations: list = dataclasses.field(default_factory=list)
+    failed: list = dataclasses.field(default_factory=list)     # the Jobs with violations
+
+
+def jobs(plan: Plan) -> list[Job]:
     """Two multi-lane redo workloads, the limbo workload, every store workload of the plan, a
     quarter of them (at least two) from three threads (L8), then one redo and those
-    three-thread store workloads through a small barrier journal;
-    progress(i, count, result) after each."""
-    workers = workers or min(4, os.cpu_count() or 1)
-    tot = Totals()
-    jobs = [(run_redo, seed, 2 * plan.op_count, 4 * plan.max_subsets) for seed in plan.seeds[:2]]
-    jobs += [(run_limbo, plan.seeds[0], 4, plan.max_subsets)]
-    jobs += [(run_workload, seed, plan.op_count, plan.max_subsets) for seed in plan.seeds]
+    three-thread store workloads through a small barrier journal."""
+    out = [Job("redo", seed, 2 * plan.op_count, 4 * plan.max_subsets) for seed in plan.seeds[:2]]
+    out += [Job("limbo", plan.seeds[0], 4, plan.max_subsets)]
+    out += [Job("store", seed, plan.op_count, plan.max_subsets) for seed in plan.seeds]
     quarter = plan.seeds[:max(2, len(plan.seeds) // 4)]   # the quick plan: both seeds (L8 needs them)
-    jobs += [(run_workload, seed, plan.op_count, plan.max_subsets, {"threads": 3}) for seed in quarter]
-    jobs += [(run_redo, seed, 2 * plan.op_count, 4 * plan.max_subsets, {"journal_size": JOURNAL_REDO})
-             for seed in plan.seeds[:1]]
-    jobs += [(run_workload, seed, plan.op_count, plan.max_subsets, {"journal_size": JOURNAL_STORE, "threads": 3})
-             for seed in quarter]
+    out += [Job("store", seed, plan.op_count, plan.max_subsets, threads=3) for seed in quarter]
+    out += [Job("redo", seed, 2 * plan.op_count, 4 * plan.max_subsets, journal_size=JOURNAL_REDO)
+            for seed in plan.seeds[:1]]
+    out += [Job("store", seed, plan.op_count, plan.max_subsets, threads=3, journal_size=JOURNAL_STORE)
+            for seed in quarter]
+    return out
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+def run(plan: Plan | list[Job], *, workers: int | None = None,
+        progress: Callable[[int, int, crashsim.Result], None] | None = None, workdir: str | None = None) -> Totals:
+    """Every job of the plan (jobs(plan)), or the jobs given; progress(i, count, result)
+    after each."""
+    workers = workers or default_workers()
+    todo = jobs(plan) if isinstance(plan, Plan) else plan
+    tot = Totals()
     with tempfile.TemporaryDirectory(prefix="pmstore-crashtest-", dir=workdir or _fast_tmp()) as d:
-        for i, (fn, seed, ops, subsets, *kw) in enumerate(jobs):
-            res = fn(seed, ops, subsets, Path(d), workers=workers, **(kw[0] if kw else {}))
+        for i, job in enumerate(todo):
+            res = job.run(Path(d), workers)
             tot.workloads += 1
             tot.crash_states += res.states
             tot.persist_points += res.points
             tot.violations += res.violations
+            if res.violations:
+                tot.failed.append(job)
             if progress:
-                progress(i, len(jobs), res)
+                progress(i, len(todo), res)
     return tot
 
 
@@ -390,7 +465,8 @@ def _fast_tmp() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m recovery.crashtest [quick|default|long]`: one JSON line of totals (used by
+    """`python -m recovery.crashtest [quick|default|long]`, or `... replay SPEC WORKERS` (one
+    Job): one JSON line of totals, with the spec of every job that had violations (used by
     recovery/mutants.py to run a mutant build in a fresh interpreter)."""
     import json
     import sys
@@ -398,10 +474,16 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     plan = args[0] if args else "quick"
     t0 = time.perf_counter()
-    tot = run(PLANS[plan])
+    if plan == "replay":
+        workers = int(args[2]) if len(args) > 2 else default_workers()
+        tot = run([Job.parse(args[1])], workers=workers)
+    else:
+        workers = default_workers()
+        tot = run(PLANS[plan], workers=workers)
     print(json.dumps({"plan": plan, "workloads": tot.workloads, "crash_states": tot.crash_states,
                       "persist_points": tot.persist_points, "violations": len(tot.violations),
                       "first_violation": str(tot.violations[0]) if tot.violations else None,
+                      "replay": [job.spec() for job in tot.failed], "workers": workers,
                       "seconds": round(time.perf_counter() - t0, 2)}))
     return 0
 

@@ -48,6 +48,8 @@ class MutantResult:
     first_violation: str | None = None
     error: str | None = None        # the build or the run failed
     seconds: float = 0.0
+    replay: str | None = None       # the first violating job's spec (crashtest.Job)
+    replayed_violations: int = 0    # violations when that job reran alone: it reproduces
 
 
 def _source_root() -> Path:
@@ -77,22 +79,36 @@ def run_one(name: str, workdir: Path, plan: str = "quick") -> MutantResult:
     except (RuntimeError, OSError) as e:
         res.error = str(e)
         return res
+    out, err = _crash_run(dest, [plan])
+    if out is None:     # a mutant that kills the suite outright is caught too, but say so
+        res.caught, res.error = True, err
+        return res
+    res.crash_states, res.violations = out["crash_states"], out["violations"]
+    res.first_violation, res.seconds = out["first_violation"], out["seconds"]
+    res.caught = res.violations > 0
+    if out["replay"]:   # the job the failure names, rerun alone: the same violations come back
+        res.replay = out["replay"][0]
+        again, err = _crash_run(dest, ["replay", res.replay, str(out["workers"])])
+        if again is None:
+            res.error = err
+        else:
+            res.replayed_violations = again["violations"]
+    return res
+
+
+def _crash_run(dest: Path, args: list[str]) -> tuple[dict | None, str | None]:
+    """`python -m recovery.crashtest ARGS` on the build in dest: (its JSON totals, None), or
+    (None, why) when it did not finish."""
     env = {**os.environ, "PYTHONPATH": str(dest)}
-    r = subprocess.run([sys.executable, "-m", "recovery.crashtest", plan], cwd=dest, env=env, check=False,
+    r = subprocess.run([sys.executable, "-m", "recovery.crashtest", *args], cwd=dest, env=env, check=False,
                        capture_output=True, text=True, timeout=900)
     try:
         out = json.loads(r.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
         out = None
     if out is None or r.returncode:
-        # a mutant that kills the suite outright is caught too, but say so
-        res.caught = True
-        res.error = f"the crash run exited {r.returncode}: {(r.stderr or r.stdout)[-400:]}"
-        return res
-    res.crash_states, res.violations = out["crash_states"], out["violations"]
-    res.first_violation, res.seconds = out["first_violation"], out["seconds"]
-    res.caught = res.violations > 0
-    return res
+        return None, f"the crash run exited {r.returncode}: {(r.stderr or r.stdout)[-400:]}"
+    return out, None
 
 
 def compiler_available() -> bool:

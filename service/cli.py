@@ -183,17 +183,28 @@ def crashtest(quick: bool = typer.Option(False, "--quick", help="a few workloads
               json_out: bool = typer.Option(False, "--json", help="print the totals as one JSON object"),
               mutants: bool = typer.Option(True, "--mutants/--no-mutants",
                                            help="also build each mutant C core and expect the quick plan to catch it"),
-              workers: int = typer.Option(0, help="explorer processes (0: one per CPU, at most 4)")):
+              workers: int = typer.Option(0, help="explorer processes (0: one per CPU, at most 4)"),
+              replay: str = typer.Option("", "--replay", metavar="SPEC",
+                                         help="rerun one workload alone, as a failure printed it: "
+                                              "'store seed=37 ops=20 subsets=48 threads=3' (no mutants)")):
     """Crash-injection suite: every crash state of randomized store and redo workloads is
     recovered and checked against a model and the independent checker. Exit 1 on any
-    violation or uncaught mutant."""
+    violation or uncaught mutant; each violating workload is printed as a --replay spec."""
     from rich.progress import Progress
 
     from recovery import crashtest as ct
     from recovery import mutants as mt
-    if quick and long:
-        _fail("--quick and --long exclude each other")
-    plan_name = "quick" if quick else "long" if long else "default"
+    if quick + long + bool(replay) > 1:
+        _fail("--quick, --long and --replay exclude each other")
+    plan: ct.Plan | list[ct.Job]
+    if replay:
+        try:
+            plan, plan_name, mutants = [ct.Job.parse(replay)], "replay", False
+        except ValueError as e:
+            _fail(f"--replay: {e}")
+    else:
+        plan_name = "quick" if quick else "long" if long else "default"
+        plan = ct.PLANS[plan_name]
     t0 = time.perf_counter()
     err = Console(stderr=True)
     with Progress(console=err, transient=True, disable=json_out and not err.is_terminal) as bar:
@@ -201,7 +212,7 @@ def crashtest(quick: bool = typer.Option(False, "--quick", help="a few workloads
 
         def step(i, n, res):
             bar.update(task, completed=i + 1, total=n, description=f"crash states ({plan_name}): {res.states} more")
-        tot = ct.run(ct.PLANS[plan_name], workers=workers or None, progress=step)
+        tot = ct.run(plan, workers=workers or None, progress=step)
         results = []
         if mutants and mt.compiler_available():
             mtask = bar.add_task("mutants", total=len(mt.MUTANTS))
@@ -209,6 +220,7 @@ def crashtest(quick: bool = typer.Option(False, "--quick", help="a few workloads
     caught = sum(r.caught for r in results)
     out = {"plan": plan_name, "workloads": tot.workloads, "crash_states": tot.crash_states,
            "persist_points": tot.persist_points, "violations": len(tot.violations),
+           "workers": workers or ct.default_workers(), "replay": [job.spec() for job in tot.failed],
            "mutants": len(results), "mutants_caught": caught,
            "mutant_results": {r.name: {"caught": r.caught, "violations": r.violations, "crash_states": r.crash_states,
                                        "breaks": r.description, "error": r.error} for r in results},
@@ -222,6 +234,8 @@ def crashtest(quick: bool = typer.Option(False, "--quick", help="a few workloads
                       f"({out['workloads']} workloads): {out['violations']} violations")
         for v in tot.violations[:5]:
             console.print(f"  [red]violation[/red] {escape(str(v))}")
+        for job in tot.failed:
+            console.print(f"  rerun alone: pmstore crashtest --replay '{escape(job.spec())}' --workers {out['workers']}")
         for r in results:
             mark = "[green]caught[/green]" if r.caught else "[red]NOT caught[/red]"
             console.print(f"mutant {r.name}: {mark} ({r.violations} violations in {r.crash_states} states) "

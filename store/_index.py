@@ -249,6 +249,11 @@ class Index:
             check(r, "put", key)
         return r
 
+    def seed_heights(self, seed: int) -> None:
+        """Draw tower heights from `seed` from now on (the crash tools: a workload replays
+        from its seed alone). Heights are otherwise seeded from the clock at open."""
+        lib.pm_index_seed_heights(self._x, seed & ((1 << 64) - 1))
+
     def set_group(self, limit: int) -> None:
         """Group commit on (the most ops one commit takes) or off (0). put_plain then shares
         commits in C, and waits for them with the GIL released."""

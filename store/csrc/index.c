@@ -545,6 +545,12 @@ static int get_impl(pm_index *x, const uint8_t *key, uint32_t klen, uint64_t sta
 }
 
 void pm_index_set_verify(pm_index *x, int on) { x->verify_reads = on; }
+void pm_index_seed_heights(pm_index *x, uint64_t seed) {
+    pthread_mutex_lock(&x->wlock);      /* heights are drawn under it */
+    x->rng = seed * 0x9E3779B97F4A7C15ull ^ 0xD1B54A32D192ED03ull;
+    if (!x->rng) x->rng = 1;            /* xorshift's one fixed point */
+    pthread_mutex_unlock(&x->wlock);
+}
 
 int pm_index_read(pm_index *x, const char *key, const struct pm_read_req *req) {
     size_t klen = strnlen(key, PMD_OBJ_KEY_MAX + 1);

@@ -71,6 +71,9 @@ struct pm_read_req {
  * (default on). */
 int pm_index_read(pm_index *x, const char *key, const struct pm_read_req *req);
 void pm_index_set_verify(pm_index *x, int on);
+/* Seed the tower-height generator (it is seeded from the clock at open): the crash tools
+ * replay a workload from its seed alone, index shape included. Not a format matter. */
+void pm_index_seed_heights(pm_index *x, uint64_t seed);
 /* pm_index_put: etag NULL = MD5 of the value, computed here; mtime_ns 0 = now (CLOCK_REALTIME). */
 int pm_index_put(pm_index *x, const uint8_t *key, uint32_t klen, const uint8_t *ctype, uint32_t ctlen,
                  const uint8_t *value, uint64_t vlen, const uint8_t *etag, uint64_t mtime_ns,

@@ -26,11 +26,11 @@ SEEDS = PLAN.seeds[:8]
 @pytest.mark.parametrize("seed", SEEDS)
 def test_J1_J3_store_ops_through_the_journal_are_all_or_nothing(tmp_path_factory, seed, crash_totals):
     workdir = crashtest.fast_workdir(tmp_path_factory)
-    res = crashtest.run_workload(seed, PLAN.op_count, PLAN.max_subsets, workdir, workers=WORKERS,
-                                 journal_size=crashtest.JOURNAL_STORE)
+    job = crashtest.Job("store", seed, PLAN.op_count, PLAN.max_subsets, journal_size=crashtest.JOURNAL_STORE)
+    res = job.run(workdir, WORKERS)
     crash_totals.add(f"store ops, journal (seed {seed})", res)
     assert res.states > 500, "the workload must reach many crash states"
-    assert not res.violations, "\n".join(map(str, res.violations[:5]))
+    assert not res.violations, job.failure(res, WORKERS)
 
 
 @pytest.mark.parametrize("seed", SEEDS[:4])
@@ -39,21 +39,22 @@ def test_J1_L8_store_ops_from_three_threads_through_the_journal(tmp_path_factory
     a kill -9 soak first found the L8 bug here (replay rolled back the links a DEFERRED
     commit had applied but no record yet held)."""
     workdir = crashtest.fast_workdir(tmp_path_factory)
-    res = crashtest.run_workload(seed, PLAN.op_count, PLAN.max_subsets, workdir, workers=WORKERS,
-                                 journal_size=crashtest.JOURNAL_STORE, threads=3)
+    job = crashtest.Job("store", seed, PLAN.op_count, PLAN.max_subsets, threads=3,
+                        journal_size=crashtest.JOURNAL_STORE)
+    res = job.run(workdir, WORKERS)
     crash_totals.add(f"store ops, 3 threads, journal (seed {seed})", res)
     assert res.states > 500
-    assert not res.violations, "\n".join(map(str, res.violations[:5]))
+    assert not res.violations, job.failure(res, WORKERS)
 
 
 @pytest.mark.parametrize("seed", PLAN.seeds[:2])
 def test_J1_L4_redo_commits_through_the_journal_replay_in_order(tmp_path_factory, seed, crash_totals):
     workdir = crashtest.fast_workdir(tmp_path_factory)
-    res = crashtest.run_redo(seed, 2 * PLAN.op_count, 4 * PLAN.max_subsets, workdir, workers=WORKERS,
-                             journal_size=crashtest.JOURNAL_REDO)
+    job = crashtest.Job("redo", seed, 2 * PLAN.op_count, 4 * PLAN.max_subsets, journal_size=crashtest.JOURNAL_REDO)
+    res = job.run(workdir, WORKERS)
     crash_totals.add(f"redo commits, journal (seed {seed})", res)
     assert res.states > 500
-    assert not res.violations, "\n".join(map(str, res.violations[:5]))
+    assert not res.violations, job.failure(res, WORKERS)
 
 
 def _journal_events(trace: bytes, jnl_lo: int, jnl_hi: int):

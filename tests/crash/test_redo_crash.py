@@ -33,21 +33,22 @@ def make_heap(tmp_path):
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_L1_L4_redo_commits_all_or_nothing_at_every_crash_point(tmp_path_factory, seed, crash_totals):
-    res = crashtest.run_redo(seed, 20, 256, crashtest.fast_workdir(tmp_path_factory), workers=WORKERS)
+    job = crashtest.Job("redo", seed, 20, 256)
+    res = job.run(crashtest.fast_workdir(tmp_path_factory), WORKERS)
     crash_totals.add(f"redo commits (seed {seed})", res)
     assert res.points >= 3 * 20     # three failure models x (at least) one commit point per commit
-    assert not res.violations, "\n".join(map(str, res.violations[:5]))
+    assert not res.violations, job.failure(res, WORKERS)
 
 
 @pytest.mark.parametrize("lane_count", [1, 2])
 def test_L4_too_few_lanes_settle_deferred_words_before_reuse(tmp_path_factory, lane_count, crash_totals):
     """Three threads on one or two lanes: a commit finds every lane taken or DEFERRED and
     settles them with a barrier of its own before it reuses one (7.1, lane_acquire)."""
-    res = crashtest.run_redo(7 + lane_count, 12, 128, crashtest.fast_workdir(tmp_path_factory),
-                             workers=WORKERS, lane_count=lane_count)
+    job = crashtest.Job("redo", 7 + lane_count, 12, 128, lanes=lane_count)
+    res = job.run(crashtest.fast_workdir(tmp_path_factory), WORKERS)
     crash_totals.add(f"redo commits on {lane_count} lane(s)", res)
     assert res.points >= 3 * 12
-    assert not res.violations, "\n".join(map(str, res.violations[:5]))
+    assert not res.violations, job.failure(res, WORKERS)
 
 
 @pytest.mark.parametrize("workload", ["random", "lane-reuse"])

@@ -29,10 +29,11 @@ WORKERS = min(4, os.cpu_count() or 1)
 @pytest.mark.parametrize("seed", PLAN.seeds)
 def test_I1_I5_store_ops_are_all_or_nothing_at_every_crash_point(tmp_path_factory, seed, crash_totals):
     workdir = crashtest.fast_workdir(tmp_path_factory)
-    res = crashtest.run_workload(seed, PLAN.op_count, PLAN.max_subsets, workdir, workers=WORKERS)
+    job = crashtest.Job("store", seed, PLAN.op_count, PLAN.max_subsets)
+    res = job.run(workdir, WORKERS)
     crash_totals.add(f"store ops (seed {seed})", res)
     assert res.states > 500, "the workload must reach many crash states"
-    assert not res.violations, "\n".join(map(str, res.violations[:5]))
+    assert not res.violations, job.failure(res, WORKERS)
 
 
 @pytest.mark.parametrize("seed", PLAN.seeds[:8])
@@ -43,10 +44,11 @@ def test_L8_store_ops_from_three_threads_are_all_or_nothing_at_every_crash_point
     published. Before L8 that record's data CHECK then failed at recovery and the first
     commit was dropped with its links lost (leaks, dangling pointers, lost puts)."""
     workdir = crashtest.fast_workdir(tmp_path_factory)
-    res = crashtest.run_workload(seed, PLAN.op_count, PLAN.max_subsets, workdir, workers=WORKERS, threads=3)
+    job = crashtest.Job("store", seed, PLAN.op_count, PLAN.max_subsets, threads=3)
+    res = job.run(workdir, WORKERS)
     crash_totals.add(f"store ops, 3 threads (seed {seed})", res)
     assert res.states > 500, "the workload must reach many crash states"
-    assert not res.violations, "\n".join(map(str, res.violations[:5]))
+    assert not res.violations, job.failure(res, WORKERS)
 
 
 def test_I1_a_workload_grows_the_heap_and_builds_towers(tmp_path):

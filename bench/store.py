@@ -15,8 +15,9 @@ LMDB's txn.get returns it; pmstore's Store.get_value), get-info (pmstore only: S
 the value and its ObjectInfo), list (pages of 1000 by
 prefix over the fixture; ops = objects listed), delete (the keys the 1-thread put made,
 in random order). Reopen: time to open a store of 10k/100k(/1M) objects of 100 B after a
-clean close, and for pmstore after a simulated crash (Store.abandon). Scratch files are
-removed afterwards.
+clean close, and for pmstore after a simulated crash (Store.abandon). Replace (with
+--replace-objects): durable replaces of random keys in a large store on a file under /tmp,
+one thread, with the latency tail. Scratch files are removed afterwards.
 
     .venv/bin/python bench/store.py --quick --json
 """
@@ -149,6 +150,14 @@ class System(abc.ABC):
     def close(self) -> None:
         pass
 
+    # replace: durable random replaces on a large store on disk, filled by reopen_fill
+    def replace_supported(self) -> bool:
+        return False
+
+    def replace_open(self):
+        """(put(key, value), counters() -> dict, close()) on the store reopen_fill made."""
+        raise NotImplementedError
+
     # reopen: fill (fast path), close; then timed opens
     def reopen_supported(self) -> bool:
         return False
@@ -246,6 +255,17 @@ class PmstoreSystem(System):
     def reopen_count(self) -> int:
         with self._open("none") as s:
             return len(s)
+
+    def replace_supported(self):
+        return self.durability == "sync"
+
+    def replace_open(self):
+        s = self._open(self.backend("tmp-file"))
+        jstats = s.heap.mapping.journal_stats
+
+        def counters():
+            return {"persists": s.heap.persist_count, "checkpoints": jstats()["checkpoints"]}
+        return s.put, counters, s.close
 
 
 class LmdbSystem(System):
@@ -354,6 +374,18 @@ class LmdbSystem(System):
         n = env.stat()["entries"]
         env.close()
         return n
+
+    def replace_supported(self):
+        return not self.writemap
+
+    def replace_open(self):
+        env = self._open(self.path)
+        begin = env.begin
+
+        def put(k, v):
+            with begin(write=True) as txn:
+                txn.put(k, v)
+        return put, dict, env.close
 
 
 class SqliteSystem(System):
@@ -734,18 +766,68 @@ def bench_reopen(sysobj: System, counts: list[int], args) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------- replace on a large store
+def bench_replace(sysobj: System, n: int, args) -> dict:
+    """Fill n objects of 100 B in a file under /tmp (untimed), reopen it durable, then time
+    replaces of random keys from one thread: --runs runs of --duration-s. Reports ops/s
+    (median of the runs) and the latency tail over every op; on pmstore the tail is the
+    barrier journal's checkpoints (FORMAT.md 7.11), counted."""
+    rng = random.Random(args.seed)
+    values = [rng.randbytes(REOPEN_VALUE_SIZE) for _ in range(2)]
+    keys = make_keys("o/", n, sysobj.key_bytes)
+    lat: list[int] = []
+    rates = []
+    with common.scratch_dir("tmp-file") as d:
+        sysobj.reopen_fill(d, 0, keys, values[0])
+        put, counters, close = sysobj.replace_open()
+        try:
+            before = counters()
+            clock = time.perf_counter_ns
+            for _ in range(args.run_count):
+                t0 = clock()
+                t_end = t0 + int(args.duration_s * 1e9)
+                count = 0
+                while count % 64 or clock() < t_end:
+                    k = keys[rng.randrange(n)]
+                    a = clock()
+                    put(k, values[count & 1])
+                    lat.append(clock() - a)
+                    count += 1
+                rates.append(count * 1e9 / (clock() - t0))
+            after = counters()
+        finally:
+            close()
+        fs = common.fs_type(d)
+    lat.sort()
+
+    def us_at(q: float) -> float:
+        return round(lat[min(len(lat) - 1, int(q * len(lat)))] / 1e3, 1)
+    row = {"system": sysobj.name, "workload": "replace", "threads": 1, "backend": sysobj.backend("tmp-file"),
+           "path_kind": "tmp-file", "fs": fs, "value_size": REOPEN_VALUE_SIZE, "objects": n,
+           "ops_per_s": round(common.median(rates), 1), "us_per_op": round(1e6 / common.median(rates), 3),
+           "median_of": len(rates), "ops": len(lat), "us_p50": us_at(0.5), "us_p99": us_at(0.99),
+           "us_p999": us_at(0.999), "ms_max": round(lat[-1] / 1e6, 2),
+           "ms_over_5ms": round(sum(x for x in lat if x > 5_000_000) / 1e6, 1)}
+    if "persists" in after:
+        row["persists_per_op"] = round((after["persists"] - before["persists"]) / len(lat), 3)
+        row["checkpoints"] = after["checkpoints"] - before["checkpoints"]
+    return row
+
+
 # ---------------------------------------------------------------- derived keys
 def add_ratios(results: list[dict]) -> None:
     """vs_lmdb_sync: ops_per_s / py-lmdb's (default sync) for the same workload, value size,
     threads and path (the dict ceiling against LMDB on /dev/shm; get-info against get)."""
-    ref = {(r["workload"], r["value_size"], r["threads"], r["path_kind"]): r["ops_per_s"]
+    def size(r):    # replace runs once per store size
+        return r["objects"] if r["workload"] == "replace" else None
+    ref = {(r["workload"], r["value_size"], r["threads"], r["path_kind"], size(r)): r["ops_per_s"]
            for r in results if r["system"] == "lmdb" and not r["workload"].startswith("reopen")}
     for r in results:
         if r["workload"].startswith("reopen"):
             continue
         path = "dev-shm" if r["path_kind"] == "dram" else r["path_kind"]
         workload = "get" if r["workload"] == "get-info" else r["workload"]     # vs LMDB's only read
-        base = ref.get((workload, r["value_size"], r["threads"], path))
+        base = ref.get((workload, r["value_size"], r["threads"], path, size(r)))
         r["vs_lmdb_sync"] = round(r["ops_per_s"] / base, 3) if base else None
 
 
@@ -779,6 +861,9 @@ def main(argv=None) -> int:
                    help="object counts for the reopen timings (default 10000,100000,1000000; "
                         "10000,100000 with --quick)")
     p.add_argument("--no-reopen", action="store_true", help="skip the reopen timings")
+    p.add_argument("--replace-objects", type=common.int_list, default=[], metavar="N,..",
+                   help="also time durable replaces of random keys in stores of N objects of 100 B on a "
+                        "file under /tmp: ops/s and the latency tail (p50/p99/p99.9/max; default none)")
     p.add_argument("--seed", type=int, default=1, help="seed for values and key orders (default 1)")
     args = common.parse_args(p, argv)
     for name, values, allowed in (("system", args.systems, SYSTEMS), ("path", args.paths, PATH_KINDS),
@@ -806,6 +891,11 @@ def main(argv=None) -> int:
             if sysobj.reopen_supported():
                 common.note(f"store: reopen {sysobj.name}")
                 results += bench_reopen(sysobj, reopen_counts, args)
+    for n in args.replace_objects:
+        for sysobj in systems:
+            if sysobj.replace_supported():
+                common.note(f"store: replace {sysobj.name}, {n} objects")
+                results.append(bench_replace(sysobj, n, args))
     add_ratios(results)
     add_space(results)
     env = common.environment(flush_kind=_native.flush_kind(), duration_s=args.duration_s,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 
 from allocator import errors
 
@@ -337,6 +338,17 @@ class Mapping:
 
     def trace_mark(self, mark_id: int) -> None:
         check(lib.pm_trace_mark(self._handle(), mark_id), "trace mark")
+
+    def set_fence_hook(self, fn: Callable[[], None] | None) -> None:
+        """fn() runs after each traced fence, on the thread that issued it (it may block
+        that thread: crash workloads stage interleavings with it); None removes it."""
+        if fn is None:
+            lib.pm_trace_set_fence_hook(self._handle(), ffi.NULL, ffi.NULL)
+            self._fence_hook = None
+            return
+        cb = ffi.callback("void(void *)", lambda _arg: fn())
+        lib.pm_trace_set_fence_hook(self._handle(), cb, ffi.NULL)
+        self._fence_hook = cb     # alive while C may call it
 
     def trace_take(self) -> bytes:
         h = self._handle()

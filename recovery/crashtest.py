@@ -12,7 +12,9 @@ which includes "no leak, no dangling pointer").
 Multi-lane redo workloads (three threads, four lanes: L1-L5) run alongside, because the
 store serialises its writers and so never exercises one lane's invalidation riding
 another lane's commit point; so does a two-thread workload in which one thread reuses
-memory the other's sealed commit wrote into (L7). Used by tests/crash and `pmstore crashtest`. This module drives the
+memory the other's sealed commit wrote into (L7), and one staged with a fence hook, in
+which a thread's barrier is in flight while the other thread clears the seal its lane
+depends on (L6). Used by tests/crash and `pmstore crashtest`. This module drives the
 store to record workloads; the checker it calls (recovery/check.py) never does.
 """
 
@@ -24,6 +26,7 @@ import os
 import random
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -127,6 +130,142 @@ def run_redo(seed: int, commit_count: int, max_subsets: int, workdir: Path, *, w
     def check(img, point):
         acked, allowed = allowed_states(point, models)
         assert read_words(img, words) in allowed, f"after {acked} acknowledged commits the words match no allowed state"
+    return crashsim.explore(base, trace, check, workdir=workdir, max_subsets=max_subsets, seed=seed,
+                            private=True, workers=workers)
+
+
+# ------------------------------------------------------------------ a seal cleared before its dependency's (L6)
+SETTLE_WORDS = 5        # w (set by C, then by A), then one word per later commit, a 64-byte line each
+
+
+class _Pauses:
+    """A fence hook (Mapping.set_fence_hook) that holds an armed thread at its next traced
+    fence -- inside its barrier, after the fence -- until the workload releases it."""
+
+    def __init__(self):
+        self._armed: dict[int, tuple[threading.Event, threading.Event]] = {}
+        self._gos: list[threading.Event] = []
+        self.held = 0
+
+    def arm(self, ident: int) -> tuple[threading.Event, threading.Event]:
+        self._armed[ident] = (threading.Event(), threading.Event())    # (it is held, let it go)
+        self._gos.append(self._armed[ident][1])
+        return self._armed[ident]
+
+    def release_all(self) -> list[threading.Event]:
+        """Every release ever armed, so a failed workload never leaves a thread held."""
+        return self._gos
+
+    def __call__(self) -> None:
+        pair = self._armed.pop(threading.get_ident(), None)     # held once per arming
+        if pair:
+            self.held += 1
+            pair[0].set()
+            if not pair[1].wait(60):
+                raise RuntimeError("a thread held at its fence was never released")
+
+
+def record_settle(path: Path, seed: int) -> tuple[bytes, bytes, list[int], list[tuple[int, int, int]], int]:
+    """Two threads, staged with a fence hook so that a dependency is cleared by another
+    thread while this thread's barrier is in flight, which one op at a time never does:
+    T1 commits C (w); T1's next commit claims C and is held inside its barrier, so C is
+    SETTLING; T2 commits A (w again: A depends on C, which it cannot claim); T2's next
+    commit claims A and is held inside its barrier; T1 is let go and clears C's seal (a
+    store its next barrier would make durable: T1 commits nothing more); T2 is let go and
+    finds C CLEARED, not gone. A's seal may be cleared only after C's clearing is durable
+    (L6): else a crash finds C sealed and A gone, and C's replay puts w back to C's value.
+    Returns (base image, trace, words, setters (op, word, value) in order, fences held)."""
+    from allocator import Heap, layout
+    rng = random.Random(seed)
+    path.unlink(missing_ok=True)
+    Heap.create(path, size=1 << 20, max_size=1 << 20, backend="none").close()
+    with Heap.open(path, backend="none") as heap, heap.transaction() as tx:
+        block = tx.alloc(64 * SETTLE_WORDS)
+        tx.write(block, bytes(64 * SETTLE_WORDS))
+        tx.set(layout.ROOT_OFF, block)
+    base = path.read_bytes()
+    words = [block + 64 * i for i in range(SETTLE_WORDS)]
+    w, later = words[0], words[1:]
+    heap = Heap.open(path, backend="none", trace=True)
+    m = heap.mapping
+    pauses = _Pauses()
+    t1, t2 = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
+    id1, id2 = t1.submit(threading.get_ident).result(), t2.submit(threading.get_ident).result()
+    setters: list[tuple[int, int, int]] = []
+
+    def commit(i: int, pool: ThreadPoolExecutor, off: int):
+        value = rng.getrandbits(63) | 1
+        setters.append((i, off, value))
+
+        def run():
+            with heap.transaction() as tx:
+                tx.set(off, value)
+        m.trace_mark(2 * i)
+        return pool.submit(run)
+
+    def acked(i: int, fut) -> None:
+        fut.result()
+        m.trace_mark(2 * i + 1)
+
+    try:
+        m.set_fence_hook(pauses)
+        m.trace_start()
+        acked(0, commit(0, t1, w))                      # C
+        held1, go1 = pauses.arm(id1)
+        c2 = commit(1, t1, later[0])                    # claims C, held in its barrier
+        if not held1.wait(60):
+            raise RuntimeError("T1 never reached its barrier")
+        acked(2, commit(2, t2, w))                      # A: depends on C (SETTLING)
+        held2, go2 = pauses.arm(id2)
+        a2 = commit(3, t2, later[1])                    # claims A, held in its barrier
+        if not held2.wait(60):
+            raise RuntimeError("T2 never reached its barrier")
+        go1.set()
+        acked(1, c2)                                    # C's seal cleared, not yet durable
+        go2.set()
+        acked(3, a2)                                    # A: its dependency C is CLEARED
+        acked(4, commit(4, t2, later[2]))
+        acked(5, commit(5, t2, later[3]))
+        m.set_fence_hook(None)
+        trace = m.trace_take()
+    finally:
+        for go in pauses.release_all():
+            go.set()
+        if not heap.closed:
+            m.set_fence_hook(None)
+            heap.abandon()      # a crash: T1's store clearing C's seal is still volatile
+        for t in (t1, t2):
+            t.shutdown()
+    return base, trace, words, setters, pauses.held
+
+
+def settle_allowed(point: crashsim.CrashPoint, words: list[int], setters) -> dict[int, set[int]]:
+    """Per word, the values recovery may show: the last acknowledged setter's, or any
+    later setter's that had started (ops overlap here, so each word is judged alone)."""
+    acked = {mk // 2 for mk in point.marks if mk % 2 == 1}
+    started = {mk // 2 for mk in point.marks if mk % 2 == 0}
+    out = {}
+    for off in words:
+        mine = [(i, v) for i, o, v in setters if o == off]
+        done = [k for k, (i, _v) in enumerate(mine) if i in acked]
+        first = done[-1] if done else -1
+        ok = {mine[first][1]} if done else {0}
+        ok |= {v for i, v in mine[first + 1:] if i in started}
+        out[off] = ok
+    return out
+
+
+def run_settle(seed: int, op_count: int, max_subsets: int, workdir: Path, *, workers: int = 1) -> crashsim.Result:
+    base, trace, words, setters, _held = record_settle(workdir / f"s{seed}.heap", seed)
+
+    def check(img, point):
+        raw = check_heap(img, at_rest=False)
+        assert raw.ok, "crashed image: " + "; ".join(map(str, raw.findings[:3]))
+        allowed = settle_allowed(point, words, setters)
+        got = read_words(img, words)
+        bad = {off - words[0]: got[off] for off in words if got[off] not in allowed[off]}
+        assert not bad, (f"words at {sorted(bad)} hold values no acknowledged or started commit left (L6: a "
+                         f"dependency's seal replayed after the seal depending on it was gone?)")
     return crashsim.explore(base, trace, check, workdir=workdir, max_subsets=max_subsets, seed=seed,
                             private=True, workers=workers)
 
@@ -349,7 +488,7 @@ class Job:
     journal_size: int = 0   # store, redo: barriers through a journal this small (7.11)
     lanes: int = REDO_LANES     # redo
 
-    KINDS = ("store", "redo", "limbo")
+    KINDS = ("store", "redo", "limbo", "settle")
 
     def run(self, workdir: Path, workers: int = 1) -> crashsim.Result:
         if self.kind == "store":
@@ -358,6 +497,8 @@ class Job:
         if self.kind == "redo":
             return run_redo(self.seed, self.ops, self.subsets, workdir, workers=workers, lane_count=self.lanes,
                             journal_size=self.journal_size)
+        if self.kind == "settle":
+            return run_settle(self.seed, self.ops, self.subsets, workdir, workers=workers)
         return run_limbo(self.seed, self.ops, self.subsets, workdir, workers=workers)
 
     def spec(self) -> str:
@@ -400,11 +541,12 @@ class Totals:
 
 
 def jobs(plan: Plan) -> list[Job]:
-    """Two multi-lane redo workloads, the limbo workload, every store workload of the plan, a
+    """Two multi-lane redo workloads, the limbo and settle workloads, every store workload of the plan, a
     quarter of them (at least two) from three threads (L8), then one redo and those
     three-thread store workloads through a small barrier journal."""
     out = [Job("redo", seed, 2 * plan.op_count, 4 * plan.max_subsets) for seed in plan.seeds[:2]]
     out += [Job("limbo", plan.seeds[0], 4, plan.max_subsets)]
+    out += [Job("settle", plan.seeds[0], 6, plan.max_subsets)]
     out += [Job("store", seed, plan.op_count, plan.max_subsets) for seed in plan.seeds]
     quarter = plan.seeds[:max(2, len(plan.seeds) // 4)]   # the quick plan: both seeds (L8 needs them)
     out += [Job("store", seed, plan.op_count, plan.max_subsets, threads=3) for seed in quarter]

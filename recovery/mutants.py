@@ -34,6 +34,8 @@ MUTANTS = {
     "jnlnosync": "a journal record is appended but not persisted before the barrier returns (7.11)",
     "datalinks": "a new record's links ride as CHECKed data, not SET entries: a later commit on another "
                  "thread changes them while the first is DEFERRED (L8)",
+    "clearedgone": "a seal is cleared once its dependencies' seals are cleared, before that clearing is durable "
+                   "(L6)",
 }
 PACKAGES = ("allocator", "store", "recovery")
 

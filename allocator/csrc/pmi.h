@@ -68,6 +68,8 @@ struct pm_heap {
     uint8_t *trace_buf;
     uint64_t trace_len;         /* bytes used */
     uint64_t trace_cap;         /* bytes allocated */
+    void (*fence_hook)(void *); /* called after each traced fence, by its thread (tests) */
+    void *fence_hook_arg;
 };
 
 /* Event counters for scaling diagnosis, compiled in only with -DPMI_COUNTERS (bench

@@ -312,7 +312,11 @@ static void clear_seal(pm_heap *h, struct tl_redo *t, uint32_t i) {
 static int deps_prune(pm_heap *h, struct pmi_lane *l) {
     uint32_t n = 0;
     for (uint32_t k = 0; k < l->dep_count; k++)
+#ifdef PMSTORE_MUTANT_CLEAREDGONE
+        if (dep_state(h, l->deps[k]) >= 0) l->deps[n++] = l->deps[k];     /* mutant: CLEARED counts as gone */
+#else
         if (dep_state(h, l->deps[k]) != DEP_GONE) l->deps[n++] = l->deps[k];
+#endif
     l->dep_count = n;
     return n == 0;
 }

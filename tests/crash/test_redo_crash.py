@@ -40,6 +40,23 @@ def test_L1_L4_redo_commits_all_or_nothing_at_every_crash_point(tmp_path_factory
     assert not res.violations, job.failure(res, WORKERS)
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_L6_a_seal_is_cleared_only_after_its_dependencys_clearing_is_durable(tmp_path_factory, seed, crash_totals):
+    """Staged with a fence hook (recovery/crashtest.py record_settle): T2's barrier is in
+    flight when T1 clears the seal of the commit T2's lane depends on. T2 must keep the
+    dependency until that clearing is durable, or a crash finds the older commit sealed,
+    the newer gone, and replays the older value (mutant clearedgone)."""
+    workdir = crashtest.fast_workdir(tmp_path_factory)
+    _base, _trace, _words, setters, held = crashtest.record_settle(workdir / "staged.heap", seed)
+    assert held == 2, "both threads must be held inside a barrier: the interleaving was not staged"
+    assert [i for i, _o, _v in setters] == list(range(6))
+    job = crashtest.Job("settle", seed, 6, 256)
+    res = job.run(workdir, WORKERS)
+    crash_totals.add(f"seal cleared after a dependency's (seed {seed})", res)
+    assert res.states > 100
+    assert not res.violations, job.failure(res, WORKERS)
+
+
 @pytest.mark.parametrize("lane_count", [1, 2])
 def test_L4_too_few_lanes_settle_deferred_words_before_reuse(tmp_path_factory, lane_count, crash_totals):
     """Three threads on one or two lanes: a commit finds every lane taken or DEFERRED and

@@ -341,7 +341,8 @@ class Mapping:
 
     def set_fence_hook(self, fn: Callable[[], None] | None) -> None:
         """fn() runs after each traced fence, on the thread that issued it (it may block
-        that thread: crash workloads stage interleavings with it); None removes it."""
+        that thread: crash workloads stage interleavings with it; not on a heap with a
+        journal, whose lock a barrier holds there); None removes it."""
         if fn is None:
             lib.pm_trace_set_fence_hook(self._handle(), ffi.NULL, ffi.NULL)
             self._fence_hook = None

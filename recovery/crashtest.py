@@ -14,7 +14,8 @@ store serialises its writers and so never exercises one lane's invalidation ridi
 another lane's commit point; so does a two-thread workload in which one thread reuses
 memory the other's sealed commit wrote into (L7), and one staged with a fence hook, in
 which a thread's barrier is in flight while the other thread clears the seal its lane
-depends on (L6). Used by tests/crash and `pmstore crashtest`. This module drives the
+depends on (L6), and random schedules staged the same way: commits from three threads held
+inside their barriers while later commits run past them (L4, L6). Used by tests/crash and `pmstore crashtest`. This module drives the
 store to record workloads; the checker it calls (recovery/check.py) never does.
 """
 
@@ -270,6 +271,123 @@ def run_settle(seed: int, op_count: int, max_subsets: int, workdir: Path, *, wor
                             private=True, workers=workers)
 
 
+# ------------------------------------------------------------------ random staged schedules
+SCHED_THREADS = 3
+SCHED_LINES = 3         # 24 words on 3 lines: commits on different words still chain by line (L4)
+SCHED_LANES = 32        # lanes to spare: a lane blocked behind a held barrier stays taken
+SCHED_HOLD_MAX = 3      # a held commit is let go within this many later commits (see record_sched)
+
+
+def record_sched(path: Path, seed: int, op_count: int) -> tuple[bytes, bytes, list[int], list, list, int]:
+    """Random commits of 1-3 words from three threads, where a commit may be held inside
+    one of its barriers (the fence hook) while later commits on other threads run past it,
+    and released some steps later: the races of concurrent writers (a dependency SETTLING,
+    CLEARED mid-barrier, claimed by another thread), staged one thread at a time so the
+    trace is the same for the same seed. Commits in flight together never share a word, so
+    each word's values have one order; they do share lines, so they depend on each other.
+    A held commit is let go within SCHED_HOLD_MAX later commits: the protocol may wait for
+    a barrier in flight (a settle round for a lane, L4), so holding one without bound can
+    deadlock the others; a commit that waits 10 s for a held one is an error. Returns
+    (base image, trace, words, setters (op, word, value) in order, ops (op, words), commits
+    held)."""
+    from allocator import Heap, layout
+    rng = random.Random(seed)
+    path.unlink(missing_ok=True)
+    Heap.create(path, size=1 << 20, max_size=1 << 20, lane_count=SCHED_LANES, backend="none").close()
+    with Heap.open(path, backend="none") as heap, heap.transaction() as tx:
+        block = tx.alloc(64 * SCHED_LINES)
+        tx.write(block, bytes(64 * SCHED_LINES))
+        tx.set(layout.ROOT_OFF, block)
+    base = path.read_bytes()
+    words = [block + 8 * i for i in range(8 * SCHED_LINES)]
+    heap = Heap.open(path, backend="none", trace=True)
+    m = heap.mapping
+    pauses = _Pauses()
+    pools = [ThreadPoolExecutor(1) for _ in range(SCHED_THREADS)]
+    idents = [p.submit(threading.get_ident).result() for p in pools]
+    setters: list[tuple[int, int, int]] = []
+    ops: list[tuple[int, list[int]]] = []
+    held: dict[int, tuple[int, object, threading.Event, list[int]]] = {}  # thread -> (op, future, release, words)
+    wait_s = 10.0
+
+    def run(offs: list[int], values: list[int]) -> None:
+        with heap.transaction() as tx:
+            for off, v in zip(offs, values, strict=True):
+                tx.set(off, v)
+
+    def release(t: int) -> None:
+        i, fut, go, _offs = held.pop(t)
+        go.set()
+        fut.result()
+        m.trace_mark(2 * i + 1)
+
+    try:
+        m.set_fence_hook(pauses)
+        m.trace_start()
+        for i in range(op_count):
+            for t in [t for t, h in held.items() if i - h[0] > SCHED_HOLD_MAX]:
+                release(t)
+            if held and (len(held) == SCHED_THREADS - 1 or rng.random() < 0.3):
+                release(rng.choice(sorted(held)))
+            t = rng.choice([t for t in range(SCHED_THREADS) if t not in held])
+            busy = {off for *_x, offs in held.values() for off in offs}
+            offs = rng.sample([w for w in words if w not in busy], rng.randint(1, 3))
+            values = [rng.getrandbits(63) | 1 for _ in offs]
+            setters += [(i, off, v) for off, v in zip(offs, values, strict=True)]
+            ops.append((i, offs))
+            hold = len(held) < SCHED_THREADS - 1 and rng.random() < 0.4
+            if hold:
+                is_held, go = pauses.arm(idents[t])
+            m.trace_mark(2 * i)
+            fut = pools[t].submit(run, offs, values)
+            if hold:
+                if not is_held.wait(wait_s):
+                    raise RuntimeError(f"op {i} never reached a barrier")
+                held[t] = (i, fut, go, offs)
+            else:
+                try:
+                    fut.result(wait_s)
+                except TimeoutError:
+                    ids = sorted(h[0] for h in held.values())
+                    raise RuntimeError(f"op {i} waited {wait_s} s on a held barrier (ops {ids}): "
+                                       "this schedule cannot run") from None
+                m.trace_mark(2 * i + 1)
+        for t in sorted(held):
+            release(t)
+        m.set_fence_hook(None)
+        trace = m.trace_take()
+    finally:
+        for go in pauses.release_all():
+            go.set()
+        if not heap.closed:
+            m.set_fence_hook(None)
+            heap.abandon()      # a crash: whatever the threads left volatile stays so
+        for p in pools:
+            p.shutdown()
+    return base, trace, words, setters, ops, pauses.held
+
+
+def run_sched(seed: int, op_count: int, max_subsets: int, workdir: Path, *, workers: int = 1) -> crashsim.Result:
+    base, trace, words, setters, ops, _held = record_sched(workdir / f"c{seed}.heap", seed, op_count)
+
+    def check(img, point):
+        raw = check_heap(img, at_rest=False)
+        assert raw.ok, "crashed image: " + "; ".join(map(str, raw.findings[:3]))
+        allowed = settle_allowed(point, words, setters)
+        got = read_words(img, words)
+        bad = {off - words[0]: got[off] for off in words if got[off] not in allowed[off]}
+        assert not bad, f"words at {sorted(bad)} hold values no acknowledged or started commit left"
+        acked = {mk // 2 for mk in point.marks if mk % 2 == 1}
+        started = {mk // 2 for mk in point.marks if mk % 2 == 0}
+        mine = {(i, off): v for i, off, v in setters}
+        for i, offs in ops:     # a commit in flight: all of its words or none
+            if i in started and i not in acked:
+                new = [got[off] == mine[i, off] for off in offs]
+                assert all(new) or not any(new), f"op {i} half applied: {new} over words {offs}"
+    return crashsim.explore(base, trace, check, workdir=workdir, max_subsets=max_subsets, seed=seed,
+                            private=True, workers=workers)
+
+
 # ------------------------------------------------------------------ freed memory vs stale seals (L7)
 LIMBO_SPAN = 96 << 10       # a large object: freed pages go straight back to the free spans
 
@@ -488,7 +606,7 @@ class Job:
     journal_size: int = 0   # store, redo: barriers through a journal this small (7.11)
     lanes: int = REDO_LANES     # redo
 
-    KINDS = ("store", "redo", "limbo", "settle")
+    KINDS = ("store", "redo", "limbo", "settle", "sched")
 
     def run(self, workdir: Path, workers: int = 1) -> crashsim.Result:
         if self.kind == "store":
@@ -497,6 +615,8 @@ class Job:
         if self.kind == "redo":
             return run_redo(self.seed, self.ops, self.subsets, workdir, workers=workers, lane_count=self.lanes,
                             journal_size=self.journal_size)
+        if self.kind == "sched":
+            return run_sched(self.seed, self.ops, self.subsets, workdir, workers=workers)
         if self.kind == "settle":
             return run_settle(self.seed, self.ops, self.subsets, workdir, workers=workers)
         return run_limbo(self.seed, self.ops, self.subsets, workdir, workers=workers)
@@ -541,12 +661,14 @@ class Totals:
 
 
 def jobs(plan: Plan) -> list[Job]:
-    """Two multi-lane redo workloads, the limbo and settle workloads, every store workload of the plan, a
+    """Two multi-lane redo workloads, the limbo and settle workloads, staged schedules (a
+    quarter of the seeds, at least two), every store workload of the plan, a
     quarter of them (at least two) from three threads (L8), then one redo and those
     three-thread store workloads through a small barrier journal."""
     out = [Job("redo", seed, 2 * plan.op_count, 4 * plan.max_subsets) for seed in plan.seeds[:2]]
     out += [Job("limbo", plan.seeds[0], 4, plan.max_subsets)]
     out += [Job("settle", plan.seeds[0], 6, plan.max_subsets)]
+    out += [Job("sched", seed, 2 * plan.op_count, plan.max_subsets) for seed in plan.seeds[:max(2, len(plan.seeds) // 4)]]
     out += [Job("store", seed, plan.op_count, plan.max_subsets) for seed in plan.seeds]
     quarter = plan.seeds[:max(2, len(plan.seeds) // 4)]   # the quick plan: both seeds (L8 needs them)
     out += [Job("store", seed, plan.op_count, plan.max_subsets, threads=3) for seed in quarter]

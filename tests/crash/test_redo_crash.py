@@ -57,6 +57,23 @@ def test_L6_a_seal_is_cleared_only_after_its_dependencys_clearing_is_durable(tmp
     assert not res.violations, job.failure(res, WORKERS)
 
 
+@pytest.mark.parametrize("seed", range(1, 9))
+def test_L4_L6_commits_held_in_their_barriers_while_others_run_past_them(tmp_path_factory, seed, crash_totals):
+    """Random schedules (recovery/crashtest.py record_sched): commits of 1-3 words on three
+    shared lines from three threads, some held inside a barrier while later commits on the
+    other threads depend on them, claim them or find them SETTLING or CLEARED. Every
+    acknowledged word survives and a commit in flight is all or nothing."""
+    workdir = crashtest.fast_workdir(tmp_path_factory)
+    _b, _t, _w, setters, ops, held = crashtest.record_sched(workdir / "sched.heap", seed, 40)
+    assert len(ops) == 40 and len(setters) >= 40
+    assert held >= 5, f"only {held} commits were held: the schedule stages too few races"
+    job = crashtest.Job("sched", seed, 40, 48)
+    res = job.run(workdir, WORKERS)
+    crash_totals.add(f"staged schedule (seed {seed})", res)
+    assert res.states > 1000
+    assert not res.violations, job.failure(res, WORKERS)
+
+
 @pytest.mark.parametrize("lane_count", [1, 2])
 def test_L4_too_few_lanes_settle_deferred_words_before_reuse(tmp_path_factory, lane_count, crash_totals):
     """Three threads on one or two lanes: a commit finds every lane taken or DEFERRED and

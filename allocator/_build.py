@@ -20,7 +20,7 @@ STORE_SOURCES = ["index.c", "md5.c"]   # the store's C hot path (index lookup, o
 # (recovery/mutants.py runs them).
 MUTANTS = {"": "", **{m: f"-DPMSTORE_MUTANT_{m.upper()}" for m in
                       ("noinval", "noapplyfence", "nocheck", "nodata", "applyfirst", "earlyclear",
-                       "nolimbo", "noreplay", "jnlnosync", "datalinks", "clearedgone")}}
+                       "nolimbo", "noreplay", "jnlnosync", "datalinks", "clearedgone", "txcheck")}}
 SOURCES = ["pmem.c", "crc32c.c", "trace.c", "redo.c", "journal.c", "classes.c", "span.c", "alloc.c"]
 
 

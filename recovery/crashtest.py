@@ -276,10 +276,14 @@ SCHED_THREADS = 3
 SCHED_LINES = 3         # 24 words on 3 lines: commits on different words still chain by line (L4)
 SCHED_LANES = 32        # lanes to spare: a lane blocked behind a held barrier stays taken
 SCHED_HOLD_MAX = 3      # a held commit is let go within this many later commits (see record_sched)
+SCHED_PTRS = 8          # words on a fourth line that publish blocks (alloc_into, free_from)
+SCHED_SIZES = [16, 48, 200, 1000, 70000]    # small and medium classes, and a page span
 
 
-def record_sched(path: Path, seed: int, op_count: int) -> tuple[bytes, bytes, list[int], list, list, int]:
-    """Random commits of 1-3 words from three threads, where a commit may be held inside
+def record_sched(path: Path, seed: int, op_count: int) -> tuple[bytes, bytes, list[int], list, list, tuple, int]:
+    """Random commits from three threads -- sets of 1-3 words, a block allocated, filled
+    and published in a word, a word set inside a published block, or a published block
+    freed (and its memory allocated again) -- where a commit may be held inside
     one of its barriers (the fence hook) while later commits on other threads run past it,
     and released some steps later: the races of concurrent writers (a dependency SETTLING,
     CLEARED mid-barrier, claimed by another thread), staged one thread at a time so the
@@ -288,18 +292,24 @@ def record_sched(path: Path, seed: int, op_count: int) -> tuple[bytes, bytes, li
     A held commit is let go within SCHED_HOLD_MAX later commits: the protocol may wait for
     a barrier in flight (a settle round for a lane, L4), so holding one without bound can
     deadlock the others; a commit that waits 10 s for a held one is an error. Returns
-    (base image, trace, words, setters (op, word, value) in order, ops (op, words), commits
-    held)."""
+    (base image, trace, words, setters (op, word, value) in order, ops (op, words), (blocks
+    ((word, offset) -> the bytes published there), pokes (the same key -> [(op, offset in
+    the block, value)])), commits held)."""
     from allocator import Heap, layout
     rng = random.Random(seed)
     path.unlink(missing_ok=True)
-    Heap.create(path, size=1 << 20, max_size=1 << 20, lane_count=SCHED_LANES, backend="none").close()
+    Heap.create(path, size=4 << 20, max_size=4 << 20, lane_count=SCHED_LANES, backend="none").close()
     with Heap.open(path, backend="none") as heap, heap.transaction() as tx:
-        block = tx.alloc(64 * SCHED_LINES)
-        tx.write(block, bytes(64 * SCHED_LINES))
+        block = tx.alloc(64 * SCHED_LINES + 8 * SCHED_PTRS)
+        tx.write(block, bytes(64 * SCHED_LINES + 8 * SCHED_PTRS))
         tx.set(layout.ROOT_OFF, block)
     base = path.read_bytes()
-    words = [block + 8 * i for i in range(8 * SCHED_LINES)]
+    plain = [block + 8 * i for i in range(8 * SCHED_LINES)]
+    ptrs = [block + 64 * SCHED_LINES + 8 * i for i in range(SCHED_PTRS)]
+    words = plain + ptrs
+    current = dict.fromkeys(words, 0)       # each word's last value set (ops on a word never overlap)
+    blocks: dict[tuple[int, int], bytes] = {}
+    pokes: dict[tuple[int, int], list[tuple[int, int, int]]] = {}     # block -> (op, offset in it, value)
     heap = Heap.open(path, backend="none", trace=True)
     m = heap.mapping
     pauses = _Pauses()
@@ -314,6 +324,29 @@ def record_sched(path: Path, seed: int, op_count: int) -> tuple[bytes, bytes, li
         with heap.transaction() as tx:
             for off, v in zip(offs, values, strict=True):
                 tx.set(off, v)
+
+    def publish(i: int, word: int, data: bytes) -> None:
+        with heap.transaction() as tx:     # the offset is known inside the op, before its barrier
+            off = tx.alloc(len(data))
+            tx.write(off, data)
+            tx.set(word, off)
+            setters.append((i, word, off))
+            blocks[word, off] = data
+            current[word] = off
+
+    def free(word: int) -> None:
+        with heap.transaction() as tx:
+            tx.free_from(word)
+
+    def poke(off: int, value: int, raw: bool) -> None:
+        """A word inside a published block, while the commit that published it may still be
+        DEFERRED: through a commit (whose seal must never replay once the block is freed and
+        reused, L7) or as a plain persisted write the log never sees."""
+        if raw:
+            heap.write(off, value.to_bytes(8, "little"))
+            return
+        with heap.transaction() as tx:
+            tx.set(off, value)
 
     def release(t: int) -> None:
         i, fut, go, _offs = held.pop(t)
@@ -331,15 +364,35 @@ def record_sched(path: Path, seed: int, op_count: int) -> tuple[bytes, bytes, li
                 release(rng.choice(sorted(held)))
             t = rng.choice([t for t in range(SCHED_THREADS) if t not in held])
             busy = {off for *_x, offs in held.values() for off in offs}
-            offs = rng.sample([w for w in words if w not in busy], rng.randint(1, 3))
-            values = [rng.getrandbits(63) | 1 for _ in offs]
-            setters += [(i, off, v) for off, v in zip(offs, values, strict=True)]
-            ops.append((i, offs))
+            idle_ptrs = [w for w in ptrs if w not in busy]
+            kind = rng.random()
+            if kind < 0.25 and any(not current[w] for w in idle_ptrs):
+                word = rng.choice([w for w in idle_ptrs if not current[w]])
+                offs, call = [word], (publish, i, word, rng.randbytes(rng.choice(SCHED_SIZES)))
+            elif kind < 0.4 and any(current[w] for w in idle_ptrs):
+                word = rng.choice([w for w in idle_ptrs if current[w]])
+                offs, call = [word], (free, word)
+                setters.append((i, word, 0))
+                current[word] = 0
+            elif kind < 0.55 and any(current[w] for w in idle_ptrs):
+                word = rng.choice([w for w in idle_ptrs if current[w]])
+                key = (word, current[word])
+                rel, value = 8 * rng.randrange(len(blocks[key]) // 8), rng.getrandbits(63) | 1
+                pokes.setdefault(key, []).append((i, rel, value))
+                offs, call = [word], (poke, current[word] + rel, value, rng.random() < 0.5)     # word: block busy
+            else:
+                offs = rng.sample([w for w in plain if w not in busy], rng.randint(1, 3))
+                values = [rng.getrandbits(63) | 1 for _ in offs]
+                setters += [(i, off, v) for off, v in zip(offs, values, strict=True)]
+                current.update(zip(offs, values, strict=True))
+                call = (run, offs, values)
+            if call[0] is not poke:
+                ops.append((i, offs))
             hold = len(held) < SCHED_THREADS - 1 and rng.random() < 0.4
             if hold:
                 is_held, go = pauses.arm(idents[t])
             m.trace_mark(2 * i)
-            fut = pools[t].submit(run, offs, values)
+            fut = pools[t].submit(*call)
             if hold:
                 if not is_held.wait(wait_s):
                     raise RuntimeError(f"op {i} never reached a barrier")
@@ -364,21 +417,45 @@ def record_sched(path: Path, seed: int, op_count: int) -> tuple[bytes, bytes, li
             heap.abandon()      # a crash: whatever the threads left volatile stays so
         for p in pools:
             p.shutdown()
-    return base, trace, words, setters, ops, pauses.held
+    return base, trace, words, setters, ops, (blocks, pokes), pauses.held
 
 
 def run_sched(seed: int, op_count: int, max_subsets: int, workdir: Path, *, workers: int = 1) -> crashsim.Result:
-    base, trace, words, setters, ops, _held = record_sched(workdir / f"c{seed}.heap", seed, op_count)
+    from allocator import HeapFile
+    base, trace, words, setters, ops, (blocks, pokes), _held = record_sched(workdir / f"c{seed}.heap", seed,
+                                                                             op_count)
+
+    def block_states(key: tuple[int, int], acked: set[int], started: set[int]) -> list[bytes]:
+        """The bytes the block may hold: every acknowledged poke in, the one in flight either way."""
+        data = bytearray(blocks[key])
+        flight = []
+        for i, rel, value in pokes.get(key, []):
+            if i in acked:
+                data[rel:rel + 8] = value.to_bytes(8, "little")
+            elif i in started:
+                flight.append((rel, value))
+        out = [bytes(data)]
+        for rel, value in flight:
+            data[rel:rel + 8] = value.to_bytes(8, "little")
+            out.append(bytes(data))
+        return out
 
     def check(img, point):
         raw = check_heap(img, at_rest=False)
         assert raw.ok, "crashed image: " + "; ".join(map(str, raw.findings[:3]))
         allowed = settle_allowed(point, words, setters)
-        got = read_words(img, words)
-        bad = {off - words[0]: got[off] for off in words if got[off] not in allowed[off]}
-        assert not bad, f"words at {sorted(bad)} hold values no acknowledged or started commit left"
         acked = {mk // 2 for mk in point.marks if mk % 2 == 1}
         started = {mk // 2 for mk in point.marks if mk % 2 == 0}
+        hf = HeapFile.open(img, backend="private")     # recovery, copy-on-write
+        try:
+            got = {w: hf.mapping.load8(w) for w in words}
+            torn = [w - words[0] for w in words if (w, got[w]) in blocks and hf.mapping.read(
+                got[w], len(blocks[w, got[w]])) not in block_states((w, got[w]), acked, started)]
+        finally:
+            hf.abandon()
+        bad = {off - words[0]: got[off] for off in words if got[off] not in allowed[off]}
+        assert not bad, f"words at {sorted(bad)} hold values no acknowledged or started commit left"
+        assert not torn, f"words at {torn} publish blocks whose bytes are not the ones written (L7?)"
         mine = {(i, off): v for i, off, v in setters}
         for i, offs in ops:     # a commit in flight: all of its words or none
             if i in started and i not in acked:

@@ -36,6 +36,8 @@ MUTANTS = {
                  "thread changes them while the first is DEFERRED (L8)",
     "clearedgone": "a seal is cleared once its dependencies' seals are cleared, before that clearing is durable "
                    "(L6)",
+    "txcheck": "a transaction's data is CHECKed in its commit point instead of made durable before it: a "
+               "published object changed at once on another thread fails the CHECK (7.6, L8)",
 }
 PACKAGES = ("allocator", "store", "recovery")
 

@@ -623,9 +623,13 @@ void pm_tx_abort(pm_heap *h, const struct pm_tx_slot *reserved, uint32_t nres) {
     for (uint32_t k = 0; k < nres; k++) { struct reservation x = from_slot(&reserved[k]); pmi_unreserve(h, &x); }
 }
 
-/* pm_tx_commit -- one redo commit of the transaction; `data` ranges (new objects' bytes)
- * become durable with the commit point. Then frees become reusable. On failure every
- * reservation is given back. */
+/* pm_tx_commit -- the transaction's `data` ranges (new objects' bytes) made durable by a
+ * barrier of their own, then one redo commit of its entries, with no CHECK over the data.
+ * A CHECKed commit point (as the store's) costs one barrier less, but its data must then
+ * never change while its seal may replay (L8), and a transaction's caller may change its
+ * objects at once, from any thread, through writes the log never sees (Heap.write, a
+ * zero-copy view): a commit still DEFERRED would fail its CHECK and be dropped with its
+ * words. Then frees become reusable. On failure every reservation is given back. */
 int pm_tx_commit(pm_heap *h, const struct pmd_redo_entry *e, uint32_t n, const uint64_t *data, uint32_t ndata,
                  const struct pm_tx_slot *reserved, uint32_t nres, const struct pm_tx_slot *freed, uint32_t nfree) {
     for (uint32_t i = 0; i < n; i++) {     /* the root, descriptors (ours) or data words only */
@@ -642,7 +646,16 @@ int pm_tx_commit(pm_heap *h, const struct pmd_redo_entry *e, uint32_t n, const u
         r[i].off = data[2 * i]; r[i].size = data[2 * i + 1];
         if (!pmi_in_range(h, r[i].off, r[i].size)) rc = PM_E_RANGE;
     }
-    if (!rc) rc = pmi_redo_commit(h, e, n, r, ndata);
+#ifdef PMSTORE_MUTANT_TXCHECK
+    if (!rc) rc = pmi_redo_commit(h, e, n, r, ndata);  /* mutant: the data CHECKed in the commit point */
+#else
+    if (!rc && ndata) {
+        pmi_persist_ranges(h, r, ndata);    /* durable: the new objects' bytes, in blocks no commit has
+                                               allocated yet (a crash before the commit point frees them) */
+        rc = pmi_failed(h);
+    }
+    if (!rc) rc = pmi_redo_commit(h, e, n, NULL, 0);
+#endif
     if (r && r != local) free(r);
     for (uint32_t k = 0; k < nres; k++) {
         struct reservation x = from_slot(&reserved[k]);

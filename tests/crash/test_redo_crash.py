@@ -60,13 +60,17 @@ def test_L6_a_seal_is_cleared_only_after_its_dependencys_clearing_is_durable(tmp
 @pytest.mark.parametrize("seed", range(1, 9))
 def test_L4_L6_commits_held_in_their_barriers_while_others_run_past_them(tmp_path_factory, seed, crash_totals):
     """Random schedules (recovery/crashtest.py record_sched): commits of 1-3 words on three
-    shared lines from three threads, some held inside a barrier while later commits on the
-    other threads depend on them, claim them or find them SETTLING or CLEARED. Every
-    acknowledged word survives and a commit in flight is all or nothing."""
+    shared lines, blocks allocated, filled and published, written into, freed and their
+    memory allocated again, from three threads,
+    some held inside a barrier while later commits on the other threads depend on them,
+    claim them or find them SETTLING or CLEARED. Every acknowledged word survives with the
+    bytes it publishes, and a commit in flight is all or nothing."""
     workdir = crashtest.fast_workdir(tmp_path_factory)
-    _b, _t, _w, setters, ops, held = crashtest.record_sched(workdir / "sched.heap", seed, 40)
-    assert len(ops) == 40 and len(setters) >= 40
+    _b, _t, _w, setters, ops, (blocks, pokes), held = crashtest.record_sched(workdir / "sched.heap", seed, 40)
+    assert len(ops) + sum(map(len, pokes.values())) == 40 and len(setters) >= len(ops)
     assert held >= 5, f"only {held} commits were held: the schedule stages too few races"
+    frees = sum(v == 0 for _i, w, v in setters if w in {w for w, _o in blocks})
+    assert len(blocks) >= 3 and frees >= 1 and pokes, "the schedule must publish, poke into and free blocks"
     job = crashtest.Job("sched", seed, 40, 48)
     res = job.run(workdir, WORKERS)
     crash_totals.add(f"staged schedule (seed {seed})", res)

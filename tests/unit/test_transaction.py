@@ -76,7 +76,7 @@ def test_commit_makes_allocs_writes_sets_and_frees_visible_together(tmp_path, re
         assert heap.report.spans == 1
 
 
-def test_commit_costs_one_barrier_with_its_data(heap):
+def test_commit_costs_a_barrier_for_its_data_then_one_for_the_commit_point(heap):
     _, w = _table(heap, 4)
     heap.free(heap.alloc(100))          # the run exists; no formatting barrier below
     c = heap.persist_count
@@ -84,7 +84,12 @@ def test_commit_costs_one_barrier_with_its_data(heap):
         for i in range(3):
             off = tx.alloc_into(w[i], 100)
             tx.write(off, bytes([i]) * 100)
-    assert heap.persist_count - c == 1      # the commit point: log, data, the last commit's words
+    assert heap.persist_count - c == 2      # the data (7.6), then the commit point: log, the last commit's words
+    c = heap.persist_count
+    with heap.transaction() as tx:
+        tx.alloc_into(w[3], 100)
+        tx.set(w[0], 0)
+    assert heap.persist_count - c == 1      # no data: the commit point alone
 
 
 def test_explicit_commit_and_abort_without_with(heap):

@@ -627,9 +627,9 @@ void pm_tx_abort(pm_heap *h, const struct pm_tx_slot *reserved, uint32_t nres) {
  * barrier of their own, then one redo commit of its entries, with no CHECK over the data.
  * A CHECKed commit point (as the store's) costs one barrier less, but its data must then
  * never change while its seal may replay (L8), and a transaction's caller may change its
- * objects at once, from any thread, through writes the log never sees (Heap.write, a
- * zero-copy view): a commit still DEFERRED would fail its CHECK and be dropped with its
- * words. Then frees become reusable. On failure every reservation is given back. */
+ * objects at once, from any thread, even through writes the log never sees (Heap.write):
+ * a commit still DEFERRED would fail its CHECK and be dropped with its words. Then frees
+ * become reusable. On failure every reservation is given back. */
 int pm_tx_commit(pm_heap *h, const struct pmd_redo_entry *e, uint32_t n, const uint64_t *data, uint32_t ndata,
                  const struct pm_tx_slot *reserved, uint32_t nres, const struct pm_tx_slot *freed, uint32_t nfree) {
     for (uint32_t i = 0; i < n; i++) {     /* the root, descriptors (ours) or data words only */

@@ -166,6 +166,18 @@ class _Pauses:
                 raise RuntimeError("a thread held at its fence was never released")
 
 
+def _end_staged(heap, pauses: _Pauses, pools: list[ThreadPoolExecutor]) -> None:
+    """After a staged workload, or its failure: no thread left held, the heap dropped as a
+    crash would leave it, the threads gone."""
+    for go in pauses.release_all():
+        go.set()
+    if not heap.closed:
+        heap.mapping.set_fence_hook(None)
+        heap.abandon()
+    for p in pools:
+        p.shutdown()
+
+
 def record_settle(path: Path, seed: int) -> tuple[bytes, bytes, list[int], list[tuple[int, int, int]], int]:
     """Two threads, staged with a fence hook so that a dependency is cleared by another
     thread while this thread's barrier is in flight, which one op at a time never does:
@@ -230,13 +242,7 @@ def record_settle(path: Path, seed: int) -> tuple[bytes, bytes, list[int], list[
         m.set_fence_hook(None)
         trace = m.trace_take()
     finally:
-        for go in pauses.release_all():
-            go.set()
-        if not heap.closed:
-            m.set_fence_hook(None)
-            heap.abandon()      # a crash: T1's store clearing C's seal is still volatile
-        for t in (t1, t2):
-            t.shutdown()
+        _end_staged(heap, pauses, [t1, t2])     # a crash: T1's store clearing C's seal is still volatile
     return base, trace, words, setters, pauses.held
 
 
@@ -410,13 +416,7 @@ def record_sched(path: Path, seed: int, op_count: int) -> tuple[bytes, bytes, li
         m.set_fence_hook(None)
         trace = m.trace_take()
     finally:
-        for go in pauses.release_all():
-            go.set()
-        if not heap.closed:
-            m.set_fence_hook(None)
-            heap.abandon()      # a crash: whatever the threads left volatile stays so
-        for p in pools:
-            p.shutdown()
+        _end_staged(heap, pauses, pools)        # a crash: whatever the threads left volatile stays so
     return base, trace, words, setters, ops, (blocks, pokes), pauses.held
 
 

@@ -359,6 +359,12 @@ class Mapping:
         return bytes(buf[:got])
 
 
+def set_thread_index(idx: int) -> None:
+    """Give the calling thread the number that picks its home lanes, before its first
+    commit (the crash tools: a workload takes the same lanes in any process)."""
+    lib.pm_thread_set_idx(idx)
+
+
 def class_table() -> list[tuple[int, int, int]]:
     """(block size, pages per run, blocks per run) of every size class."""
     return [(lib.pm_class_size(i), lib.pm_class_pages(i), lib.pm_class_capacity(i))

@@ -60,6 +60,14 @@ JOURNAL_REDO = 8 << 10
 JOURNAL_STORE = 16 << 10
 
 
+def threads_pinned(count: int) -> list[ThreadPoolExecutor]:
+    """count one-thread executors whose threads are numbered 0..count-1 for the allocator
+    (their home lanes): a workload takes the same lanes in any process, so its crash
+    states follow from its seed."""
+    from allocator import _native
+    return [ThreadPoolExecutor(1, initializer=_native.set_thread_index, initargs=(k,)) for k in range(count)]
+
+
 # ------------------------------------------------------------------ redo commits, several lanes
 def record_redo(path: Path, seed: int, commit_count: int, lane_count: int = REDO_LANES,
                 journal_size: int = 0) -> tuple[bytes, bytes, list[int], list[dict]]:
@@ -77,7 +85,7 @@ def record_redo(path: Path, seed: int, commit_count: int, lane_count: int = REDO
     hf = HeapFile.open(path, backend="none", trace=True)
     words = sorted({hf.header.data_off + rng.randrange(3 * 4096 // 8) * 8 for _ in range(24)})
     models = [{w: 0 for w in words}]
-    workers = [ThreadPoolExecutor(1) for _ in range(REDO_THREADS)]
+    workers = threads_pinned(REDO_THREADS)
     try:
         for i in range(commit_count):
             entries = [(rng.choice(ops), w, rng.getrandbits(64)) for w in rng.sample(words, rng.randint(1, 6))]
@@ -202,7 +210,7 @@ def record_settle(path: Path, seed: int) -> tuple[bytes, bytes, list[int], list[
     heap = Heap.open(path, backend="none", trace=True)
     m = heap.mapping
     pauses = _Pauses()
-    t1, t2 = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
+    t1, t2 = threads_pinned(2)
     id1, id2 = t1.submit(threading.get_ident).result(), t2.submit(threading.get_ident).result()
     setters: list[tuple[int, int, int]] = []
 
@@ -319,7 +327,7 @@ def record_sched(path: Path, seed: int, op_count: int) -> tuple[bytes, bytes, li
     heap = Heap.open(path, backend="none", trace=True)
     m = heap.mapping
     pauses = _Pauses()
-    pools = [ThreadPoolExecutor(1) for _ in range(SCHED_THREADS)]
+    pools = threads_pinned(SCHED_THREADS)
     idents = [p.submit(threading.get_ident).result() for p in pools]
     setters: list[tuple[int, int, int]] = []
     ops: list[tuple[int, list[int]]] = []
@@ -483,7 +491,7 @@ def record_limbo(path: Path, seed: int) -> tuple[bytes, bytes, list[tuple[int, b
     base = path.read_bytes()
     heap = Heap.open(path, backend="none", trace=True)
     m = heap.mapping
-    one = [ThreadPoolExecutor(1) for _ in range(2)]     # persistent threads: their lanes stay theirs
+    one = threads_pinned(2)     # persistent threads: their lanes stay theirs
     models: list[tuple[int, bytes | None]] = [(0, None)]
 
     def publish(data: bytes) -> int:
@@ -591,7 +599,7 @@ def record_workload(path: Path, seed: int, op_count: int, journal_size: int = 0,
     m.trace_start()
     model = {k: (k.encode() * 3) for k in base_keys}
     models = [dict(model)]
-    pool = [ThreadPoolExecutor(1) for _ in range(threads)]
+    pool = threads_pinned(threads)
     last = None     # threads > 1: the key of the last op, which the next op often follows (L8)
     for i in range(op_count):
         m.trace_mark(2 * i)

@@ -79,6 +79,7 @@ int pm_crc32c_is_hw(void);
 int pm_trace_start(pm_heap *h);
 int pm_trace_mark(pm_heap *h, uint64_t id);
 void pm_trace_set_fence_hook(pm_heap *h, void (*fn)(void *), void *arg);
+void pm_thread_set_idx(uint32_t idx);
 uint64_t pm_trace_len(pm_heap *h);
 uint64_t pm_trace_take(pm_heap *h, void *dst, uint64_t cap);
 

@@ -49,6 +49,11 @@ uint32_t pmi_thread_idx(void) {
     return thread_idx;
 }
 
+/* pm_thread_set_idx -- the calling thread's number, before its first commit (it picks the
+ * thread's home lanes): the crash tools give their workload threads 0, 1, 2... so a
+ * workload takes the same lanes in any process, and replays to the same crash states. */
+void pm_thread_set_idx(uint32_t idx) { thread_idx = idx; }
+
 enum { FLUSH_CLWB = 1, FLUSH_CLFLUSHOPT = 2, FLUSH_CLFLUSH = 3 };
 static int flush_kind;
 static pthread_once_t flush_once = PTHREAD_ONCE_INIT;

@@ -1,10 +1,13 @@
 """A crash test's failure reruns alone (recovery/crashtest.py Job, `pmstore crashtest
---replay`): the workload, the index's tower heights and the sampled dirty subsets all
-come from the job's seed, and the failure message prints the command."""
+--replay`): the workload, the index's tower heights, the lanes its threads take and the
+sampled dirty subsets all come from the job's seed, and the failure message prints the
+command."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -82,3 +85,17 @@ def test_pmstore_crashtest_replay_reruns_one_job_to_the_same_states():
     assert a["plan"] == "replay" and a["workloads"] == 1 and a["mutants"] == 0
     assert a["crash_states"] > 100 and a["violations"] == 0 and a["replay"] == []
     assert (a["crash_states"], a["persist_points"]) == (b["crash_states"], b["persist_points"])
+
+
+@pytest.mark.parametrize("spec", ["store seed=32 ops=20 subsets=48", "sched seed=3 ops=12 subsets=8"])
+def test_a_job_reaches_the_same_crash_states_again_and_in_a_fresh_process(tmp_path, spec):
+    """Each run starts new threads, and this process has run other tests' threads; a fresh
+    one has not. The lanes each thread takes (pm_thread_set_idx) come from the job alone:
+    unpinned, two runs of the first spec in one process reach different state counts."""
+    job = crashtest.Job.parse(spec)
+    here = [job.run(tmp_path, workers=1) for _ in range(2)]
+    r = subprocess.run([sys.executable, "-m", "recovery.crashtest", "replay", spec, "1"], capture_output=True,
+                       text=True, check=True, timeout=300)
+    there = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [(x.states, x.points) for x in here] == [(there["crash_states"], there["persist_points"])] * 2
+    assert there["violations"] == len(here[0].violations) == 0

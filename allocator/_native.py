@@ -340,9 +340,9 @@ class Mapping:
         check(lib.pm_trace_mark(self._handle(), mark_id), "trace mark")
 
     def set_fence_hook(self, fn: Callable[[], None] | None) -> None:
-        """fn() runs after each traced fence, on the thread that issued it (it may block
-        that thread: crash workloads stage interleavings with it; not on a heap with a
-        journal, whose lock a barrier holds there); None removes it."""
+        """fn() runs after each traced fence, on the thread that issued it, once the
+        journal's lock (if any) is released; it may block that thread: crash workloads
+        stage interleavings with it. None removes it."""
         if fn is None:
             lib.pm_trace_set_fence_hook(self._handle(), ffi.NULL, ffi.NULL)
             self._fence_hook = None

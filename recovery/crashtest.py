@@ -161,6 +161,17 @@ class _Pauses:
         self._gos.append(self._armed[ident][1])
         return self._armed[ident]
 
+    def wait_held(self, ident: int, is_held: threading.Event, fut, timeout_s: float) -> bool:
+        """True once the armed thread is held; False if its op finished without a traced
+        fence (a mutant that skips a barrier), and it is disarmed."""
+        for _ in range(int(timeout_s / 0.005)):
+            if is_held.wait(0.005):
+                return True
+            if fut.done():
+                self._armed.pop(ident, None)
+                return False
+        raise RuntimeError("an armed thread never reached a barrier nor finished")
+
     def release_all(self) -> list[threading.Event]:
         """Every release ever armed, so a failed workload never leaves a thread held."""
         return self._gos
@@ -294,7 +305,8 @@ SCHED_PTRS = 8          # words on a fourth line that publish blocks (alloc_into
 SCHED_SIZES = [16, 48, 200, 1000, 70000]    # small and medium classes, and a page span
 
 
-def record_sched(path: Path, seed: int, op_count: int) -> tuple[bytes, bytes, list[int], list, list, tuple, int]:
+def record_sched(path: Path, seed: int, op_count: int,
+                 journal_size: int = 0) -> tuple[bytes, bytes, list[int], list, list, tuple, int]:
     """Random commits from three threads -- sets of 1-3 words, a block allocated, filled
     and published in a word, a word set inside a published block, or a published block
     freed (and its memory allocated again) -- where a commit may be held inside
@@ -312,7 +324,8 @@ def record_sched(path: Path, seed: int, op_count: int) -> tuple[bytes, bytes, li
     from allocator import Heap, layout
     rng = random.Random(seed)
     path.unlink(missing_ok=True)
-    Heap.create(path, size=4 << 20, max_size=4 << 20, lane_count=SCHED_LANES, backend="none").close()
+    Heap.create(path, size=4 << 20, max_size=4 << 20, lane_count=SCHED_LANES, journal_size=journal_size,
+                backend="none").close()
     with Heap.open(path, backend="none") as heap, heap.transaction() as tx:
         block = tx.alloc(64 * SCHED_LINES + 8 * SCHED_PTRS)
         tx.write(block, bytes(64 * SCHED_LINES + 8 * SCHED_PTRS))
@@ -407,11 +420,9 @@ def record_sched(path: Path, seed: int, op_count: int) -> tuple[bytes, bytes, li
                 is_held, go = pauses.arm(idents[t])
             m.trace_mark(2 * i)
             fut = pools[t].submit(*call)
-            if hold:
-                if not is_held.wait(wait_s):
-                    raise RuntimeError(f"op {i} never reached a barrier")
+            if hold and pauses.wait_held(idents[t], is_held, fut, wait_s):
                 held[t] = (i, fut, go, offs)
-            else:
+            else:       # not held: not armed, or its op issued no traced fence
                 try:
                     fut.result(wait_s)
                 except TimeoutError:
@@ -428,10 +439,11 @@ def record_sched(path: Path, seed: int, op_count: int) -> tuple[bytes, bytes, li
     return base, trace, words, setters, ops, (blocks, pokes), pauses.held
 
 
-def run_sched(seed: int, op_count: int, max_subsets: int, workdir: Path, *, workers: int = 1) -> crashsim.Result:
+def run_sched(seed: int, op_count: int, max_subsets: int, workdir: Path, *, workers: int = 1,
+              journal_size: int = 0) -> crashsim.Result:
     from allocator import HeapFile
     base, trace, words, setters, ops, (blocks, pokes), _held = record_sched(workdir / f"c{seed}.heap", seed,
-                                                                             op_count)
+                                                                             op_count, journal_size)
 
     def block_states(key: tuple[int, int], acked: set[int], started: set[int]) -> list[bytes]:
         """The bytes the block may hold: every acknowledged poke in, the one in flight either way."""
@@ -701,7 +713,8 @@ class Job:
             return run_redo(self.seed, self.ops, self.subsets, workdir, workers=workers, lane_count=self.lanes,
                             journal_size=self.journal_size)
         if self.kind == "sched":
-            return run_sched(self.seed, self.ops, self.subsets, workdir, workers=workers)
+            return run_sched(self.seed, self.ops, self.subsets, workdir, workers=workers,
+                             journal_size=self.journal_size)
         if self.kind == "settle":
             return run_settle(self.seed, self.ops, self.subsets, workdir, workers=workers)
         return run_limbo(self.seed, self.ops, self.subsets, workdir, workers=workers)
@@ -747,13 +760,16 @@ class Totals:
 
 def jobs(plan: Plan) -> list[Job]:
     """Two multi-lane redo workloads, the limbo and settle workloads, staged schedules (a
-    quarter of the seeds, at least two), every store workload of the plan, a
+    quarter of the seeds, at least two, and one through a small journal), every store
+    workload of the plan, a
     quarter of them (at least two) from three threads (L8), then one redo and those
     three-thread store workloads through a small barrier journal."""
     out = [Job("redo", seed, 2 * plan.op_count, 4 * plan.max_subsets) for seed in plan.seeds[:2]]
     out += [Job("limbo", plan.seeds[0], 4, plan.max_subsets)]
     out += [Job("settle", plan.seeds[0], 6, plan.max_subsets)]
     out += [Job("sched", seed, 2 * plan.op_count, plan.max_subsets) for seed in plan.seeds[:max(2, len(plan.seeds) // 4)]]
+    out += [Job("sched", seed, 2 * plan.op_count, plan.max_subsets, journal_size=JOURNAL_STORE)
+            for seed in plan.seeds[:1]]
     out += [Job("store", seed, plan.op_count, plan.max_subsets) for seed in plan.seeds]
     quarter = plan.seeds[:max(2, len(plan.seeds) // 4)]   # the quick plan: both seeds (L8 needs them)
     out += [Job("store", seed, plan.op_count, plan.max_subsets, threads=3) for seed in quarter]

@@ -104,6 +104,7 @@ int pmi_journal_persist(pm_heap *h, const struct pmi_range *r, size_t n) {
     uint64_t size = PMD_JNL_REC_HDR_SIZE + 16 * (uint64_t)m;
     for (size_t i = 0; i < m; i++) size += v[i].size;
     pthread_mutex_lock(&j->lock);
+    if (h->tracing) pmi_trace_hook_defer();
     if (m == 0) goto out;
     if (size > j->size - PMD_JNL_HDR_SIZE || j->tail + size > j->off + j->size || j->page_count >= JNL_PAGE_LIMIT) {
         checkpoint(h, j);   /* durable: the whole heap, these ranges with it */
@@ -134,6 +135,7 @@ int pmi_journal_persist(pm_heap *h, const struct pmi_range *r, size_t n) {
     j->bytes += size;
 out:
     pthread_mutex_unlock(&j->lock);
+    if (h->tracing) pmi_trace_hook_resume(h);
     if (v != small) free(v);
     return 1;
 }
@@ -229,8 +231,10 @@ int pm_journal_checkpoint(pm_heap *h) {
     struct pmi_journal *j = h->jnl;
     if (!j) return PM_OK;
     pthread_mutex_lock(&j->lock);
+    if (h->tracing) pmi_trace_hook_defer();
     checkpoint(h, j);
     pthread_mutex_unlock(&j->lock);
+    if (h->tracing) pmi_trace_hook_resume(h);
     return pmi_failed(h);
 }
 

@@ -113,6 +113,8 @@ static inline int pmi_failed(pm_heap *h) {
 void pmi_trace_write(pm_heap *h, uint64_t off, const void *src, uint64_t size);
 void pmi_trace_flush(pm_heap *h, uint64_t off, uint64_t size);
 void pmi_trace_fence(pm_heap *h);
+void pmi_trace_hook_defer(void);           /* fence hooks wait ... */
+void pmi_trace_hook_resume(pm_heap *h);    /* ... until this (the journal's lock is released) */
 void pmi_trace_grow(pm_heap *h, uint64_t new_size);
 void pmi_trace_free(pm_heap *h);
 /* redo.c */

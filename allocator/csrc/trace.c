@@ -39,20 +39,33 @@ void pmi_trace_write(pm_heap *h, uint64_t off, const void *src, uint64_t size) {
     }
 }
 void pmi_trace_flush(pm_heap *h, uint64_t off, uint64_t size) { append(h, PM_TRACE_FLUSH, off, size, NULL); }
+/* Inside the journal's lock a fence's hook waits for the unlock (pmi_trace_hook_resume):
+ * a thread held there would stall every other barrier. */
+static __thread int hook_defer, hook_pending;
+
 void pmi_trace_fence(pm_heap *h) {
     append(h, PM_TRACE_FENCE, 0, 0, NULL);
-    if (h->fence_hook) h->fence_hook(h->fence_hook_arg);    /* after the trace lock: it may block this thread */
+    if (!h->fence_hook) return;
+    if (hook_defer) hook_pending = 1;
+    else h->fence_hook(h->fence_hook_arg);      /* after the trace lock: it may block this thread */
+}
+
+void pmi_trace_hook_defer(void) { hook_defer++; }
+
+void pmi_trace_hook_resume(pm_heap *h) {
+    if (--hook_defer || !hook_pending) return;
+    hook_pending = 0;
+    if (h->fence_hook) h->fence_hook(h->fence_hook_arg);
 }
 void pmi_trace_grow(pm_heap *h, uint64_t new_size) { append(h, PM_TRACE_GROW, new_size, 0, NULL); }
 
 int pm_trace_start(pm_heap *h) { h->tracing = 1; return PM_OK; }
 
 /* pm_trace_set_fence_hook -- fn(arg) runs after each traced fence, on the thread that
- * issued it, outside the trace lock: a crash workload holds one thread inside its barrier
- * while another commits, to stage an interleaving that sequential steps never reach
- * (recovery/crashtest.py, L6). A journaled barrier still holds the journal's lock there,
- * so holding a thread would stall every barrier: those workloads use heaps without a
- * journal. NULL removes it. Tracing only. */
+ * issued it, outside the trace lock (and, for a journaled barrier, once the journal's
+ * lock is released): a crash workload holds one thread inside its barrier while another
+ * commits, to stage an interleaving that sequential steps never reach
+ * (recovery/crashtest.py, L6). NULL removes it. Tracing only. */
 void pm_trace_set_fence_hook(pm_heap *h, void (*fn)(void *), void *arg) {
     h->fence_hook_arg = arg;
     h->fence_hook = fn;

@@ -47,6 +47,21 @@ def test_J1_L8_store_ops_from_three_threads_through_the_journal(tmp_path_factory
     assert not res.violations, job.failure(res, WORKERS)
 
 
+@pytest.mark.parametrize("seed", range(1, 5))
+def test_J1_L6_staged_schedules_through_the_journal(tmp_path_factory, seed, crash_totals):
+    """The staged schedules of test_redo_crash.py (commits held inside their barriers while
+    others run past them) with every barrier appended to a journal small enough to fill:
+    the hook holds a thread once the journal's lock is released, so the others append."""
+    workdir = crashtest.fast_workdir(tmp_path_factory)
+    *_rest, held = crashtest.record_sched(workdir / "sched.heap", seed, 40, crashtest.JOURNAL_STORE)
+    assert held >= 5, f"only {held} commits were held"
+    job = crashtest.Job("sched", seed, 40, 48, journal_size=crashtest.JOURNAL_STORE)
+    res = job.run(workdir, WORKERS)
+    crash_totals.add(f"staged schedule, journal (seed {seed})", res)
+    assert res.states > 1000
+    assert not res.violations, job.failure(res, WORKERS)
+
+
 @pytest.mark.parametrize("seed", PLAN.seeds[:2])
 def test_J1_L4_redo_commits_through_the_journal_replay_in_order(tmp_path_factory, seed, crash_totals):
     workdir = crashtest.fast_workdir(tmp_path_factory)

@@ -15,8 +15,9 @@ another lane's commit point; so does a two-thread workload in which one thread r
 memory the other's sealed commit wrote into (L7), and one staged with a fence hook, in
 which a thread's barrier is in flight while the other thread clears the seal its lane
 depends on (L6), and random schedules staged the same way: commits from three threads held
-inside their barriers while later commits run past them (L4, L6). Used by tests/crash and `pmstore crashtest`. This module drives the
-store to record workloads; the checker it calls (recovery/check.py) never does.
+inside their barriers while later commits run past them (L4, L6). Used by tests/crash and
+`pmstore crashtest`. This module drives the store to record workloads; the checker it calls
+(recovery/check.py) never does.
 """
 
 from __future__ import annotations
@@ -761,17 +762,16 @@ class Totals:
 def jobs(plan: Plan) -> list[Job]:
     """Two multi-lane redo workloads, the limbo and settle workloads, staged schedules (a
     quarter of the seeds, at least two, and one through a small journal), every store
-    workload of the plan, a
-    quarter of them (at least two) from three threads (L8), then one redo and those
-    three-thread store workloads through a small barrier journal."""
+    workload of the plan, a quarter of them (at least two) from three threads (L8), then
+    one redo and those three-thread store workloads through a small barrier journal."""
+    quarter = plan.seeds[:max(2, len(plan.seeds) // 4)]   # the quick plan: both seeds (L8 needs them)
     out = [Job("redo", seed, 2 * plan.op_count, 4 * plan.max_subsets) for seed in plan.seeds[:2]]
     out += [Job("limbo", plan.seeds[0], 4, plan.max_subsets)]
     out += [Job("settle", plan.seeds[0], 6, plan.max_subsets)]
-    out += [Job("sched", seed, 2 * plan.op_count, plan.max_subsets) for seed in plan.seeds[:max(2, len(plan.seeds) // 4)]]
+    out += [Job("sched", seed, 2 * plan.op_count, plan.max_subsets) for seed in quarter]
     out += [Job("sched", seed, 2 * plan.op_count, plan.max_subsets, journal_size=JOURNAL_STORE)
             for seed in plan.seeds[:1]]
     out += [Job("store", seed, plan.op_count, plan.max_subsets) for seed in plan.seeds]
-    quarter = plan.seeds[:max(2, len(plan.seeds) // 4)]   # the quick plan: both seeds (L8 needs them)
     out += [Job("store", seed, plan.op_count, plan.max_subsets, threads=3) for seed in quarter]
     out += [Job("redo", seed, 2 * plan.op_count, 4 * plan.max_subsets, journal_size=JOURNAL_REDO)
             for seed in plan.seeds[:1]]

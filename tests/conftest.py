@@ -21,6 +21,15 @@ class CrashTotals:
         print(f"\n[crash] {name}: {res.states} crash states at {res.points} persist points, "
               f"{len(res.violations)} violations (seed {res.seed})")
 
+    def run(self, name: str, job, workdir, workers: int, min_states: int):
+        """Explore job's crash states, count them here, and fail on a violation (with the
+        command that reruns the job alone) or on fewer states than the workload must reach."""
+        res = job.run(workdir, workers)
+        self.add(name, res)
+        assert res.states > min_states, f"{name}: only {res.states} crash states"
+        assert not res.violations, job.failure(res, workers)
+        return res
+
 
 _TOTALS = CrashTotals()
 

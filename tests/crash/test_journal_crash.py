@@ -27,10 +27,7 @@ SEEDS = PLAN.seeds[:8]
 def test_J1_J3_store_ops_through_the_journal_are_all_or_nothing(tmp_path_factory, seed, crash_totals):
     workdir = crashtest.fast_workdir(tmp_path_factory)
     job = crashtest.Job("store", seed, PLAN.op_count, PLAN.max_subsets, journal_size=crashtest.JOURNAL_STORE)
-    res = job.run(workdir, WORKERS)
-    crash_totals.add(f"store ops, journal (seed {seed})", res)
-    assert res.states > 500, "the workload must reach many crash states"
-    assert not res.violations, job.failure(res, WORKERS)
+    crash_totals.run(f"store ops, journal (seed {seed})", job, workdir, WORKERS, 500)
 
 
 @pytest.mark.parametrize("seed", SEEDS[:4])
@@ -41,10 +38,7 @@ def test_J1_L8_store_ops_from_three_threads_through_the_journal(tmp_path_factory
     workdir = crashtest.fast_workdir(tmp_path_factory)
     job = crashtest.Job("store", seed, PLAN.op_count, PLAN.max_subsets, threads=3,
                         journal_size=crashtest.JOURNAL_STORE)
-    res = job.run(workdir, WORKERS)
-    crash_totals.add(f"store ops, 3 threads, journal (seed {seed})", res)
-    assert res.states > 500
-    assert not res.violations, job.failure(res, WORKERS)
+    crash_totals.run(f"store ops, 3 threads, journal (seed {seed})", job, workdir, WORKERS, 500)
 
 
 @pytest.mark.parametrize("seed", range(1, 5))
@@ -56,20 +50,14 @@ def test_J1_L6_staged_schedules_through_the_journal(tmp_path_factory, seed, cras
     *_rest, held = crashtest.record_sched(workdir / "sched.heap", seed, 40, crashtest.JOURNAL_STORE)
     assert held >= 5, f"only {held} commits were held"
     job = crashtest.Job("sched", seed, 40, 48, journal_size=crashtest.JOURNAL_STORE)
-    res = job.run(workdir, WORKERS)
-    crash_totals.add(f"staged schedule, journal (seed {seed})", res)
-    assert res.states > 1000
-    assert not res.violations, job.failure(res, WORKERS)
+    crash_totals.run(f"staged schedule, journal (seed {seed})", job, workdir, WORKERS, 1000)
 
 
 @pytest.mark.parametrize("seed", PLAN.seeds[:2])
 def test_J1_L4_redo_commits_through_the_journal_replay_in_order(tmp_path_factory, seed, crash_totals):
     workdir = crashtest.fast_workdir(tmp_path_factory)
     job = crashtest.Job("redo", seed, 2 * PLAN.op_count, 4 * PLAN.max_subsets, journal_size=crashtest.JOURNAL_REDO)
-    res = job.run(workdir, WORKERS)
-    crash_totals.add(f"redo commits, journal (seed {seed})", res)
-    assert res.states > 500
-    assert not res.violations, job.failure(res, WORKERS)
+    crash_totals.run(f"redo commits, journal (seed {seed})", job, workdir, WORKERS, 500)
 
 
 def _journal_events(trace: bytes, jnl_lo: int, jnl_hi: int):

@@ -50,11 +50,8 @@ def test_L6_a_seal_is_cleared_only_after_its_dependencys_clearing_is_durable(tmp
     _base, _trace, _words, setters, held = crashtest.record_settle(workdir / "staged.heap", seed)
     assert held == 2, "both threads must be held inside a barrier: the interleaving was not staged"
     assert [i for i, _o, _v in setters] == list(range(6))
-    job = crashtest.Job("settle", seed, 6, 256)
-    res = job.run(workdir, WORKERS)
-    crash_totals.add(f"seal cleared after a dependency's (seed {seed})", res)
-    assert res.states > 100
-    assert not res.violations, job.failure(res, WORKERS)
+    crash_totals.run(f"seal cleared after a dependency's (seed {seed})", crashtest.Job("settle", seed, 6, 256),
+                     workdir, WORKERS, 100)
 
 
 @pytest.mark.parametrize("seed", range(1, 9))
@@ -71,11 +68,7 @@ def test_L4_L6_commits_held_in_their_barriers_while_others_run_past_them(tmp_pat
     assert held >= 5, f"only {held} commits were held: the schedule stages too few races"
     frees = sum(v == 0 for _i, w, v in setters if w in {w for w, _o in blocks})
     assert len(blocks) >= 3 and frees >= 1 and pokes, "the schedule must publish, poke into and free blocks"
-    job = crashtest.Job("sched", seed, 40, 48)
-    res = job.run(workdir, WORKERS)
-    crash_totals.add(f"staged schedule (seed {seed})", res)
-    assert res.states > 1000
-    assert not res.violations, job.failure(res, WORKERS)
+    crash_totals.run(f"staged schedule (seed {seed})", crashtest.Job("sched", seed, 40, 48), workdir, WORKERS, 1000)
 
 
 @pytest.mark.parametrize("lane_count", [1, 2])

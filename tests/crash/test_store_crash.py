@@ -29,11 +29,8 @@ WORKERS = min(4, os.cpu_count() or 1)
 @pytest.mark.parametrize("seed", PLAN.seeds)
 def test_I1_I5_store_ops_are_all_or_nothing_at_every_crash_point(tmp_path_factory, seed, crash_totals):
     workdir = crashtest.fast_workdir(tmp_path_factory)
-    job = crashtest.Job("store", seed, PLAN.op_count, PLAN.max_subsets)
-    res = job.run(workdir, WORKERS)
-    crash_totals.add(f"store ops (seed {seed})", res)
-    assert res.states > 500, "the workload must reach many crash states"
-    assert not res.violations, job.failure(res, WORKERS)
+    crash_totals.run(f"store ops (seed {seed})", crashtest.Job("store", seed, PLAN.op_count, PLAN.max_subsets),
+                     workdir, WORKERS, 500)
 
 
 @pytest.mark.parametrize("seed", PLAN.seeds[:8])
@@ -45,10 +42,7 @@ def test_L8_store_ops_from_three_threads_are_all_or_nothing_at_every_crash_point
     commit was dropped with its links lost (leaks, dangling pointers, lost puts)."""
     workdir = crashtest.fast_workdir(tmp_path_factory)
     job = crashtest.Job("store", seed, PLAN.op_count, PLAN.max_subsets, threads=3)
-    res = job.run(workdir, WORKERS)
-    crash_totals.add(f"store ops, 3 threads (seed {seed})", res)
-    assert res.states > 500, "the workload must reach many crash states"
-    assert not res.violations, job.failure(res, WORKERS)
+    crash_totals.run(f"store ops, 3 threads (seed {seed})", job, workdir, WORKERS, 500)
 
 
 def test_I1_a_workload_grows_the_heap_and_builds_towers(tmp_path):

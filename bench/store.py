@@ -152,11 +152,9 @@ class System(abc.ABC):
 
     # replace: durable random replaces on a large store on disk, filled by reopen_fill
     def replace_supported(self) -> bool:
+        """True: replace_open() opens the store reopen_fill made, durable, as setup() does,
+        so putter, persist_count and close serve it."""
         return False
-
-    def replace_open(self):
-        """(put(key, value), counters() -> dict, close()) on the store reopen_fill made."""
-        raise NotImplementedError
 
     # reopen: fill (fast path), close; then timed opens
     def reopen_supported(self) -> bool:
@@ -260,12 +258,10 @@ class PmstoreSystem(System):
         return self.durability == "sync"
 
     def replace_open(self):
-        s = self._open(self.backend("tmp-file"))
-        jstats = s.heap.mapping.journal_stats
+        self.s = self._open(self.backend("tmp-file"))
 
-        def counters():
-            return {"persists": s.heap.persist_count, "checkpoints": jstats()["checkpoints"]}
-        return s.put, counters, s.close
+    def checkpoint_count(self) -> int:
+        return self.s.heap.mapping.journal_stats()["checkpoints"]
 
 
 class LmdbSystem(System):
@@ -379,13 +375,7 @@ class LmdbSystem(System):
         return not self.writemap
 
     def replace_open(self):
-        env = self._open(self.path)
-        begin = env.begin
-
-        def put(k, v):
-            with begin(write=True) as txn:
-                txn.put(k, v)
-        return put, dict, env.close
+        self.env = self._open(self.path)
 
 
 class SqliteSystem(System):
@@ -777,11 +767,13 @@ def bench_replace(sysobj: System, n: int, args) -> dict:
     keys = make_keys("o/", n, sysobj.key_bytes)
     lat: list[int] = []
     rates = []
+    pm = isinstance(sysobj, PmstoreSystem)
     with common.scratch_dir("tmp-file") as d:
         sysobj.reopen_fill(d, 0, keys, values[0])
-        put, counters, close = sysobj.replace_open()
+        sysobj.replace_open()
+        put = sysobj.putter(0)
         try:
-            before = counters()
+            before = (sysobj.persist_count(), sysobj.checkpoint_count()) if pm else None
             clock = time.perf_counter_ns
             for _ in range(args.run_count):
                 t0 = clock()
@@ -794,23 +786,24 @@ def bench_replace(sysobj: System, n: int, args) -> dict:
                     lat.append(clock() - a)
                     count += 1
                 rates.append(count * 1e9 / (clock() - t0))
-            after = counters()
+            after = (sysobj.persist_count(), sysobj.checkpoint_count()) if pm else None
         finally:
-            close()
+            sysobj.close()
         fs = common.fs_type(d)
     lat.sort()
 
     def us_at(q: float) -> float:
         return round(lat[min(len(lat) - 1, int(q * len(lat)))] / 1e3, 1)
+    rate = common.median(rates)
     row = {"system": sysobj.name, "workload": "replace", "threads": 1, "backend": sysobj.backend("tmp-file"),
            "path_kind": "tmp-file", "fs": fs, "value_size": REOPEN_VALUE_SIZE, "objects": n,
-           "ops_per_s": round(common.median(rates), 1), "us_per_op": round(1e6 / common.median(rates), 3),
+           "ops_per_s": round(rate, 1), "us_per_op": round(1e6 / rate, 3),
            "median_of": len(rates), "ops": len(lat), "us_p50": us_at(0.5), "us_p99": us_at(0.99),
            "us_p999": us_at(0.999), "ms_max": round(lat[-1] / 1e6, 2),
            "ms_over_5ms": round(sum(x for x in lat if x > 5_000_000) / 1e6, 1)}
-    if "persists" in after:
-        row["persists_per_op"] = round((after["persists"] - before["persists"]) / len(lat), 3)
-        row["checkpoints"] = after["checkpoints"] - before["checkpoints"]
+    if pm:
+        row["persists_per_op"] = round((after[0] - before[0]) / len(lat), 3)
+        row["checkpoints"] = after[1] - before[1]
     return row
 
 

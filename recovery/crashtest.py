@@ -117,8 +117,7 @@ def apply_entries(model: dict[int, int], entries) -> dict[int, int]:
 def allowed_states(point: crashsim.CrashPoint, models: list) -> tuple[int, list]:
     """(operations acknowledged before the crash, the states recovery may show):
     marks 2i and 2i+1 bracket operation i."""
-    acked = sum(1 for mk in point.marks if mk % 2 == 1)
-    started = sum(1 for mk in point.marks if mk % 2 == 0)
+    acked, started = map(len, op_marks(point))
     return acked, [models[acked]] + ([models[acked + 1]] if started > acked else [])
 
 
@@ -266,11 +265,14 @@ def record_settle(path: Path, seed: int) -> tuple[bytes, bytes, list[int], list[
     return base, trace, words, setters, pauses.held
 
 
-def settle_allowed(point: crashsim.CrashPoint, words: list[int], setters) -> dict[int, set[int]]:
+def op_marks(point: crashsim.CrashPoint) -> tuple[set[int], set[int]]:
+    """(ops acknowledged, ops started) before the crash: marks 2i and 2i+1 bracket op i."""
+    return {mk // 2 for mk in point.marks if mk % 2 == 1}, {mk // 2 for mk in point.marks if mk % 2 == 0}
+
+
+def settle_allowed(words: list[int], setters, acked: set[int], started: set[int]) -> dict[int, set[int]]:
     """Per word, the values recovery may show: the last acknowledged setter's, or any
     later setter's that had started (ops overlap here, so each word is judged alone)."""
-    acked = {mk // 2 for mk in point.marks if mk % 2 == 1}
-    started = {mk // 2 for mk in point.marks if mk % 2 == 0}
     out = {}
     for off in words:
         mine = [(i, v) for i, o, v in setters if o == off]
@@ -284,15 +286,7 @@ def settle_allowed(point: crashsim.CrashPoint, words: list[int], setters) -> dic
 
 def run_settle(seed: int, op_count: int, max_subsets: int, workdir: Path, *, workers: int = 1) -> crashsim.Result:
     base, trace, words, setters, _held = record_settle(workdir / f"s{seed}.heap", seed)
-
-    def check(img, point):
-        raw = check_heap(img, at_rest=False)
-        assert raw.ok, "crashed image: " + "; ".join(map(str, raw.findings[:3]))
-        allowed = settle_allowed(point, words, setters)
-        got = read_words(img, words)
-        bad = {off - words[0]: got[off] for off in words if got[off] not in allowed[off]}
-        assert not bad, (f"words at {sorted(bad)} hold values no acknowledged or started commit left (L6: a "
-                         f"dependency's seal replayed after the seal depending on it was gone?)")
+    check = staged_check(words, setters, [], {}, {})
     return crashsim.explore(base, trace, check, workdir=workdir, max_subsets=max_subsets, seed=seed,
                             private=True, workers=workers)
 
@@ -440,11 +434,14 @@ def record_sched(path: Path, seed: int, op_count: int,
     return base, trace, words, setters, ops, (blocks, pokes), pauses.held
 
 
-def run_sched(seed: int, op_count: int, max_subsets: int, workdir: Path, *, workers: int = 1,
-              journal_size: int = 0) -> crashsim.Result:
+def staged_check(words: list[int], setters, ops, blocks: dict, pokes: dict):
+    """The check of a staged workload's crash image (record_settle, record_sched): the
+    independent checker on the image as found; then, recovered, every word holds a value
+    op_marks allows (L6: a dependency's seal replayed after the seal depending on it was
+    gone would put back an older one), every published block the bytes written into it
+    (L7), and a commit in flight all of its words or none."""
     from allocator import HeapFile
-    base, trace, words, setters, ops, (blocks, pokes), _held = record_sched(workdir / f"c{seed}.heap", seed,
-                                                                             op_count, journal_size)
+    mine = {(i, off): v for i, off, v in setters}
 
     def block_states(key: tuple[int, int], acked: set[int], started: set[int]) -> list[bytes]:
         """The bytes the block may hold: every acknowledged poke in, the one in flight either way."""
@@ -464,9 +461,8 @@ def run_sched(seed: int, op_count: int, max_subsets: int, workdir: Path, *, work
     def check(img, point):
         raw = check_heap(img, at_rest=False)
         assert raw.ok, "crashed image: " + "; ".join(map(str, raw.findings[:3]))
-        allowed = settle_allowed(point, words, setters)
-        acked = {mk // 2 for mk in point.marks if mk % 2 == 1}
-        started = {mk // 2 for mk in point.marks if mk % 2 == 0}
+        acked, started = op_marks(point)
+        allowed = settle_allowed(words, setters, acked, started)
         hf = HeapFile.open(img, backend="private")     # recovery, copy-on-write
         try:
             got = {w: hf.mapping.load8(w) for w in words}
@@ -475,13 +471,21 @@ def run_sched(seed: int, op_count: int, max_subsets: int, workdir: Path, *, work
         finally:
             hf.abandon()
         bad = {off - words[0]: got[off] for off in words if got[off] not in allowed[off]}
-        assert not bad, f"words at {sorted(bad)} hold values no acknowledged or started commit left"
+        assert not bad, (f"words at {sorted(bad)} hold values no acknowledged or started commit left (L6: a "
+                         f"dependency's seal replayed after the seal depending on it was gone?)")
         assert not torn, f"words at {torn} publish blocks whose bytes are not the ones written (L7?)"
-        mine = {(i, off): v for i, off, v in setters}
         for i, offs in ops:     # a commit in flight: all of its words or none
             if i in started and i not in acked:
                 new = [got[off] == mine[i, off] for off in offs]
                 assert all(new) or not any(new), f"op {i} half applied: {new} over words {offs}"
+    return check
+
+
+def run_sched(seed: int, op_count: int, max_subsets: int, workdir: Path, *, workers: int = 1,
+              journal_size: int = 0) -> crashsim.Result:
+    base, trace, words, setters, ops, (blocks, pokes), _held = record_sched(workdir / f"c{seed}.heap", seed,
+                                                                             op_count, journal_size)
+    check = staged_check(words, setters, ops, blocks, pokes)
     return crashsim.explore(base, trace, check, workdir=workdir, max_subsets=max_subsets, seed=seed,
                             private=True, workers=workers)
 

@@ -223,16 +223,14 @@ def _walk_level0(buf, w: StoreWalk, blocks: dict[int, int], verify_values: bool)
         h = hf & 0x1F
         t = r + 16 + 8 * h                          # FORMAT.md 4.7, inlined: hot
         if hf & 0x80:
-            if hf & 0x20:                           # MD5_DERIVED: the tail is value_size alone
-                ok = not hf & bad_flags and 1 <= h <= 16 and 1 <= ks <= 1024 and t + 2 - r <= bsize
-                if ok:
-                    size, etag, key_at = unpack_le16(buf, t)[0], _NO_ETAG, t + 2
-                    ok = size <= 256
-            else:
-                ok = not hf & bad_flags and 1 <= h <= 16 and 1 <= ks <= 1024 and t + 22 - r <= bsize
-                if ok:
-                    size, etag = unpack_inline(buf, t)
-                    key_at = t + 18 if size <= 256 else t + 22      # a stored value_crc32c above 256 B
+            derived = hf & 0x20                     # MD5_DERIVED: the tail is value_size alone
+            ok = not hf & bad_flags and 1 <= h <= 16 and 1 <= ks <= 1024 and t + (2 if derived else 22) - r <= bsize
+            if ok and derived:
+                size, etag, key_at = unpack_le16(buf, t)[0], _NO_ETAG, t + 2
+                ok = size <= 256
+            elif ok:
+                size, etag = unpack_inline(buf, t)
+                key_at = t + 18 if size <= 256 else t + 22      # a stored value_crc32c above 256 B
             if ok:
                 end = voff = key_at + ks + cs
                 vblock = 0

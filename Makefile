@@ -28,7 +28,8 @@ bench: install
 	$(BIN)/python bench/alloc.py --quick --json > bench-alloc.json
 	$(BIN)/python bench/store.py --quick --json > bench-store.json
 	$(BIN)/python bench/recovery.py --quick --json > bench-recovery.json
-	@echo "wrote bench-redo.json bench-alloc.json bench-store.json bench-recovery.json (plot: $(BIN)/python bench/plot.py FILE)"
+	$(BIN)/python bench/barrier.py --quick --json > bench-barrier.json
+	@echo "wrote bench-redo.json bench-alloc.json bench-store.json bench-recovery.json bench-barrier.json (plot: $(BIN)/python bench/plot.py FILE)"
 
 lint: install
 	$(BIN)/ruff check allocator recovery store service tests bench

@@ -404,17 +404,11 @@ def add_space(results: list[dict]) -> None:
 
 
 def environment(args, skipped: dict) -> dict:
-    cpu = "?"
-    try:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), "?")
-    except OSError:
-        pass
     gcc = shutil.which("gcc")
     gcc_version = (subprocess.run([gcc, "-dumpfullversion"], check=False, capture_output=True, text=True)
                    .stdout.strip() if gcc else None)
-    return common.environment(cpu=cpu, flush_kind=_native.flush_kind(), gcc=gcc_version, os=platform.platform(),
-                              duration_s=args.duration_s, slow_duration_s=min(args.duration_s, args.slow_duration_s),
+    return common.environment(cpu=common.cpu_model(), flush_kind=_native.flush_kind(), gcc=gcc_version,
+                              os=platform.platform(), duration_s=args.duration_s, slow_duration_s=min(args.duration_s, args.slow_duration_s),
                               runs=args.run_count, quick=args.quick, seed=args.seed, skipped=skipped)
 
 

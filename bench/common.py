@@ -155,6 +155,15 @@ def fs_type(path) -> str:
     return kind
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("?" where there is none)."""
+    try:
+        return next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                     if ln.startswith("model name")), "?")
+    except OSError:
+        return "?"
+
+
 def environment(**extra) -> dict:
     """Facts a reader needs to compare figures across machines."""
     return {"python": platform.python_version(), "machine": platform.machine(),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -99,9 +100,11 @@ def plot(data: dict, out_path: Path, linear: bool) -> None:
                fontsize="small", frameon=False)
     env = data.get("env") or {}
     note = ", ".join(f"{k}={env[k]}" for k in ("cpu", "cpu_count", "flush_kind", "duration_s", "runs") if k in env)
-    fig.suptitle(f"bench: {data.get('bench', '?')}" + (f"  ({note})" if note else ""), fontsize="medium")
+    # the machine on lines of their own, wrapped to the figure: one panel is narrow
+    wrapped = textwrap.wrap(note, width=int(11 * 5.2 * ncols))
+    fig.suptitle("\n".join([f"bench: {data.get('bench', '?')}", *wrapped]), fontsize="medium")
     legend_rows = -(-len(handles) // 4)
-    fig.tight_layout(rect=(0, 0.03 + 0.035 * legend_rows, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.03 + 0.035 * legend_rows, 1, 1))    # it makes room for the title
     fig.savefig(out_path, dpi=110)
 
 

@@ -15,12 +15,13 @@ CSRC = pathlib.Path(__file__).parent / "csrc"
 STORE_CSRC = pathlib.Path(__file__).parent.parent / "store" / "csrc"
 STORE_SOURCES = ["index.c", "md5.c"]   # the store's C hot path (index lookup, object copy) in the same extension
 # Each mutant removes one barrier, reorders one commit step, reuses freed memory too early,
-# breaks the journal (skips its replay, or its record's barrier), or publishes a new record's
-# links as checked data (L8)
+# breaks the journal (skips its replay, or its record's barrier), publishes a new record's
+# links as checked data (L8), or makes a plain write durable under a sealed commit (L9)
 # (recovery/mutants.py runs them).
 MUTANTS = {"": "", **{m: f"-DPMSTORE_MUTANT_{m.upper()}" for m in
                       ("noinval", "noapplyfence", "nocheck", "nodata", "applyfirst", "earlyclear",
-                       "nolimbo", "noreplay", "jnlnosync", "datalinks", "clearedgone", "txcheck")}}
+                       "nolimbo", "noreplay", "jnlnosync", "datalinks", "clearedgone", "txcheck",
+                       "norangegone")}}
 SOURCES = ["pmem.c", "crc32c.c", "trace.c", "redo.c", "journal.c", "classes.c", "span.c", "alloc.c"]
 
 

@@ -9,8 +9,10 @@
 Crash safety: every allocation, free and word set reaches the heap in one commit
 (FORMAT.md 7.1, 7.6): after a crash either all of it happened or none. On an exception
 the reserved blocks go back to the free lists and no allocation, free or set happens.
-`tx.write` copies bytes at once (made durable by the commit), so write only into blocks
-the transaction allocated: bytes written into a live block stay after an abort.
+`tx.write` copies bytes at once (made durable by the commit's first barrier), so it
+writes only into blocks the transaction allocated (ValueError otherwise): bytes written
+into a live block would stay after an abort or a crash before the commit point. Change a
+live block with `tx.set` (atomic with the rest), or with `heap.write` (durable alone).
 A transaction belongs to one thread.
 """
 
@@ -32,6 +34,7 @@ class Transaction:
         self._freed: list = []
         self._freed_offs: set[int] = set()
         self._sets: dict[int, int] = {}
+        self._blocks: list[tuple[int, int]] = []    # (offset, size) of each block alloc reserved
         self._done = False
 
     def _check_open(self):
@@ -46,14 +49,19 @@ class Transaction:
         except _native.NeedGrow:
             off, slot, packed = self._heap._grow_and_retry(lambda: self._mapping.tx_reserve(size), size)
         self._reserved.append((slot,))
+        self._blocks.append((off, size))
         self._entries += packed
         return off
 
     def write(self, off: int, data) -> None:
-        """Copy data into a block; made durable by the commit (with its first barrier)."""
+        """Copy data into a block this transaction allocated; durable with the commit's first barrier."""
         self._check_open()
+        size = memoryview(data).nbytes
+        if not any(b <= off and off + size <= b + n for b, n in self._blocks):
+            raise ValueError(f"tx.write of {size} bytes at {off}: not inside a block this transaction "
+                             "allocated (change a live block with tx.set, or heap.write)")
         self._heap.write(off, data, persist=False)
-        self._data.append((off, len(data)))
+        self._data.append((off, size))
 
     def set(self, dest_off: int, value: int) -> None:
         """Set the 8-byte word at dest_off (the root or a word in the data area) at commit."""

@@ -399,7 +399,9 @@ def record_sched(path: Path, seed: int, op_count: int,
             elif kind < 0.55 and any(current[w] for w in idle_ptrs):
                 word = rng.choice([w for w in idle_ptrs if current[w]])
                 key = (word, current[word])
-                rel, value = 8 * rng.randrange(len(blocks[key]) // 8), rng.getrandbits(63) | 1
+                done = [r for _i, r, _v in pokes.get(key, [])]   # half the time a word poked before (L9)
+                rel = rng.choice(done) if done and rng.random() < 0.5 else 8 * rng.randrange(len(blocks[key]) // 8)
+                value = rng.getrandbits(63) | 1
                 pokes.setdefault(key, []).append((i, rel, value))
                 offs, call = [word], (poke, current[word] + rel, value, rng.random() < 0.5)     # word: block busy
             else:
@@ -500,7 +502,10 @@ def record_limbo(path: Path, seed: int) -> tuple[bytes, bytes, list[tuple[int, b
     it and goes idle, so that commit stays sealed (nothing depends on it); thread 1 frees
     the object, then allocates another of the same size with other bytes. The second must
     not take the first's pages while the sealed commit can still replay its word into
-    them (L7). Returns (base image, trace, models: (root, the root block's bytes))."""
+    them (L7). Then thread 0 sets a word in the second object and goes idle, and thread 1
+    overwrites that word with a plain persisted write: once the write returns, the sealed
+    commit must not replay its older word over it (L9). Returns (base image, trace,
+    models: (root, the root block's bytes))."""
     from allocator import Heap, layout
     rng = random.Random(seed)
     path.unlink(missing_ok=True)
@@ -522,6 +527,9 @@ def record_limbo(path: Path, seed: int) -> tuple[bytes, bytes, list[tuple[int, b
         with heap.transaction() as tx:
             tx.set(off, value)
 
+    def write_word(off: int, value: int) -> None:
+        heap.write(off, value.to_bytes(8, "little"))
+
     def step(i: int, thread: int, fn, *args):
         m.trace_mark(2 * i)
         out = one[thread].submit(fn, *args).result()
@@ -539,7 +547,12 @@ def record_limbo(path: Path, seed: int) -> tuple[bytes, bytes, list[tuple[int, b
         step(2, 1, heap.free_from, layout.ROOT_OFF)
         models.append((0, None))
         second = rng.randbytes(LIMBO_SPAN)
-        models.append((step(3, 1, publish, second), second))
+        off = step(3, 1, publish, second)
+        models.append((off, second))
+        for i, (thread, fn) in enumerate([(0, set_word), (1, write_word)], start=4):
+            word = rng.getrandbits(64)
+            step(i, thread, fn, off + 8, word)
+            models.append((off, second[:8] + word.to_bytes(8, "little") + second[16:]))
         trace = m.trace_take()
         heap.abandon()      # a crash: thread 0's commit is still sealed
     finally:
@@ -565,7 +578,7 @@ def run_limbo(seed: int, op_count: int, max_subsets: int, workdir: Path, *, work
                 got = heap.read(root, LIMBO_SPAN)
                 assert any(got == st[1] for st in states), (
                     f"after {acked} acknowledged steps the object at {root} holds other bytes (L7: a stale "
-                    f"seal replayed into reused memory?) first difference at "
+                    f"seal replayed into reused memory? L9: over a plain write?) first difference at "
                     f"{next(i for i in range(LIMBO_SPAN) if got[i] != states[-1][1][i])}")
         finally:
             heap.abandon()

@@ -38,6 +38,8 @@ MUTANTS = {
                    "(L6)",
     "txcheck": "a transaction's data is CHECKed in its commit point instead of made durable before it: a "
                "published object changed at once on another thread fails the CHECK (7.6, L8)",
+    "norangegone": "a plain persisted write (Heap.write) is made durable while a commit that set a word it "
+                   "overwrites is still sealed: replayed, the commit puts the older word back (L9)",
 }
 PACKAGES = ("allocator", "store", "recovery")
 

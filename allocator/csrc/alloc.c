@@ -350,18 +350,6 @@ static int limbo_poll(pm_heap *h, struct pmi_limbo *l) {
     return released;
 }
 
-/* wait_gone -- settle rounds until the snapshot's commits are gone; 0 if that never
- * happens (a barrier failed, or a commit never finishes). */
-static int wait_gone(pm_heap *h, const uint64_t *snap, uint32_t n) {
-    for (int round = 0; round < 10000; round++) {
-        if (pmi_redo_all_gone(h, snap, n)) return 1;
-        PMI_COUNT(PMI_CNT_LIMBO_WAIT);
-        if (pmi_redo_settle(h, 2)) return 0;    /* EIO: the heap refuses writes now */
-        if (round > 8) sched_yield();
-    }
-    return 0;
-}
-
 /* limbo_drain -- release everything this thread holds, settling other lanes as needed
  * (slow path: memory is short, stats, or the thread is exiting). If the commits never go
  * the blocks stay held: a DRAM leak that the next open undoes. */
@@ -372,7 +360,7 @@ static void limbo_drain(pm_heap *h, struct pmi_theap *t) {
         limbo_poll(h, l);
         int more = l->sealed != 0;
         pthread_mutex_unlock(&l->lock);
-        if (!more || !wait_gone(h, l->snap, l->nsnap)) return;
+        if (!more || !pmi_redo_wait_gone(h, l->snap, l->nsnap)) return;
     }
 }
 
@@ -402,7 +390,7 @@ static int limbo_steal_all(pm_heap *h) {
     if (!n) { free(got); return 0; }
     PMI_COUNT(PMI_CNT_STEAL);
     uint64_t *snap = malloc(h->lane_count * sizeof *snap);
-    if (snap && wait_gone(h, snap, pmi_redo_snapshot(h, snap)))
+    if (snap && pmi_redo_wait_gone(h, snap, pmi_redo_snapshot(h, snap)))
         for (uint32_t k = 0; k < n; k++) release_now(h, &got[k]);
     /* else they stay held (DRAM leak until the next open): never reused unsafely */
     free(snap);
@@ -427,7 +415,7 @@ static void limbo_push(pm_heap *h, const struct reservation *res) {
     if (!l || l->n == l->cap) {     /* no DRAM to hold it: wait until it is safe, then release */
         if (l) pthread_mutex_unlock(&l->lock);
         uint64_t snap[MAX_SNAP];
-        if (h->lane_count <= MAX_SNAP && wait_gone(h, snap, pmi_redo_snapshot(h, snap))) release_now(h, res);
+        if (h->lane_count <= MAX_SNAP && pmi_redo_wait_gone(h, snap, pmi_redo_snapshot(h, snap))) release_now(h, res);
         return;
     }
     l->e[l->n++] = *res;

@@ -255,22 +255,6 @@ int pm_write(pm_heap *h, uint64_t off, const void *src, uint64_t size) {
     return PM_OK;
 }
 
-/* pm_write_persist -- copy and persist in one barrier. */
-int pm_write_persist(pm_heap *h, uint64_t off, const void *src, uint64_t size) {
-    if (!pmi_in_range(h, off, size)) return PM_E_RANGE;
-    pmi_write(h, off, src, size);
-    struct pmi_range r = {off, size};
-    pmi_persist_ranges(h, &r, 1);   /* durable: the bytes just copied */
-    return pmi_failed(h);
-}
-
-int pm_persist(pm_heap *h, uint64_t off, uint64_t size) {
-    if (!pmi_in_range(h, off, size)) return PM_E_RANGE;
-    struct pmi_range r = {off, size};
-    pmi_persist_ranges(h, &r, 1);   /* durable: whatever the caller stored in the range */
-    return pmi_failed(h);
-}
-
 int pm_store8(pm_heap *h, uint64_t off, uint64_t value) {
     if (off % 8 || !pmi_in_range(h, off, 8)) return PM_E_RANGE;
     pmi_store8(h, off, value);

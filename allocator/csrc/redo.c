@@ -10,6 +10,7 @@
  * pmi_redo_apply is the one apply function: commit and recovery both call it.
  * Must not: store to the mapping except through pmem.c.
  */
+#include <errno.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -377,7 +378,7 @@ static int settle_round(pm_heap *h) {
         if (claim(h, i)) bar_settle(h, b, i, 0);
         else if (atomic_load_explicit(&l->state, memory_order_acquire) == PMI_LANE_FREE) bar_gone(h, b, cid(i, s));
     }
-    if (!b->nr && !b->nclaimed) return 1;
+    if (!b->nr && !b->nclaimed && !b->ngone) return 1;
     int rc = bar_persist(h, b, t);  /* durable: the claimed lanes' words, the cleared seals */
     for (size_t k = 0; t && k < b->nclaimed; k++)   /* still waiting on a dependency: retried */
         if (atomic_load_explicit(&h->lanes[b->claimed[k]].state, memory_order_relaxed) == PMI_LANE_DEFERRED)
@@ -427,6 +428,71 @@ int pmi_redo_all_gone(pm_heap *h, const uint64_t *snap, uint32_t n) {
         if (atomic_load_explicit(&h->lanes[cid_lane(snap[k])].gone_seq, memory_order_acquire) < cid_seq(snap[k]))
             return 0;
     return 1;
+}
+
+/* pmi_redo_wait_gone -- settle rounds until the snapshot's commits are gone; 0 if that
+ * never happens (a barrier failed, or a commit never finishes). */
+int pmi_redo_wait_gone(pm_heap *h, const uint64_t *snap, uint32_t n) {
+    for (int round = 0; round < 10000; round++) {
+        if (pmi_redo_all_gone(h, snap, n)) return 1;
+        PMI_COUNT(PMI_CNT_LIMBO_WAIT);
+        if (pmi_redo_settle(h, 2)) return 0;    /* EIO: the heap refuses writes now */
+        if (round > 8) sched_yield();
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ writes outside the log (L9) */
+
+/* range_gone -- every commit that wrote a word in [off, off + size) is gone when this
+ * returns PM_OK (L9). The slot of each line holds the last commit on it, which is gone
+ * only after every earlier one on that slot (L6), so one look per line finds them all;
+ * a commit that shares a slot without sharing the line only costs a wait. */
+static int range_gone(pm_heap *h, uint64_t off, uint64_t size) {
+    if (!h->lanes || !size) return PM_OK;
+    uint64_t local[64], *live = h->lane_count <= 64 ? local : malloc(h->lane_count * sizeof *live);
+    if (!live) return PM_E_NOMEM;
+    uint32_t n = 0;
+    for (uint64_t line = off >> 6; line <= (off + size - 1) >> 6; line++) {
+        uint64_t v = atomic_load_explicit(&h->slots[slot_of(h, line << 6)], memory_order_acquire) & ~SLOT_LOCK;
+        if (!v || atomic_load_explicit(&h->lanes[cid_lane(v)].gone_seq, memory_order_acquire) >= cid_seq(v)) continue;
+        uint32_t d = 0;     /* one per lane, its latest: the earlier ones go first (L6) */
+        while (d < n && cid_lane(live[d]) != cid_lane(v)) d++;
+        if (d == n) live[n++] = v;
+        else if (cid_seq(v) > cid_seq(live[d])) live[d] = v;
+    }
+    int rc = PM_OK;
+#ifndef PMSTORE_MUTANT_NORANGEGONE
+    if (n && !pmi_redo_wait_gone(h, live, n) && !(rc = pmi_failed(h))) {
+        pmi_errno = EDEADLK;    /* a commit that never ends: its thread is stuck inside it */
+        rc = PM_E_IO;
+    }
+#endif
+    if (live != local) free(live);
+    return rc;
+}
+
+/* pm_write_persist -- copy and persist in one barrier, after every commit that wrote
+ * into the range is gone (L9): otherwise a sealed one, replayed after a crash, would put
+ * its older words back over these acknowledged bytes. */
+int pm_write_persist(pm_heap *h, uint64_t off, const void *src, uint64_t size) {
+    if (!pmi_in_range(h, off, size)) return PM_E_RANGE;
+    int rc = range_gone(h, off, size);
+    if (rc) return rc;
+    pmi_write(h, off, src, size);
+    struct pmi_range r = {off, size};
+    pmi_persist_ranges(h, &r, 1);   /* durable: the bytes just copied, and no seal can replay over them */
+    return pmi_failed(h);
+}
+
+/* pm_persist -- persist what the caller stored in the range (pm_write), as above (L9). */
+int pm_persist(pm_heap *h, uint64_t off, uint64_t size) {
+    if (!pmi_in_range(h, off, size)) return PM_E_RANGE;
+    int rc = range_gone(h, off, size);
+    if (rc) return rc;
+    struct pmi_range r = {off, size};
+    pmi_persist_ranges(h, &r, 1);   /* durable: whatever the caller stored in the range */
+    return pmi_failed(h);
 }
 
 /* lane_acquire -- take a FREE lane: this thread's home lane, else the next one (the home

@@ -156,3 +156,68 @@ def test_L4_lazy_invalidation_never_replays_over_a_later_commit(tmp_path, crash_
     res = crashsim.explore(base, trace, check, workdir=tmp_path, seed=11)
     crash_totals.add("lazy invalidation", res)
     assert not res.violations, "\n".join(map(str, res.violations[:5]))
+
+
+def _record_plain_writes(path):
+    """Commits set words that plain persisted writes then overwrite -- Heap.write, and
+    Mapping.write + persist -- on the committing thread and on another one, which leaves
+    the committing thread's last commit sealed (DEFERRED) under the write."""
+    from allocator import Heap
+    path.unlink(missing_ok=True)
+    Heap.create(path, size=1 << 20, max_size=1 << 20, backend="none").close()
+    with Heap.open(path, backend="none") as heap, heap.transaction() as tx:
+        block = tx.alloc(256)
+        tx.write(block, bytes(256))
+        tx.set(layout.ROOT_OFF, block)
+    base = path.read_bytes()
+    heap = Heap.open(path, backend="none", trace=True)
+    w, v = block, block + 128
+
+    def commit(word, value):
+        with heap.transaction() as tx:
+            tx.set(word, value)
+
+    def write(word, value):
+        heap.write(word, value.to_bytes(8, "little"))
+
+    def store_persist(word, value):
+        heap.mapping.write(word, value.to_bytes(8, "little"))
+        heap.mapping.persist(word, 8)
+
+    x, y = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
+    steps = [(x, commit, w, 1), (x, write, w, 2), (x, commit, v, 3), (y, store_persist, v, 4),
+             (x, commit, w, 5), (y, write, w, 6), (y, commit, v, 7), (x, write, v, 8)]
+    models = [{w: 0, v: 0}]
+    for i, (worker, fn, word, value) in enumerate(steps):
+        heap.mapping.trace_mark(2 * i)
+        worker.submit(fn, word, value).result()
+        heap.mapping.trace_mark(2 * i + 1)
+        models.append({**models[-1], word: value})
+    x.shutdown()
+    y.shutdown()
+    trace = heap.mapping.trace_take()
+    heap.abandon()
+    return base, trace, [w, v], models
+
+
+def test_L9_a_sealed_commit_never_replays_over_a_plain_write(tmp_path, crash_totals):
+    """Without L9 a commit still sealed when a plain write over its word returns replays
+    after a crash and puts its older value back: the acknowledged write is lost."""
+    base, trace, words, models = _record_plain_writes(tmp_path / "plain.heap")
+
+    def check(img, point):
+        _, allowed = _expected(point, models)
+        assert _read_words(img, words) in allowed, "a sealed commit replayed over a plain write (L9)"
+
+    res = crashsim.explore(base, trace, check, workdir=tmp_path, seed=12)
+    crash_totals.add("plain writes over committed words", res)
+    assert res.points > 0
+    assert not res.violations, "\n".join(map(str, res.violations[:5]))
+
+
+def test_L7_L9_freed_memory_and_plain_writes_wait_for_sealed_commits(tmp_path_factory, crash_totals):
+    """The limbo workload (recovery/crashtest.py record_limbo): another thread's sealed
+    commit must neither replay into memory freed and allocated again (L7) nor over a plain
+    write that overwrote its word (L9)."""
+    workdir = crashtest.fast_workdir(tmp_path_factory)
+    crash_totals.run("limbo and plain writes", crashtest.Job("limbo", 101, 4, 48), workdir, WORKERS, 100)

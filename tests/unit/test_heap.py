@@ -576,6 +576,27 @@ def test_write_read_view_load8(heap):
         heap.write(layout.ROOT_OFF, b"12345678")
 
 
+def test_L9_a_plain_write_waits_only_for_commits_on_its_lines(heap):
+    """One barrier into memory no live commit wrote; over a word a commit just set, first
+    the settle rounds that make that commit gone (its seal would replay over the write
+    after a crash), then the write's own barrier. Crash states: tests/crash (L9)."""
+    table = heap.alloc(128)
+    heap.write(table, bytes(128))
+    obj = heap.alloc_into(table, 100)       # the commit sets table[0]: not a word of obj
+    n = heap.persist_count
+    heap.write(obj, b"y" * 100)
+    assert heap.persist_count - n == 1
+    with heap.transaction() as tx:
+        tx.set(table + 8, 7)
+    n = heap.persist_count
+    heap.write(table + 8, (8).to_bytes(8, "little"))
+    assert heap.persist_count - n == 3, "settle the sealed commit (words, then its clearing), then write"
+    n = heap.persist_count
+    heap.write(table + 16, (9).to_bytes(8, "little"))
+    assert heap.persist_count - n == 1, "that commit is gone now: no wait"
+    assert [heap.load8(table + 8), heap.load8(table + 16)] == [8, 9]
+
+
 def test_set_root_is_durable(tmp_path):
     path = tmp_path / "h.heap"
     with _create(path) as heap:

@@ -212,6 +212,25 @@ def test_free_in_a_transaction_of_a_block_it_reserved_raises(heap):
     assert heap.stats()["live_blocks"] == 0
 
 
+@pytest.mark.parametrize("where", ["live", "straddles", "past-the-end", "before"])
+def test_write_outside_the_transactions_own_blocks_raises_and_changes_nothing(heap, where):
+    """tx.write copies at once and is made durable before the commit point, so it may only
+    fill blocks the transaction allocated: a live block's bytes would stay after an abort
+    or a crash before the commit point."""
+    live = heap.alloc(64)
+    heap.write(live, b"L" * 64)
+    with heap.transaction() as tx:
+        new = tx.alloc(64)
+        off, size = {"live": (live, 8), "straddles": (new + 32, 64), "past-the-end": (new + 64, 8),
+                     "before": (new - 8, 8)}[where]
+        with pytest.raises(ValueError, match="not inside a block this transaction allocated"):
+            tx.write(off, b"x" * size)
+        tx.write(new, b"n" * 64)        # its own block, whole: allowed
+        tx.set(layout.ROOT_OFF, new)
+    assert heap.read(live, 64) == b"L" * 64
+    assert heap.read(heap.root, 64) == b"n" * 64
+
+
 @pytest.mark.parametrize("where", ["zero", "header", "root+8", "lanes", "meta", "data-8"])
 def test_set_below_the_data_area_raises(heap, where):
     h = heap.file.header

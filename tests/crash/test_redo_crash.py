@@ -129,19 +129,32 @@ def _record_lane_reuse(path):
     base = path.read_bytes()
     hf = HeapFile.open(path, backend="none", trace=True)
     w, v = hf.header.data_off, hf.header.data_off + 4096
-    x, y = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
-    steps = [(x, w, 0x1111), (y, w, 0x2222), (y, v, 0x3333), (y, v, 0x4444), (x, v, 0x5555)]
-    models = [{w: 0, v: 0}]
-    for i, (worker, word, value) in enumerate(steps):
-        hf.mapping.trace_mark(2 * i)
-        worker.submit(hf.commit, [(layout.REDO_OP_SET, word, value)]).result()
-        hf.mapping.trace_mark(2 * i + 1)
-        models.append({**models[-1], word: value})
-    x.shutdown()
-    y.shutdown()
+
+    def commit(word, value):
+        hf.commit([(layout.REDO_OP_SET, word, value)])
+
+    steps = [("x", w, 0x1111), ("y", w, 0x2222), ("y", v, 0x3333), ("y", v, 0x4444), ("x", v, 0x5555)]
+    models = _run_steps(hf.mapping, [(t, commit, word, value) for t, word, value in steps], {w: 0, v: 0})
     trace = hf.mapping.trace_take()
     hf.abandon()
     return base, trace, [w, v], models
+
+
+def _run_steps(mapping, steps, start: dict) -> list[dict]:
+    """Run steps (thread "x" or "y", fn, word, value) one at a time, step i bracketed by
+    trace marks 2i and 2i+1; returns the words after each step (models[0] = start)."""
+    pools = {"x": ThreadPoolExecutor(1), "y": ThreadPoolExecutor(1)}
+    models = [start]
+    try:
+        for i, (thread, fn, word, value) in enumerate(steps):
+            mapping.trace_mark(2 * i)
+            pools[thread].submit(fn, word, value).result()
+            mapping.trace_mark(2 * i + 1)
+            models.append({**models[-1], word: value})
+    finally:
+        for p in pools.values():
+            p.shutdown()
+    return models
 
 
 def test_L4_lazy_invalidation_never_replays_over_a_later_commit(tmp_path, crash_totals):
@@ -184,17 +197,9 @@ def _record_plain_writes(path):
         heap.mapping.write(word, value.to_bytes(8, "little"))
         heap.mapping.persist(word, 8)
 
-    x, y = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
-    steps = [(x, commit, w, 1), (x, write, w, 2), (x, commit, v, 3), (y, store_persist, v, 4),
-             (x, commit, w, 5), (y, write, w, 6), (y, commit, v, 7), (x, write, v, 8)]
-    models = [{w: 0, v: 0}]
-    for i, (worker, fn, word, value) in enumerate(steps):
-        heap.mapping.trace_mark(2 * i)
-        worker.submit(fn, word, value).result()
-        heap.mapping.trace_mark(2 * i + 1)
-        models.append({**models[-1], word: value})
-    x.shutdown()
-    y.shutdown()
+    steps = [("x", commit, w, 1), ("x", write, w, 2), ("x", commit, v, 3), ("y", store_persist, v, 4),
+             ("x", commit, w, 5), ("y", write, w, 6), ("y", commit, v, 7), ("x", write, v, 8)]
+    models = _run_steps(heap.mapping, steps, {w: 0, v: 0})
     trace = heap.mapping.trace_take()
     heap.abandon()
     return base, trace, [w, v], models

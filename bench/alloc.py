@@ -408,7 +408,8 @@ def environment(args, skipped: dict) -> dict:
     gcc_version = (subprocess.run([gcc, "-dumpfullversion"], check=False, capture_output=True, text=True)
                    .stdout.strip() if gcc else None)
     return common.environment(cpu=common.cpu_model(), flush_kind=_native.flush_kind(), gcc=gcc_version,
-                              os=platform.platform(), duration_s=args.duration_s, slow_duration_s=min(args.duration_s, args.slow_duration_s),
+                              os=platform.platform(), duration_s=args.duration_s,
+                              slow_duration_s=min(args.duration_s, args.slow_duration_s),
                               runs=args.run_count, quick=args.quick, seed=args.seed, skipped=skipped)
 
 

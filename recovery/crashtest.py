@@ -314,8 +314,9 @@ def record_sched(path: Path, seed: int, op_count: int,
     a barrier in flight (a settle round for a lane, L4), so holding one without bound can
     deadlock the others; a commit that waits 10 s for a held one is an error. Returns
     (base image, trace, words, setters (op, word, value) in order, ops (op, words), (blocks
-    ((word, offset) -> the bytes published there), pokes (the same key -> [(op, offset in
-    the block, value)])), commits held)."""
+    (publishing op -> the bytes it published), pokes (the same key -> [(op, offset in the
+    block, value)])), commits held). A plain write waits until every commit on its lines
+    is gone (L9), a held one too, so held commits are let go before one."""
     from allocator import Heap, layout
     rng = random.Random(seed)
     path.unlink(missing_ok=True)
@@ -330,8 +331,9 @@ def record_sched(path: Path, seed: int, op_count: int,
     ptrs = [block + 64 * SCHED_LINES + 8 * i for i in range(SCHED_PTRS)]
     words = plain + ptrs
     current = dict.fromkeys(words, 0)       # each word's last value set (ops on a word never overlap)
-    blocks: dict[tuple[int, int], bytes] = {}
-    pokes: dict[tuple[int, int], list[tuple[int, int, int]]] = {}     # block -> (op, offset in it, value)
+    blocks: dict[int, bytes] = {}       # publishing op -> its bytes (one offset may be published again)
+    pokes: dict[int, list[tuple[int, int, int]]] = {}     # publishing op -> (op, offset in the block, value)
+    published: dict[int, int] = {}      # word -> the op that published the block it holds
     heap = Heap.open(path, backend="none", trace=True)
     m = heap.mapping
     pauses = _Pauses()
@@ -353,7 +355,8 @@ def record_sched(path: Path, seed: int, op_count: int,
             tx.write(off, data)
             tx.set(word, off)
             setters.append((i, word, off))
-            blocks[word, off] = data
+            blocks[i] = data
+            published[word] = i
             current[word] = off
 
     def free(word: int) -> None:
@@ -398,12 +401,15 @@ def record_sched(path: Path, seed: int, op_count: int,
                 current[word] = 0
             elif kind < 0.55 and any(current[w] for w in idle_ptrs):
                 word = rng.choice([w for w in idle_ptrs if current[w]])
-                key = (word, current[word])
+                key = published[word]
                 done = [r for _i, r, _v in pokes.get(key, [])]   # half the time a word poked before (L9)
                 rel = rng.choice(done) if done and rng.random() < 0.5 else 8 * rng.randrange(len(blocks[key]) // 8)
                 value = rng.getrandbits(63) | 1
                 pokes.setdefault(key, []).append((i, rel, value))
-                offs, call = [word], (poke, current[word] + rel, value, rng.random() < 0.5)     # word: block busy
+                raw = rng.random() < 0.5
+                for other in sorted(held) if raw else []:     # it would wait for them (L9)
+                    release(other)
+                offs, call = [word], (poke, current[word] + rel, value, raw)     # word: block busy
             else:
                 offs = rng.sample([w for w in plain if w not in busy], rng.randint(1, 3))
                 values = [rng.getrandbits(63) | 1 for _ in offs]
@@ -445,7 +451,7 @@ def staged_check(words: list[int], setters, ops, blocks: dict, pokes: dict):
     from allocator import HeapFile
     mine = {(i, off): v for i, off, v in setters}
 
-    def block_states(key: tuple[int, int], acked: set[int], started: set[int]) -> list[bytes]:
+    def block_states(key: int, acked: set[int], started: set[int]) -> list[bytes]:
         """The bytes the block may hold: every acknowledged poke in, the one in flight either way."""
         data = bytearray(blocks[key])
         flight = []
@@ -468,8 +474,11 @@ def staged_check(words: list[int], setters, ops, blocks: dict, pokes: dict):
         hf = HeapFile.open(img, backend="private")     # recovery, copy-on-write
         try:
             got = {w: hf.mapping.load8(w) for w in words}
-            torn = [w - words[0] for w in words if (w, got[w]) in blocks and hf.mapping.read(
-                got[w], len(blocks[w, got[w]])) not in block_states((w, got[w]), acked, started)]
+            # the block a word holds: its latest publish that started (ops on a word never overlap)
+            pub = {w: max((i for i, o, v in setters if o == w and v == got[w] and i in started), default=None)
+                   for w in words if got[w]}
+            torn = [w - words[0] for w, i in pub.items() if i in blocks and hf.mapping.read(
+                got[w], len(blocks[i])) not in block_states(i, acked, started)]
         finally:
             hf.abandon()
         bad = {off - words[0]: got[off] for off in words if got[off] not in allowed[off]}

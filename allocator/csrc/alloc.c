@@ -15,6 +15,7 @@
 #include "alloc.h"
 
 #define MAX_SNAP 4096   /* lanes (redo.c MAX_LANES) */
+#define WAIT_ROUNDS 10000   /* settle rounds a limbo waits, then gives up: the memory stays held (a DRAM leak) */
 
 static uint64_t page_off(struct pmi_alloc *a, uint32_t p) { return a->data_off + (uint64_t)p * PMD_PAGE_SIZE; }
 static uint64_t desc_off(struct pmi_alloc *a, uint32_t p) { return a->meta_off + (uint64_t)p * PMD_DESC_SIZE; }
@@ -360,7 +361,7 @@ static void limbo_drain(pm_heap *h, struct pmi_theap *t) {
         limbo_poll(h, l);
         int more = l->sealed != 0;
         pthread_mutex_unlock(&l->lock);
-        if (!more || !pmi_redo_wait_gone(h, l->snap, l->nsnap)) return;
+        if (!more || !pmi_redo_wait_gone(h, l->snap, l->nsnap, WAIT_ROUNDS)) return;
     }
 }
 
@@ -390,7 +391,7 @@ static int limbo_steal_all(pm_heap *h) {
     if (!n) { free(got); return 0; }
     PMI_COUNT(PMI_CNT_STEAL);
     uint64_t *snap = malloc(h->lane_count * sizeof *snap);
-    if (snap && pmi_redo_wait_gone(h, snap, pmi_redo_snapshot(h, snap)))
+    if (snap && pmi_redo_wait_gone(h, snap, pmi_redo_snapshot(h, snap), WAIT_ROUNDS))
         for (uint32_t k = 0; k < n; k++) release_now(h, &got[k]);
     /* else they stay held (DRAM leak until the next open): never reused unsafely */
     free(snap);
@@ -415,7 +416,7 @@ static void limbo_push(pm_heap *h, const struct reservation *res) {
     if (!l || l->n == l->cap) {     /* no DRAM to hold it: wait until it is safe, then release */
         if (l) pthread_mutex_unlock(&l->lock);
         uint64_t snap[MAX_SNAP];
-        if (h->lane_count <= MAX_SNAP && pmi_redo_wait_gone(h, snap, pmi_redo_snapshot(h, snap))) release_now(h, res);
+        if (h->lane_count <= MAX_SNAP && pmi_redo_wait_gone(h, snap, pmi_redo_snapshot(h, snap), WAIT_ROUNDS)) release_now(h, res);
         return;
     }
     l->e[l->n++] = *res;

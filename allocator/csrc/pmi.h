@@ -124,7 +124,7 @@ int pmi_redo_commit(pm_heap *h, const struct pmd_redo_entry *entries, uint32_t c
 int pmi_redo_settle(pm_heap *h, int rounds);
 uint32_t pmi_redo_snapshot(pm_heap *h, uint64_t *out);     /* out: lane_count entries */
 int pmi_redo_all_gone(pm_heap *h, const uint64_t *snap, uint32_t n);
-int pmi_redo_wait_gone(pm_heap *h, const uint64_t *snap, uint32_t n);  /* 1: gone; 0: a barrier failed, or a commit never ends */
+int pmi_redo_wait_gone(pm_heap *h, const uint64_t *snap, uint32_t n, uint32_t max_rounds);  /* 1: gone */
 /* alloc.c */
 void pmi_alloc_free(pm_heap *h);
 /* journal.c */

@@ -10,10 +10,10 @@
  * pmi_redo_apply is the one apply function: commit and recovery both call it.
  * Must not: store to the mapping except through pmem.c.
  */
-#include <errno.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "pmi.h"
 
 #define MAX_LANES 4096
@@ -430,14 +430,15 @@ int pmi_redo_all_gone(pm_heap *h, const uint64_t *snap, uint32_t n) {
     return 1;
 }
 
-/* pmi_redo_wait_gone -- settle rounds until the snapshot's commits are gone; 0 if that
- * never happens (a barrier failed, or a commit never finishes). */
-int pmi_redo_wait_gone(pm_heap *h, const uint64_t *snap, uint32_t n) {
-    for (int round = 0; round < 10000; round++) {
+/* pmi_redo_wait_gone -- settle rounds until the snapshot's commits are gone; 0 if a
+ * barrier failed, or after max_rounds (0: no limit) if one of them is still in flight. */
+int pmi_redo_wait_gone(pm_heap *h, const uint64_t *snap, uint32_t n, uint32_t max_rounds) {
+    for (uint32_t round = 0; !max_rounds || round < max_rounds; round++) {
         if (pmi_redo_all_gone(h, snap, n)) return 1;
         PMI_COUNT(PMI_CNT_LIMBO_WAIT);
         if (pmi_redo_settle(h, 2)) return 0;    /* EIO: the heap refuses writes now */
-        if (round > 8) sched_yield();
+        if (round > 1000) nanosleep(&(struct timespec){0, 50000}, NULL);    /* a thread preempted mid-commit */
+        else if (round > 8) sched_yield();
     }
     return 0;
 }
@@ -463,10 +464,9 @@ static int range_gone(pm_heap *h, uint64_t off, uint64_t size) {
     }
     int rc = PM_OK;
 #ifndef PMSTORE_MUTANT_NORANGEGONE
-    if (n && !pmi_redo_wait_gone(h, live, n) && !(rc = pmi_failed(h))) {
-        pmi_errno = EDEADLK;    /* a commit that never ends: its thread is stuck inside it */
-        rc = PM_E_IO;
-    }
+    /* no limit: a commit in flight ends (its thread may be preempted, not stuck), and
+     * giving up would fail a write that only had to wait */
+    if (n && !pmi_redo_wait_gone(h, live, n, 0)) rc = pmi_failed(h) ? PM_E_IO : PM_E_NOMEM;  /* a settle round failed */
 #endif
     if (live != local) free(live);
     return rc;

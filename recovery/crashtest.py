@@ -446,8 +446,8 @@ def staged_check(words: list[int], setters, ops, blocks: dict, pokes: dict):
     """The check of a staged workload's crash image (record_settle, record_sched): the
     independent checker on the image as found; then, recovered, every word holds a value
     op_marks allows (L6: a dependency's seal replayed after the seal depending on it was
-    gone would put back an older one), every published block the bytes written into it
-    (L7), and a commit in flight all of its words or none."""
+    gone would put back an older one), every published block the bytes written into it,
+    by commits and plain writes (L7, L9), and a commit in flight all of its words or none."""
     from allocator import HeapFile
     mine = {(i, off): v for i, off, v in setters}
 
@@ -484,7 +484,8 @@ def staged_check(words: list[int], setters, ops, blocks: dict, pokes: dict):
         bad = {off - words[0]: got[off] for off in words if got[off] not in allowed[off]}
         assert not bad, (f"words at {sorted(bad)} hold values no acknowledged or started commit left (L6: a "
                          f"dependency's seal replayed after the seal depending on it was gone?)")
-        assert not torn, f"words at {torn} publish blocks whose bytes are not the ones written (L7?)"
+        assert not torn, (f"words at {torn} publish blocks whose bytes are not the ones written (L7: a seal "
+                          f"replayed into reused memory? L9: over a plain write?)")
         for i, offs in ops:     # a commit in flight: all of its words or none
             if i in started and i not in acked:
                 new = [got[off] == mine[i, off] for off in offs]

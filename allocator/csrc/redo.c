@@ -472,28 +472,26 @@ static int range_gone(pm_heap *h, uint64_t off, uint64_t size) {
     return rc;
 }
 
-/* pm_write_persist -- copy and persist in one barrier, after every commit that wrote
- * into the range is gone (L9): otherwise a sealed one, replayed after a crash, would put
- * its older words back over these acknowledged bytes. */
-int pm_write_persist(pm_heap *h, uint64_t off, const void *src, uint64_t size) {
+/* persist_outside_log -- copy src (if any) into the range and persist it in one barrier,
+ * after every commit that wrote into the range is gone (L9): otherwise a sealed one,
+ * replayed after a crash, would put its older words back over these acknowledged bytes. */
+static int persist_outside_log(pm_heap *h, uint64_t off, const void *src, uint64_t size) {
     if (!pmi_in_range(h, off, size)) return PM_E_RANGE;
     int rc = range_gone(h, off, size);
     if (rc) return rc;
-    pmi_write(h, off, src, size);
+    if (src) pmi_write(h, off, src, size);
     struct pmi_range r = {off, size};
-    pmi_persist_ranges(h, &r, 1);   /* durable: the bytes just copied, and no seal can replay over them */
+    pmi_persist_ranges(h, &r, 1);   /* durable: the range's bytes, and no seal can replay over them */
     return pmi_failed(h);
 }
 
-/* pm_persist -- persist what the caller stored in the range (pm_write), as above (L9). */
-int pm_persist(pm_heap *h, uint64_t off, uint64_t size) {
-    if (!pmi_in_range(h, off, size)) return PM_E_RANGE;
-    int rc = range_gone(h, off, size);
-    if (rc) return rc;
-    struct pmi_range r = {off, size};
-    pmi_persist_ranges(h, &r, 1);   /* durable: whatever the caller stored in the range */
-    return pmi_failed(h);
+/* pm_write_persist -- copy and persist (L9). */
+int pm_write_persist(pm_heap *h, uint64_t off, const void *src, uint64_t size) {
+    return persist_outside_log(h, off, src, size);
 }
+
+/* pm_persist -- persist what the caller stored in the range (pm_write) (L9). */
+int pm_persist(pm_heap *h, uint64_t off, uint64_t size) { return persist_outside_log(h, off, NULL, size); }
 
 /* lane_acquire -- take a FREE lane: this thread's home lane, else the next one (the home
  * lane is DEFERRED after this thread's last commit, so a thread alternates between its

@@ -15,20 +15,24 @@ another lane's commit point; so does a two-thread workload in which one thread r
 memory the other's sealed commit wrote into (L7), and one staged with a fence hook, in
 which a thread's barrier is in flight while the other thread clears the seal its lane
 depends on (L6), and random schedules staged the same way: commits from three threads held
-inside their barriers while later commits run past them (L4, L6). Used by tests/crash and
-`pmstore crashtest`. This module drives the store to record workloads; the checker it calls
-(recovery/check.py) never does.
+inside their barriers while later commits run past them (L4, L6). Store writers that share
+commits (group commit) are staged too: one writer held inside its barrier, holding the
+writer lock, while others queue behind it; then one commit applies the queued ops. Used by
+tests/crash and `pmstore crashtest`. This module drives the store to record workloads; the
+checker it calls (recovery/check.py) never does.
 """
 
 from __future__ import annotations
 
 import atexit
 import dataclasses
+import hashlib
 import os
 import random
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -185,14 +189,14 @@ class _Pauses:
                 raise RuntimeError("a thread held at its fence was never released")
 
 
-def _end_staged(heap, pauses: _Pauses, pools: list[ThreadPoolExecutor]) -> None:
-    """After a staged workload, or its failure: no thread left held, the heap dropped as a
-    crash would leave it, the threads gone."""
+def _end_staged(heap, pauses: _Pauses, pools: list[ThreadPoolExecutor], store=None) -> None:
+    """After a staged workload, or its failure: no thread left held, the heap (and the
+    store over it) dropped as a crash would leave it, the threads gone."""
     for go in pauses.release_all():
         go.set()
     if not heap.closed:
         heap.mapping.set_fence_hook(None)
-        heap.abandon()
+        (store or heap).abandon()
     for p in pools:
         p.shutdown()
 
@@ -270,15 +274,17 @@ def op_marks(point: crashsim.CrashPoint) -> tuple[set[int], set[int]]:
     return {mk // 2 for mk in point.marks if mk % 2 == 1}, {mk // 2 for mk in point.marks if mk % 2 == 0}
 
 
-def settle_allowed(words: list[int], setters, acked: set[int], started: set[int]) -> dict[int, set[int]]:
-    """Per word, the values recovery may show: the last acknowledged setter's, or any
-    later setter's that had started (ops overlap here, so each word is judged alone)."""
+def settle_allowed(words: list, setters, acked: set[int], started: set[int],
+                   initial: dict | None = None) -> dict:
+    """Per word (or key), the values recovery may show: the last acknowledged setter's, or
+    any later setter's that had started (ops overlap here, so each word is judged alone).
+    Before any setter a word holds 0, or initial.get(word) when initial is given."""
     out = {}
     for off in words:
         mine = [(i, v) for i, o, v in setters if o == off]
         done = [k for k, (i, _v) in enumerate(mine) if i in acked]
         first = done[-1] if done else -1
-        ok = {mine[first][1]} if done else {0}
+        ok = {mine[first][1]} if done else {0 if initial is None else initial.get(off)}
         ok |= {v for i, v in mine[first + 1:] if i in started}
         out[off] = ok
     return out
@@ -610,29 +616,7 @@ def record_workload(path: Path, seed: int, op_count: int, journal_size: int = 0,
     record it published (what concurrent writers and group commit leaders do)."""
     from store import Store
     rng = random.Random(seed)
-    path.unlink(missing_ok=True)
-    base_keys = KEYS[:3]
-    opens = iter(range(1 << 20))
-
-    def seeded(s: Store) -> Store:
-        # tower heights from the seed too (the index seeds them from the clock): the same
-        # seed gives the same index, trace and crash states, so a violation reruns (Job)
-        s._index.seed_heights(seed << 20 | next(opens))
-        return s
-    with seeded(Store.open(path, initial_size=256 << 10, max_size=16 << 20, backend="none",
-                           journal_size=journal_size)) as s:
-        for k in base_keys:
-            s.put(k, k.encode() * 3)
-    # Tower heights are random: add keys the workload never touches until one of them
-    # stands above level 0, so its inserts and deletes always cross upper levels (about 1
-    # in 20 workloads had no tall record left at the end, and left them untested).
-    workload_keys = {k.encode() for k in KEYS}
-    while not any(r.height > 1 and r.key not in workload_keys for r in check_heap(path, records=True).store.records):
-        if len(base_keys) == 100:     # p = 1/8 per level: all 97 at level 0 one time in ~400,000
-            raise RuntimeError("97 keys added and none above level 0: the index's tower heights are not random")
-        base_keys = [*base_keys, f"k/{len(base_keys):02d}~"]    # between the workload's keys
-        with seeded(Store.open(path, backend="none", create=False)) as s:
-            s.put(base_keys[-1], base_keys[-1].encode() * 3)
+    base_keys, seeded = _new_store(path, seed, journal_size)
     s = seeded(Store.open(path, backend="none", create=False))
     base = path.read_bytes()    # after open: its writes (a journal's new epoch) are durable when it returns
     m = s.heap.mapping
@@ -652,6 +636,37 @@ def record_workload(path: Path, seed: int, op_count: int, journal_size: int = 0,
     trace = m.trace_take()
     s.abandon()
     return base, trace, models
+
+
+def _new_store(path: Path, seed: int, journal_size: int, initial_size: int = 256 << 10) -> tuple[list[str], Callable]:
+    """A new store at path holding a few keys of the workloads' key space and at least one
+    record above level 0 that the workloads never touch, closed. Returns (the keys it
+    holds, each valued key.encode() * 3; seeded(store), which seeds an opened store's tower
+    heights from the workload seed: the same seed gives the same index, trace and crash
+    states, so a violation reruns (Job))."""
+    from store import Store
+    path.unlink(missing_ok=True)
+    base_keys = KEYS[:3]
+    opens = iter(range(1 << 20))
+
+    def seeded(s: Store) -> Store:
+        s._index.seed_heights(seed << 20 | next(opens))     # the index seeds them from the clock
+        return s
+    with seeded(Store.open(path, initial_size=initial_size, max_size=16 << 20, backend="none",
+                           journal_size=journal_size)) as s:
+        for k in base_keys:
+            s.put(k, k.encode() * 3)
+    # Tower heights are random: add keys the workload never touches until one of them
+    # stands above level 0, so its inserts and deletes always cross upper levels (about 1
+    # in 20 workloads had no tall record left at the end, and left them untested).
+    workload_keys = {k.encode() for k in KEYS}
+    while not any(r.height > 1 and r.key not in workload_keys for r in check_heap(path, records=True).store.records):
+        if len(base_keys) == 100:     # p = 1/8 per level: all 97 at level 0 one time in ~400,000
+            raise RuntimeError("97 keys added and none above level 0: the index's tower heights are not random")
+        base_keys = [*base_keys, f"k/{len(base_keys):02d}~"]    # between the workload's keys
+        with seeded(Store.open(path, backend="none", create=False)) as s:
+            s.put(base_keys[-1], base_keys[-1].encode() * 3)
+    return base_keys, seeded
 
 
 def _workload_op(s, rng: random.Random, model: dict, i: int, op_count: int, heap_size: int,
@@ -689,14 +704,21 @@ def _workload_op(s, rng: random.Random, model: dict, i: int, op_count: int, heap
 def check_image_against(img: Path, point: crashsim.CrashPoint, models: list[dict]) -> None:
     """Check the crash image as found (the checker replays its lanes independently), then
     recover it (copy-on-write), compare with the model, and check the recovered heap."""
-    from store import Store
     acked, allowed = allowed_states(point, models)
+    got = recovered_objects(img)
+    assert got in allowed, (f"objects match neither the state before nor after op {acked}: "
+                            f"keys {sorted(got)} vs {[sorted(a) for a in allowed]}")
+
+
+def recovered_objects(img: Path) -> dict[str, bytes]:
+    """The objects of a crash image after recovery (copy-on-write), once the checker found
+    nothing wrong in the image as found (it replays the lanes independently) nor in the
+    recovered heap, and all three agree on the object count."""
+    from store import Store
     raw = check_heap(img, at_rest=False)
     assert raw.ok, "crashed image: " + "; ".join(map(str, raw.findings[:3]))
     with Store.open(img, backend="private", create=False) as s:
         got = {key: s.get(key)[0] for key in s}
-        assert got in allowed, (f"objects match neither the state before nor after op {acked}: "
-                                f"keys {sorted(got)} vs {[sorted(a) for a in allowed]}")
         m = s.heap.mapping
         view = m.view(0, m.size)
         try:
@@ -706,6 +728,7 @@ def check_image_against(img: Path, point: crashsim.CrashPoint, models: list[dict
     assert rep.ok, "; ".join(map(str, rep.findings[:3]))
     assert rep.objects == len(got) == raw.objects, \
         f"objects: {len(got)} in the store, {rep.objects} after recovery, {raw.objects} by the checker's own replay"
+    return got
 
 
 def run_workload(seed: int, op_count: int, max_subsets: int, workdir: Path, *, workers: int = 1,
@@ -718,20 +741,217 @@ def run_workload(seed: int, op_count: int, max_subsets: int, workdir: Path, *, w
                             private=True, workers=workers)
 
 
+# ------------------------------------------------------------------ group commit, staged
+GROUP_THREADS = 4           # one holds the writer lock inside its barrier while up to three queue
+GROUP_SIZES = [0, 30, 100, 900, 3000]
+GROUP_HEAP_SIZE = 4 << 20   # a page per class per thread: a group that ran out of pages would split
+
+
+def _group_op(rng: random.Random, key: str, model: dict, holder: bool, avoid=()):
+    """One writer's op on key: (call(store), the value it leaves if it succeeds (None: the
+    key deleted), the error it must raise instead, or None). The holder's op always
+    commits (it must reach a barrier); the others may fail a precondition or find no key,
+    and their group skips them. The value it leaves is never the old one nor one in avoid,
+    so whether an op was applied can be read off its key."""
+    while True:
+        op = _group_op_once(rng, key, model, holder)
+        if op[2] is not None or (op[1] != model.get(key) and op[1] not in avoid):
+            return op
+
+
+def _group_op_once(rng: random.Random, key: str, model: dict, holder: bool):
+    from store.errors import NoSuchKeyError, PreconditionFailedError
+    old = model.get(key)
+    v = rng.randbytes(rng.choice(GROUP_SIZES))
+    kind = rng.random()
+    if old is not None and kind < 0.25:
+        if holder or rng.random() < 0.7:
+            return (lambda s: s.delete(key)), None, None
+        return (lambda s: s.delete(key, if_match="f" * 32)), None, PreconditionFailedError
+    if holder:
+        ctype = rng.choice([None, "text/plain"])
+        return (lambda s: s.put(key, v, content_type=ctype)), v, None
+    if old is None and kind < 0.35:
+        return (lambda s: s.delete(key)), None, NoSuchKeyError
+    if kind < 0.5:              # create-only: fails where the key exists
+        return (lambda s: s.put(key, v, if_none_match=True)), v, None if old is None else PreconditionFailedError
+    if old is not None and kind < 0.65:     # the current ETag, or a stale one
+        good = rng.random() < 0.6
+        etag = hashlib.md5(old).hexdigest() if good else "f" * 32
+        return (lambda s: s.put(key, v, if_match=etag)), v, None if good else PreconditionFailedError
+    ctype = rng.choice([None, "text/plain"])    # None: the put of one C call, else the Python path
+    return (lambda s: s.put(key, v, content_type=ctype)), v, None
+
+
+def record_group(path: Path, seed: int, round_count: int, journal_size: int = 0):
+    """Rounds of concurrent writers sharing commits (group commit, FORMAT.md 8), staged so
+    that the same seed gives the same trace. In each round one thread's put or delete is
+    held inside its barrier, holding the writer lock; one to three other threads then join
+    the group-commit queue, one at a time (plain and conditional puts, deletes: some fail
+    their precondition or find no key, and their group skips them; when the last two share
+    a key, the second waits for a group of its own); then the held op is let go and the
+    first writer queued commits the others' ops in one commit. Marks 2i and 2i+1 bracket
+    op i. An op's acknowledgement races the next commit, so it is marked once that commit
+    is held at its first barrier (or, for the round's last, when the round is done): the
+    same place on every run, and never before the op returned. Returns (base image,
+    trace, keys, the objects before the first op, setters (op, key, value; None: deleted)
+    of the ops that succeeded, groups (ops one commit applied, two or more))."""
+    from store import Store
+    rng = random.Random(seed)
+    base_keys, seeded = _new_store(path, seed, journal_size, GROUP_HEAP_SIZE)
+    s = seeded(Store.open(path, backend="none", create=False, group_commit=True))
+    base = path.read_bytes()
+    m = s.heap.mapping
+    size0 = m.size
+    if s._group.limit < GROUP_THREADS:
+        raise RuntimeError(f"group commit takes {s._group.limit} ops a commit: too few for this workload")
+    model = {k: k.encode() * 3 for k in base_keys}
+    start = dict(model)
+    setters: list[tuple[int, str, bytes | None]] = []
+    groups: list[list[int]] = []
+    pauses = _Pauses()
+    pools = threads_pinned(GROUP_THREADS)
+    idents = [p.submit(threading.get_ident).result() for p in pools]
+    wait_s = 10.0
+    i = 0
+
+    def planned(key: str, holder: bool, avoid=()):
+        nonlocal i
+        call, value, err = _group_op(rng, key, model, holder, avoid)
+        if err is None:
+            setters.append((i, key, value))
+            model.pop(key) if value is None else model.__setitem__(key, value)
+        i += 1
+        return i - 1, call, err
+
+    def acked(done: list[tuple[int, object, type | None]]) -> None:
+        """Mark ops acknowledged once each returned as the model expects."""
+        for op, fut, err in done:
+            try:
+                fut.result(wait_s)
+            except Exception as e:      # compared with the error the model expects
+                if err is None or type(e) is not err:
+                    raise RuntimeError(f"op {op} raised {e!r}; the model expected {err and err.__name__}") from e
+            else:
+                if err is not None:
+                    raise RuntimeError(f"op {op} succeeded; the model expected {err.__name__}")
+            m.trace_mark(2 * op + 1)
+
+    def next_commit(t: int, armed: tuple[threading.Event, threading.Event], fut, done: list) -> None:
+        """Thread t commits next: once it is held at its first barrier (if it has one: a
+        group whose every op failed commits nothing), mark the ops done before it."""
+        held, go = armed
+        if pauses.wait_held(idents[t], held, fut, wait_s):
+            acked(done)
+            go.set()
+        else:
+            acked(done)
+
+    try:
+        m.set_fence_hook(pauses)
+        m.trace_start()
+        for _ in range(round_count):
+            threads = rng.sample(range(GROUP_THREADS), rng.choice([2, 3, 4, 4]))
+            keys = rng.sample(KEYS, len(threads))
+            twin = len(threads) > 2 and rng.random() < 0.3
+            if twin:
+                keys[-1] = keys[-2]     # one key twice: the second op waits for a group of its own
+            op, call, _err = planned(keys[0], True)
+            held, go = pauses.arm(idents[threads[0]])
+            m.trace_mark(2 * op)
+            fut = pools[threads[0]].submit(call, s)
+            if not pauses.wait_held(idents[threads[0]], held, fut, wait_s):
+                # it returned without a barrier (a mutant's): nothing to queue behind, so the
+                # round runs one op at a time, and the crash states show what it lost
+                acked([(op, fut, None)])
+                for t, key in zip(threads[1:], keys[1:], strict=True):
+                    q, call, err = planned(key, False)
+                    m.trace_mark(2 * q)
+                    acked([(q, pools[t].submit(call, s), err)])
+                continue
+            queued = []
+            before = {k: model.get(k) for k in keys}
+            for j, (t, key) in enumerate(zip(threads[1:], keys[1:], strict=True)):
+                q, call, err = planned(key, False, (before[key],))     # the twin: never back to before
+                leads = j == 0 or (twin and j == len(threads) - 2)     # held at its first barrier
+                armed = pauses.arm(idents[t]) if leads else None
+                m.trace_mark(2 * q)
+                qf = pools[t].submit(call, s)
+                for _ in range(int(wait_s / 0.001)):
+                    if s._index.group_queued() == j + 1 or qf.done():
+                        break
+                    time.sleep(0.001)
+                if s._index.group_queued() != j + 1:
+                    raise RuntimeError(f"op {q} did not join the group-commit queue ({s._index.group_queued()} "
+                                       f"queued, {j} expected before it)")
+                queued.append((q, t, qf, err, armed))
+            go.set()
+            first = queued[:-1] if twin else queued
+            _q, t, qf, _err, armed = first[0]
+            next_commit(t, armed, qf, [(op, fut, None)])
+            done = [(q, qf, err) for q, _t, qf, err, _a in first]
+            if twin:
+                q, t, qf, err, armed = queued[-1]
+                next_commit(t, armed, qf, done)
+                done = [(q, qf, err)]
+            acked(done)
+            group = [q for q, _t, _f, err, _a in first if err is None]
+            if len(group) > 1:
+                groups.append(group)
+        if m.size != size0:
+            raise RuntimeError("the heap grew: a group that runs out of pages splits, and the rounds are not staged")
+        m.set_fence_hook(None)
+        trace = m.trace_take()
+    finally:
+        _end_staged(s.heap, pauses, pools, s)
+    return base, trace, sorted({*base_keys, *KEYS}), start, setters, groups
+
+
+def group_check(keys: list[str], start: dict, setters, groups: list[list[int]]):
+    """The check of a group workload's crash image: the checker finds nothing before or
+    after recovery; every key holds the value of its last acknowledged op or of a later
+    one that had started (the objects before the first op when none did); no other key
+    exists; and the ops one commit applied are all there or none."""
+    def prior(i: int, key: str):
+        return next((v for j, k, v in reversed(setters) if k == key and j < i), start.get(key))
+    mine = {i: (k, prior(i, k)) for i, k, _v in setters}     # op -> (its key, the value before it)
+
+    def check(img, point):
+        got = recovered_objects(img)
+        acked, started = op_marks(point)
+        allowed = settle_allowed(keys, setters, acked, started, start)
+        bad = {k: len(got[k]) if k in got else None for k in keys if got.get(k) not in allowed[k]}
+        assert not bad, f"keys hold values no acknowledged or started op left (key: size found): {bad}"
+        assert set(got) <= set(keys), f"keys no op wrote: {sorted(set(got) - set(keys))}"
+        for g in groups:   # an op is applied if its key moved on from the value before it
+            flight = [i for i in g if i in started and i not in acked]
+            new = [got.get(mine[i][0]) != mine[i][1] for i in flight]
+            assert all(new) or not any(new), f"the group of ops {g} half applied: {dict(zip(flight, new))}"
+    return check
+
+
+def run_group(seed: int, round_count: int, max_subsets: int, workdir: Path, *, workers: int = 1,
+              journal_size: int = 0) -> crashsim.Result:
+    base, trace, keys, start, setters, groups = record_group(workdir / f"g{seed}.heap", seed, round_count,
+                                                             journal_size)
+    return crashsim.explore(base, trace, group_check(keys, start, setters, groups), workdir=workdir,
+                            max_subsets=max_subsets, seed=seed, private=True, workers=workers)
+
+
 @dataclasses.dataclass(frozen=True)
 class Job:
     """One workload of the suite, named fully enough to rerun it alone: the same seed gives
     the same trace and the same crash states, given the same explorer count (each explorer
     samples subsets with seed + its index). `pmstore crashtest --replay "<spec>"`."""
-    kind: str               # "store", "redo" or "limbo"
+    kind: str               # one of KINDS
     seed: int
-    ops: int                # operations (store), commits (redo)
+    ops: int                # operations (store, sched), commits (redo), rounds (group)
     subsets: int            # most dirty-unit subsets tried per crash point
     threads: int = 1        # store: op i runs on thread i % threads (L8)
-    journal_size: int = 0   # store, redo: barriers through a journal this small (7.11)
+    journal_size: int = 0   # store, redo, sched, group: barriers through a journal this small (7.11)
     lanes: int = REDO_LANES     # redo
 
-    KINDS = ("store", "redo", "limbo", "settle", "sched")
+    KINDS = ("store", "redo", "limbo", "settle", "sched", "group")
 
     def run(self, workdir: Path, workers: int = 1) -> crashsim.Result:
         if self.kind == "store":
@@ -742,6 +962,9 @@ class Job:
                             journal_size=self.journal_size)
         if self.kind == "sched":
             return run_sched(self.seed, self.ops, self.subsets, workdir, workers=workers,
+                             journal_size=self.journal_size)
+        if self.kind == "group":
+            return run_group(self.seed, self.ops, self.subsets, workdir, workers=workers,
                              journal_size=self.journal_size)
         if self.kind == "settle":
             return run_settle(self.seed, self.ops, self.subsets, workdir, workers=workers)
@@ -789,8 +1012,10 @@ class Totals:
 def jobs(plan: Plan) -> list[Job]:
     """Two multi-lane redo workloads, the limbo and settle workloads, staged schedules (a
     quarter of the seeds, at least two, and one through a small journal), every store
-    workload of the plan, a quarter of them (at least two) from three threads (L8), then
-    one redo and those three-thread store workloads through a small barrier journal."""
+    workload of the plan, a quarter of them (at least two) from three threads (L8), staged
+    group commits (as many, of half as many rounds as the plan's ops, and one through a
+    small journal), then one redo and the three-thread store workloads through a small
+    barrier journal."""
     quarter = plan.seeds[:max(2, len(plan.seeds) // 4)]   # the quick plan: both seeds (L8 needs them)
     out = [Job("redo", seed, 2 * plan.op_count, 4 * plan.max_subsets) for seed in plan.seeds[:2]]
     out += [Job("limbo", plan.seeds[0], 4, plan.max_subsets)]
@@ -800,6 +1025,9 @@ def jobs(plan: Plan) -> list[Job]:
             for seed in plan.seeds[:1]]
     out += [Job("store", seed, plan.op_count, plan.max_subsets) for seed in plan.seeds]
     out += [Job("store", seed, plan.op_count, plan.max_subsets, threads=3) for seed in quarter]
+    out += [Job("group", seed, plan.op_count // 2, plan.max_subsets) for seed in quarter]
+    out += [Job("group", seed, plan.op_count // 2, plan.max_subsets, journal_size=JOURNAL_STORE)
+            for seed in plan.seeds[:1]]
     out += [Job("redo", seed, 2 * plan.op_count, 4 * plan.max_subsets, journal_size=JOURNAL_REDO)
             for seed in plan.seeds[:1]]
     out += [Job("store", seed, plan.op_count, plan.max_subsets, threads=3, journal_size=JOURNAL_STORE)

@@ -268,6 +268,10 @@ class Index:
     def writer_leave(self) -> None:
         lib.pm_index_writer_leave(self._x)
 
+    def group_queued(self) -> int:
+        """Ops waiting in the group-commit queue, not yet taken into a group."""
+        return lib.pm_index_group_queued(self._x)
+
     def delete(self, key: bytes, cond: int, match: bytes | None) -> None:
         check(lib.pm_index_delete(self._x, key, len(key), cond, match or ffi.NULL), "delete", key)
 

@@ -110,6 +110,9 @@ int pm_index_submit(pm_index *x, struct pm_index_op *op, uint32_t limit);
 void pm_index_set_group(pm_index *x, uint32_t limit);
 uint32_t pm_index_writer_enter(pm_index *x);   /* returns the writers that were in before */
 void pm_index_writer_leave(pm_index *x);
+/* ops queued for group commit and not yet taken into a group (the crash tools stage
+ * groups with it: recovery/crashtest.py record_group) */
+uint32_t pm_index_group_queued(pm_index *x);
 int pm_index_list(pm_index *x, const uint8_t *after, uint32_t alen, const uint8_t *prefix, uint32_t plen,
                   uint32_t limit, uint8_t *buf, uint64_t cap, uint32_t *count);
 #endif

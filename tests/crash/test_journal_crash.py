@@ -87,3 +87,12 @@ def test_J3_the_workloads_append_fill_and_checkpoint_the_journal(tmp_path, recor
     assert len(appends) >= 10, "barriers must append records"
     assert len(epochs) >= 2 and len(whole) >= 2, "the journal must fill and checkpoint more than once"
     assert not in_place, "a journaled heap must not write a barrier's ranges back in place"
+
+
+@pytest.mark.parametrize("seed", SEEDS[:2])
+def test_J1_group_commit_through_the_journal(tmp_path_factory, seed, crash_totals):
+    """The staged group-commit workload (test_store_crash.py) with its barriers appended to
+    a journal small enough to fill."""
+    workdir = crashtest.fast_workdir(tmp_path_factory)
+    job = crashtest.Job("group", seed, PLAN.op_count // 2, PLAN.max_subsets, journal_size=crashtest.JOURNAL_STORE)
+    crash_totals.run(f"group commit, journal (seed {seed})", job, workdir, WORKERS, 1000)

@@ -50,6 +50,18 @@ def test_a_store_workload_records_the_same_trace_from_the_same_seed(tmp_path, th
     assert first[2] > 10, "the workload must reach persist points"
 
 
+def test_the_group_workload_records_the_same_trace_from_the_same_seed(tmp_path):
+    """Group commit's writers race by nature; the workload stages them (one queued at a
+    time, acknowledgements marked at the next commit's first barrier), so the trace --
+    writes, barriers and marks, in order -- is the same on every run."""
+    def shape(name):
+        _base, trace, _keys, _start, setters, groups = crashtest.record_group(tmp_path / name, 33, 8)
+        return [(e.kind, e.off, e.size) for e in crashsim.parse_trace(trace)], setters, groups
+    first = shape("a.heap")
+    assert shape("b.heap") == first
+    assert first[2], "no commit applied two queued ops"
+
+
 def test_a_job_spec_round_trips_through_its_failure_message():
     job = crashtest.Job("store", 37, 20, 48, threads=3, journal_size=crashtest.JOURNAL_STORE)
     assert job.spec() == "store seed=37 ops=20 subsets=48 threads=3 journal_size=16384"

@@ -29,7 +29,8 @@ bench: install
 	$(BIN)/python bench/store.py --quick --json > bench-store.json
 	$(BIN)/python bench/recovery.py --quick --json > bench-recovery.json
 	$(BIN)/python bench/barrier.py --quick --json > bench-barrier.json
-	@echo "wrote bench-redo.json bench-alloc.json bench-store.json bench-recovery.json bench-barrier.json (plot: $(BIN)/python bench/plot.py FILE)"
+	$(BIN)/python bench/tx.py --quick --json > bench-tx.json
+	@echo "wrote bench-redo.json bench-alloc.json bench-store.json bench-recovery.json bench-barrier.json bench-tx.json (plot: $(BIN)/python bench/plot.py FILE)"
 
 lint: install
 	$(BIN)/ruff check allocator recovery store service tests bench

@@ -943,13 +943,14 @@ done:
 
 void pm_index_set_group(pm_index *x, uint32_t limit) { x->gq_limit = limit > GQ_MAX ? GQ_MAX : limit; }
 uint32_t pm_index_writer_enter(pm_index *x) { return atomic_fetch_add(&x->writers, 1); }
+void pm_index_writer_leave(pm_index *x) { atomic_fetch_sub(&x->writers, 1); }
+
 uint32_t pm_index_group_queued(pm_index *x) {
     pthread_mutex_lock(&x->gq_lock);
     uint32_t n = x->gq_n;
     pthread_mutex_unlock(&x->gq_lock);
     return n;
 }
-void pm_index_writer_leave(pm_index *x) { atomic_fetch_sub(&x->writers, 1); }
 
 static int same_key(const struct pm_index_op *a, const struct pm_index_op *b) {
     return a->klen == b->klen && memcmp(a->key, b->key, a->klen) == 0;

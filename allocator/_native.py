@@ -29,7 +29,7 @@ def address(cdata) -> int:
 # _fast calls the cffi module's own functions (one allocator, one set of thread-locals).
 _fast.bind(*(address(ffi.addressof(lib, f)) for f in
              ("pm_alloc_into", "pm_free_from", "pm_index_read", "pm_index_put_plain", "pm_index_list",
-              "pm_index_get")))
+              "pm_index_get", "pm_tx_reserve", "pm_tx_locate", "pm_tx_commit", "pm_tx_abort")))
 
 BACKENDS = {"auto": lib.PM_BACKEND_AUTO, "msync": lib.PM_BACKEND_MSYNC,
             "flush": lib.PM_BACKEND_FLUSH, "none": lib.PM_BACKEND_NONE,
@@ -277,39 +277,39 @@ class Mapping:
         check(n, f"size of block {off}")
         return n
 
-    def tx_reserve(self, size: int):
+    # A transaction's calls go through allocator._fast (the hot pair's GIL policy). Slots
+    # (struct pm_tx_slot, TX_SLOT_SIZE bytes, its block's offset first) and entries travel as bytes.
+    def tx_reserve(self, size: int) -> tuple[int, bytes, bytes]:
         """Reserve a block for a transaction: (offset, slot, packed entries)."""
         if size <= 0:
             raise ValueError(f"allocate {size} bytes: size must be positive")
-        slot = ffi.new("struct pm_tx_slot *")
-        ents = ffi.new("struct pmd_redo_entry[4]")
-        n = ffi.new("uint32_t *")
-        check(lib.pm_tx_reserve(self._handle(), size, slot, ents, n), f"allocate {size} bytes")
-        return slot.off, slot, bytes(ffi.buffer(ents, n[0] * 16))
+        r = self._hot.tx_reserve(size)
+        if type(r) is int:
+            self._handle()
+            check(r, f"allocate {size} bytes")
+        return int.from_bytes(r[0][:8], "little"), r[0], r[1]
 
-    def tx_locate(self, off: int):
+    def tx_locate(self, off: int) -> tuple[bytes, bytes]:
+        """The slot and packed entries that free the block at off in a transaction."""
         if off < 0:
             raise errors.NotAllocatedError(f"free block {off}: negative offset")
-        slot = ffi.new("struct pm_tx_slot *")
-        ents = ffi.new("struct pmd_redo_entry[2]")
-        n = ffi.new("uint32_t *")
-        check(lib.pm_tx_locate(self._handle(), off, slot, ents, n), f"free block {off}")
-        return slot, bytes(ffi.buffer(ents, n[0] * 16))
+        r = self._hot.tx_locate(off)
+        if type(r) is int:
+            self._handle()
+            check(r, f"free block {off}")
+        return r
 
-    def tx_commit(self, packed: bytes, data_ranges: list[tuple[int, int]], reserved: list, freed: list) -> None:
-        count = len(packed) // 16
-        data = ffi.new("uint64_t[]", [x for r in data_ranges for x in r] or [0])
-        res = ffi.new("struct pm_tx_slot[]", [s[0][0] for s in reserved] or 1)
-        fre = ffi.new("struct pm_tx_slot[]", [s[0][0] for s in freed] or 1)
-        rc = lib.pm_tx_commit(self._handle(), ffi.from_buffer("struct pmd_redo_entry[]", packed), count,
-                              data, len(data_ranges), res, len(reserved), fre, len(freed))
+    def tx_commit(self, packed: bytes, data: bytes, reserved: bytes, freed: bytes) -> None:
+        """Commit: packed entries, data as (off, size) pairs of le64, slots as tx_reserve and
+        tx_locate gave them, concatenated."""
+        rc = self._hot.tx_commit(packed, data, reserved, freed)
         if rc:
-            check(rc, f"commit a transaction of {count} entries")
+            self._handle()
+            check(rc, f"commit a transaction of {len(packed) // 16} entries")
 
-    def tx_abort(self, reserved: list) -> None:
+    def tx_abort(self, reserved: bytes) -> None:
         if reserved:
-            lib.pm_tx_abort(self._handle(), ffi.new("struct pm_tx_slot[]", [s[0][0] for s in reserved]),
-                            len(reserved))
+            self._hot.tx_abort(reserved)
 
     def alloc_stats(self) -> tuple[dict, list[dict]]:
         st = ffi.new("struct pm_alloc_stats *")

@@ -29,9 +29,9 @@ class Transaction:
         self._heap = heap
         self._mapping = heap.mapping
         self._entries = bytearray()
-        self._data: list[tuple[int, int]] = []
-        self._reserved: list = []
-        self._freed: list = []
+        self._data = bytearray()            # (offset, size) pairs, le64, of tx.write's bytes
+        self._reserved = bytearray()        # slots of the blocks alloc reserved (Mapping.tx_reserve)
+        self._freed = bytearray()           # slots of the blocks free gives back (Mapping.tx_locate)
         self._freed_offs: set[int] = set()
         self._sets: dict[int, int] = {}
         self._blocks: list[tuple[int, int]] = []    # (offset, size) of each block alloc reserved
@@ -48,7 +48,7 @@ class Transaction:
             off, slot, packed = self._mapping.tx_reserve(size)
         except _native.NeedGrow:
             off, slot, packed = self._heap._grow_and_retry(lambda: self._mapping.tx_reserve(size), size)
-        self._reserved.append((slot,))
+        self._reserved += slot
         self._blocks.append((off, size))
         self._entries += packed
         return off
@@ -61,7 +61,7 @@ class Transaction:
             raise ValueError(f"tx.write of {size} bytes at {off}: not inside a block this transaction "
                              "allocated (change a live block with tx.set, or heap.write)")
         self._heap.write(off, data, persist=False)
-        self._data.append((off, size))
+        self._data += off.to_bytes(8, "little") + size.to_bytes(8, "little")
 
     def set(self, dest_off: int, value: int) -> None:
         """Set the 8-byte word at dest_off (the root or a word in the data area) at commit."""
@@ -77,7 +77,7 @@ class Transaction:
         if off in self._freed_offs:
             raise ValueError(f"block {off} freed twice in one transaction")
         slot, packed = self._mapping.tx_locate(off)
-        self._freed.append((slot,))
+        self._freed += slot
         self._freed_offs.add(off)
         self._entries += packed
 
@@ -98,16 +98,16 @@ class Transaction:
         self._check_open()
         self._done = True
         if len(self._entries) // layout.REDO_ENTRY_SIZE > self._mapping.redo_capacity:
-            self._mapping.tx_abort(self._reserved)
+            self._mapping.tx_abort(bytes(self._reserved))
             raise TransactionTooLargeError(
                 f"transaction of {len(self._entries) // layout.REDO_ENTRY_SIZE} entries exceeds a redo "
                 f"lane ({self._mapping.redo_capacity}); nothing was changed")
-        self._mapping.tx_commit(bytes(self._entries), self._data, self._reserved, self._freed)
+        self._mapping.tx_commit(bytes(self._entries), bytes(self._data), bytes(self._reserved), bytes(self._freed))
 
     def abort(self) -> None:
         if not self._done:
             self._done = True
-            self._mapping.tx_abort(self._reserved)
+            self._mapping.tx_abort(bytes(self._reserved))
 
     def __enter__(self) -> Self:
         return self

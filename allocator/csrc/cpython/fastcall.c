@@ -1,5 +1,5 @@
 /* allocator._fast: the hot pair (pm_alloc_into, pm_free_from) as plain CPython methods,
- * and the store's common read, head, put and list (pm_index_read, pm_index_get,
+ * a transaction's calls (pm_tx_reserve, pm_tx_locate, pm_tx_commit, pm_tx_abort), and the store's common read, head, put and list (pm_index_read, pm_index_get,
  * pm_index_put_plain, pm_index_list) as functions, building their results in C.
  *
  * Through cffi a call cost about 0.3 us here (an argument tuple, errno kept in a
@@ -38,6 +38,10 @@ typedef __typeof__(pm_index_read) *index_read_fn;
 typedef __typeof__(pm_index_put_plain) *index_put_plain_fn;
 typedef __typeof__(pm_index_list) *index_list_fn;
 typedef __typeof__(pm_index_get) *index_get_fn;
+typedef __typeof__(pm_tx_reserve) *tx_reserve_fn;
+typedef __typeof__(pm_tx_locate) *tx_locate_fn;
+typedef __typeof__(pm_tx_commit) *tx_commit_fn;
+typedef __typeof__(pm_tx_abort) *tx_abort_fn;
 
 #define GIL_COPY_MAX 1024   /* bytes: store calls on values up to this keep the GIL */
 
@@ -47,6 +51,10 @@ static index_read_fn c_index_read;
 static index_put_plain_fn c_index_put_plain;
 static index_list_fn c_index_list;
 static index_get_fn c_index_get;
+static tx_reserve_fn c_tx_reserve;
+static tx_locate_fn c_tx_locate;
+static tx_commit_fn c_tx_commit;
+static tx_abort_fn c_tx_abort;
 
 typedef struct {
     PyObject_HEAD
@@ -125,6 +133,110 @@ static PyObject *hot_free_from(Hot *self, PyObject *const *args, Py_ssize_t n)
     Py_RETURN_NONE;
 }
 
+/* A transaction's calls (allocator/transaction.py), with the GIL policy of the hot pair:
+ * through cffi each released it, and two Python threads running transactions on /dev/shm
+ * did a third of one thread's work together, handing the GIL over at every call. Slots
+ * (struct pm_tx_slot) and entries (struct pmd_redo_entry) travel as bytes; a failure
+ * comes back as its negative PM_E_* code, which the caller raises. */
+#define TX_ENTRIES_MAX 4    /* pm_tx_reserve writes at most 4 entries, pm_tx_locate 2 */
+
+static PyObject *tuple_of(PyObject **items, int n);
+
+/* tx_reserve(size) -> (slot, entries), or a negative code; tx_locate(off) likewise */
+static PyObject *hot_tx_slot(Hot *self, PyObject *const *args, Py_ssize_t n, int reserve)
+{
+    if (n != 1) {
+        PyErr_SetString(PyExc_TypeError, reserve ? "tx_reserve(size)" : "tx_locate(off)");
+        return NULL;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(args[0]);
+    if (PyErr_Occurred()) return NULL;
+    pm_heap *h = self->h;
+    if (!h) return PyLong_FromLong(PM_E_ARG);
+    struct pm_tx_slot slot;
+    struct pmd_redo_entry e[TX_ENTRIES_MAX];
+    uint32_t count = 0;
+    int rc;
+    if (self->release_gil) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = reserve ? c_tx_reserve(h, v, &slot, e, &count) : c_tx_locate(h, v, &slot, e, &count);
+        Py_END_ALLOW_THREADS
+    } else {
+        rc = reserve ? c_tx_reserve(h, v, &slot, e, &count) : c_tx_locate(h, v, &slot, e, &count);
+    }
+    if (rc < 0) return PyLong_FromLong(rc);
+    PyObject *items[2] = {PyBytes_FromStringAndSize((const char *)&slot, sizeof slot),
+                          PyBytes_FromStringAndSize((const char *)e, (Py_ssize_t)(count * sizeof *e))};
+    return tuple_of(items, 2);
+}
+
+static PyObject *hot_tx_reserve(Hot *self, PyObject *const *args, Py_ssize_t n)
+{
+    return hot_tx_slot(self, args, n, 1);
+}
+
+static PyObject *hot_tx_locate(Hot *self, PyObject *const *args, Py_ssize_t n)
+{
+    return hot_tx_slot(self, args, n, 0);
+}
+
+/* bytes_arg -- a bytes argument as a pointer and a count of elem-byte items. */
+static int bytes_arg(PyObject *o, size_t elem, const void **p, uint32_t *count)
+{
+    char *buf;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(o, &buf, &len) < 0) return -1;
+    if (len % (Py_ssize_t)elem || (size_t)len / elem > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "a transaction's buffer is not a whole number of items");
+        return -1;
+    }
+    *p = buf;
+    *count = (uint32_t)((size_t)len / elem);
+    return 0;
+}
+
+/* tx_commit(entries, data, reserved, freed) -> 0 or a negative code. data: (off, size)
+ * pairs of little-endian uint64; reserved, freed: slots as tx_reserve and tx_locate gave. */
+static PyObject *hot_tx_commit(Hot *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (n != 4) {
+        PyErr_SetString(PyExc_TypeError, "tx_commit(entries, data, reserved, freed)");
+        return NULL;
+    }
+    const void *e, *data, *res, *fre;
+    uint32_t ne, ndata, nres, nfree;
+    if (bytes_arg(args[0], sizeof(struct pmd_redo_entry), &e, &ne) < 0
+        || bytes_arg(args[1], 16, &data, &ndata) < 0
+        || bytes_arg(args[2], sizeof(struct pm_tx_slot), &res, &nres) < 0
+        || bytes_arg(args[3], sizeof(struct pm_tx_slot), &fre, &nfree) < 0)
+        return NULL;
+    pm_heap *h = self->h;
+    if (!h) return PyLong_FromLong(PM_E_ARG);
+    int rc;
+    if (self->release_gil) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = c_tx_commit(h, e, ne, data, ndata, res, nres, fre, nfree);
+        Py_END_ALLOW_THREADS
+    } else {
+        rc = c_tx_commit(h, e, ne, data, ndata, res, nres, fre, nfree);
+    }
+    return PyLong_FromLong(rc);
+}
+
+/* tx_abort(reserved) */
+static PyObject *hot_tx_abort(Hot *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (n != 1) {
+        PyErr_SetString(PyExc_TypeError, "tx_abort(reserved)");
+        return NULL;
+    }
+    const void *res;
+    uint32_t nres;
+    if (bytes_arg(args[0], sizeof(struct pm_tx_slot), &res, &nres) < 0) return NULL;
+    if (self->h && nres) c_tx_abort(self->h, res, nres);
+    Py_RETURN_NONE;
+}
+
 /* close(): later calls go to on_error with PM_E_ARG (the caller says "heap is closed") */
 static PyObject *hot_close(Hot *self, PyObject *unused)
 {
@@ -177,6 +289,13 @@ static PyMethodDef hot_methods[] = {
      "alloc_into(dest_off, size) -> block offset (pm_alloc_into)"},
     {"free_from", (PyCFunction)(void (*)(void))hot_free_from, METH_FASTCALL,
      "free_from(dest_off) (pm_free_from)"},
+    {"tx_reserve", (PyCFunction)(void (*)(void))hot_tx_reserve, METH_FASTCALL,
+     "tx_reserve(size) -> (slot, entries) or a negative PM_E_* code (pm_tx_reserve)"},
+    {"tx_locate", (PyCFunction)(void (*)(void))hot_tx_locate, METH_FASTCALL,
+     "tx_locate(off) -> (slot, entries) or a negative PM_E_* code (pm_tx_locate)"},
+    {"tx_commit", (PyCFunction)(void (*)(void))hot_tx_commit, METH_FASTCALL,
+     "tx_commit(entries, data, reserved, freed) -> 0 or a negative PM_E_* code (pm_tx_commit)"},
+    {"tx_abort", (PyCFunction)(void (*)(void))hot_tx_abort, METH_FASTCALL, "tx_abort(reserved) (pm_tx_abort)"},
     {"close", (PyCFunction)hot_close, METH_NOARGS, "forget the heap"},
     {NULL, NULL, 0, NULL},
 };
@@ -194,11 +313,16 @@ static PyType_Slot hot_slots[] = {
 static PyType_Spec hot_spec = {"allocator._fast.Hot", sizeof(Hot), 0,
                                Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, hot_slots};
 
-/* bind(alloc_into, free_from, index_read, index_put_plain): the cffi module's functions' addresses */
+/* bind(alloc_into, free_from, index_read, index_put_plain, index_list, index_get, tx_reserve,
+ * tx_locate, tx_commit, tx_abort): the cffi module's functions' addresses */
 static PyObject *bind(PyObject *self, PyObject *args)
 {
-    unsigned long long a, f, r, p, l, g;
-    if (!PyArg_ParseTuple(args, "KKKKKK:bind", &a, &f, &r, &p, &l, &g)) return NULL;
+    unsigned long long a, f, r, p, l, g, tr, tl, tc, ta;
+    if (!PyArg_ParseTuple(args, "KKKKKKKKKK:bind", &a, &f, &r, &p, &l, &g, &tr, &tl, &tc, &ta)) return NULL;
+    c_tx_reserve = (tx_reserve_fn)(uintptr_t)tr;
+    c_tx_locate = (tx_locate_fn)(uintptr_t)tl;
+    c_tx_commit = (tx_commit_fn)(uintptr_t)tc;
+    c_tx_abort = (tx_abort_fn)(uintptr_t)ta;
     c_alloc_into = (alloc_into_fn)(uintptr_t)a;
     c_free_from = (free_from_fn)(uintptr_t)f;
     c_index_read = (index_read_fn)(uintptr_t)r;
@@ -485,7 +609,8 @@ static PyObject *index_head(PyObject *self, PyObject *const *args, Py_ssize_t n)
 
 static PyMethodDef methods[] = {
     {"bind", bind, METH_VARARGS,
-     "bind(alloc_into, free_from, index_read, index_put_plain, index_list, index_get addresses)"},
+     "bind(alloc_into, free_from, index_read, index_put_plain, index_list, index_get, tx_reserve, tx_locate, "
+     "tx_commit, tx_abort addresses)"},
     {"index_read_info", (PyCFunction)(void (*)(void))index_read_info, METH_FASTCALL,
      "index_read, and the object's info built by make_info"},
     {"index_head", (PyCFunction)(void (*)(void))index_head, METH_FASTCALL,

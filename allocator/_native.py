@@ -29,7 +29,8 @@ def address(cdata) -> int:
 # _fast calls the cffi module's own functions (one allocator, one set of thread-locals).
 _fast.bind(*(address(ffi.addressof(lib, f)) for f in
              ("pm_alloc_into", "pm_free_from", "pm_index_read", "pm_index_put_plain", "pm_index_list",
-              "pm_index_get", "pm_tx_reserve", "pm_tx_locate", "pm_tx_commit", "pm_tx_abort")))
+              "pm_index_get", "pm_tx_reserve", "pm_tx_locate", "pm_tx_commit", "pm_tx_abort", "pm_heap_size",
+              "pm_load8", "pm_write")))
 
 BACKENDS = {"auto": lib.PM_BACKEND_AUTO, "msync": lib.PM_BACKEND_MSYNC,
             "flush": lib.PM_BACKEND_FLUSH, "none": lib.PM_BACKEND_NONE,
@@ -91,6 +92,7 @@ class Mapping:
         check(lib.pm_heap_map(fd, map_size, reserve_size, BACKENDS[backend], out), "map heap")
         self._h = out[0]
         self._base = None
+        self._redo_capacity = 0
         # The hot pair, bound C methods: alloc_into(dest_off, size) -> block offset and
         # free_from(dest_off). A failed call lands in _hot_failed, which raises.
         self._hot = _fast.Hot(address(self._h), self.backend not in GIL_HOLDING_BACKENDS,
@@ -142,8 +144,11 @@ class Mapping:
 
     # -- bytes
     def write(self, off: int, data) -> None:
-        buf = ffi.from_buffer(data)
-        check(lib.pm_write(self._handle(), _off(off, "offset"), buf, len(buf)), f"write {len(buf)} bytes at {off}")
+        """Copy data into the mapping; nothing made durable (write_persist does)."""
+        rc = self._hot.write(_off(off, "offset"), data)
+        if rc:
+            self._handle()
+            check(rc, f"write {memoryview(data).nbytes} bytes at {off}")
 
     def write_persist(self, off: int, data) -> None:
         buf = ffi.from_buffer(data)
@@ -156,10 +161,11 @@ class Mapping:
         check(lib.pm_store8(self._handle(), _off(off, "offset"), value), f"store8 at {off}")
 
     def load8(self, off: int) -> int:
-        h = self._handle()
-        if off % 8 or off < 0 or off + 8 > lib.pm_heap_size(h):
+        v = self._hot.load8(off)
+        if v is None:
+            self._handle()
             raise ValueError(f"load8 at {off}: offset outside the heap or misaligned")
-        return lib.pm_load8(h, off)
+        return v
 
     def read(self, off: int, size: int) -> bytes:
         buf = bytearray(size)
@@ -201,7 +207,11 @@ class Mapping:
 
     @property
     def redo_capacity(self) -> int:
-        return lib.pm_redo_capacity(self._handle())
+        """Entries one commit may hold; fixed by redo_init (kept: every transaction asks, and a
+        cffi call would hand the GIL over)."""
+        if not self._redo_capacity:
+            self._redo_capacity = lib.pm_redo_capacity(self._handle())
+        return self._redo_capacity
 
     def alloc_retire(self) -> None:
         """Close's first step: no thread heap is used again, so no thread's exit writes to

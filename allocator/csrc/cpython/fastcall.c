@@ -1,5 +1,6 @@
 /* allocator._fast: the hot pair (pm_alloc_into, pm_free_from) as plain CPython methods,
- * a transaction's calls (pm_tx_reserve, pm_tx_locate, pm_tx_commit, pm_tx_abort), and the store's common read, head, put and list (pm_index_read, pm_index_get,
+ * a transaction's calls (pm_tx_reserve, pm_tx_locate, pm_tx_commit, pm_tx_abort, and the
+ * pm_load8 and unpersisted pm_write they lean on), and the store's common read, head, put and list (pm_index_read, pm_index_get,
  * pm_index_put_plain, pm_index_list) as functions, building their results in C.
  *
  * Through cffi a call cost about 0.3 us here (an argument tuple, errno kept in a
@@ -42,6 +43,9 @@ typedef __typeof__(pm_tx_reserve) *tx_reserve_fn;
 typedef __typeof__(pm_tx_locate) *tx_locate_fn;
 typedef __typeof__(pm_tx_commit) *tx_commit_fn;
 typedef __typeof__(pm_tx_abort) *tx_abort_fn;
+typedef __typeof__(pm_heap_size) *heap_size_fn;
+typedef __typeof__(pm_load8) *load8_fn;
+typedef __typeof__(pm_write) *write_fn;
 
 #define GIL_COPY_MAX 1024   /* bytes: store calls on values up to this keep the GIL */
 
@@ -55,6 +59,9 @@ static tx_reserve_fn c_tx_reserve;
 static tx_locate_fn c_tx_locate;
 static tx_commit_fn c_tx_commit;
 static tx_abort_fn c_tx_abort;
+static heap_size_fn c_heap_size;
+static load8_fn c_load8;
+static write_fn c_write;
 
 typedef struct {
     PyObject_HEAD
@@ -237,6 +244,50 @@ static PyObject *hot_tx_abort(Hot *self, PyObject *const *args, Py_ssize_t n)
     Py_RETURN_NONE;
 }
 
+/* load8(off) -> the word, or None for an offset outside the heap or misaligned (or a
+ * closed heap): the caller raises. One aligned load, so it never releases the GIL. */
+static PyObject *hot_load8(Hot *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (n != 1) {
+        PyErr_SetString(PyExc_TypeError, "load8(off)");
+        return NULL;
+    }
+    unsigned long long off = PyLong_AsUnsignedLongLong(args[0]);
+    if (PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return NULL;
+        PyErr_Clear();      /* negative */
+        Py_RETURN_NONE;
+    }
+    pm_heap *h = self->h;
+    if (!h || off % 8 || off > c_heap_size(h) - 8) Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(c_load8(h, off));
+}
+
+/* write(off, data) -> 0 or a negative PM_E_* code: a copy into the mapping, nothing made
+ * durable (tx.write, and Heap.write with persist=False), with the GIL policy above. */
+static PyObject *hot_write(Hot *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (n != 2) {
+        PyErr_SetString(PyExc_TypeError, "write(off, data)");
+        return NULL;
+    }
+    unsigned long long off = PyLong_AsUnsignedLongLong(args[0]);
+    if (PyErr_Occurred()) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) return NULL;
+    int rc = PM_E_ARG;
+    pm_heap *h = self->h;
+    if (h && self->release_gil) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = c_write(h, off, view.buf, (uint64_t)view.len);
+        Py_END_ALLOW_THREADS
+    } else if (h) {
+        rc = c_write(h, off, view.buf, (uint64_t)view.len);
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromLong(rc);
+}
+
 /* close(): later calls go to on_error with PM_E_ARG (the caller says "heap is closed") */
 static PyObject *hot_close(Hot *self, PyObject *unused)
 {
@@ -296,6 +347,10 @@ static PyMethodDef hot_methods[] = {
     {"tx_commit", (PyCFunction)(void (*)(void))hot_tx_commit, METH_FASTCALL,
      "tx_commit(entries, data, reserved, freed) -> 0 or a negative PM_E_* code (pm_tx_commit)"},
     {"tx_abort", (PyCFunction)(void (*)(void))hot_tx_abort, METH_FASTCALL, "tx_abort(reserved) (pm_tx_abort)"},
+    {"load8", (PyCFunction)(void (*)(void))hot_load8, METH_FASTCALL,
+     "load8(off) -> the word, or None for a bad offset (pm_load8)"},
+    {"write", (PyCFunction)(void (*)(void))hot_write, METH_FASTCALL,
+     "write(off, data) -> 0 or a negative PM_E_* code (pm_write: copied, not persisted)"},
     {"close", (PyCFunction)hot_close, METH_NOARGS, "forget the heap"},
     {NULL, NULL, 0, NULL},
 };
@@ -314,11 +369,15 @@ static PyType_Spec hot_spec = {"allocator._fast.Hot", sizeof(Hot), 0,
                                Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, hot_slots};
 
 /* bind(alloc_into, free_from, index_read, index_put_plain, index_list, index_get, tx_reserve,
- * tx_locate, tx_commit, tx_abort): the cffi module's functions' addresses */
+ * tx_locate, tx_commit, tx_abort, heap_size, load8, write): the cffi module's functions' addresses */
 static PyObject *bind(PyObject *self, PyObject *args)
 {
-    unsigned long long a, f, r, p, l, g, tr, tl, tc, ta;
-    if (!PyArg_ParseTuple(args, "KKKKKKKKKK:bind", &a, &f, &r, &p, &l, &g, &tr, &tl, &tc, &ta)) return NULL;
+    unsigned long long a, f, r, p, l, g, tr, tl, tc, ta, hs, l8, w;
+    if (!PyArg_ParseTuple(args, "KKKKKKKKKKKKK:bind", &a, &f, &r, &p, &l, &g, &tr, &tl, &tc, &ta, &hs, &l8, &w))
+        return NULL;
+    c_heap_size = (heap_size_fn)(uintptr_t)hs;
+    c_load8 = (load8_fn)(uintptr_t)l8;
+    c_write = (write_fn)(uintptr_t)w;
     c_tx_reserve = (tx_reserve_fn)(uintptr_t)tr;
     c_tx_locate = (tx_locate_fn)(uintptr_t)tl;
     c_tx_commit = (tx_commit_fn)(uintptr_t)tc;
@@ -610,7 +669,7 @@ static PyObject *index_head(PyObject *self, PyObject *const *args, Py_ssize_t n)
 static PyMethodDef methods[] = {
     {"bind", bind, METH_VARARGS,
      "bind(alloc_into, free_from, index_read, index_put_plain, index_list, index_get, tx_reserve, tx_locate, "
-     "tx_commit, tx_abort addresses)"},
+     "tx_commit, tx_abort, heap_size, load8, write addresses)"},
     {"index_read_info", (PyCFunction)(void (*)(void))index_read_info, METH_FASTCALL,
      "index_read, and the object's info built by make_info"},
     {"index_head", (PyCFunction)(void (*)(void))index_head, METH_FASTCALL,

@@ -288,7 +288,7 @@ class Mapping:
         return n
 
     # A transaction's calls go through allocator._fast (the hot pair's GIL policy). Slots
-    # (struct pm_tx_slot, TX_SLOT_SIZE bytes, its block's offset first) and entries travel as bytes.
+    # (struct pm_tx_slot, 24 bytes, its block's offset first) and entries travel as bytes.
     def tx_reserve(self, size: int) -> tuple[int, bytes, bytes]:
         """Reserve a block for a transaction: (offset, slot, packed entries)."""
         if size <= 0:

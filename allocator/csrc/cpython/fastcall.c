@@ -1,7 +1,8 @@
 /* allocator._fast: the hot pair (pm_alloc_into, pm_free_from) as plain CPython methods,
  * a transaction's calls (pm_tx_reserve, pm_tx_locate, pm_tx_commit, pm_tx_abort, and the
- * pm_load8 and unpersisted pm_write they lean on), and the store's common read, head, put and list (pm_index_read, pm_index_get,
- * pm_index_put_plain, pm_index_list) as functions, building their results in C.
+ * pm_load8 and unpersisted pm_write they lean on), and the store's common read, head,
+ * put and list (pm_index_read, pm_index_get, pm_index_put_plain, pm_index_list) as
+ * functions, building their results in C.
  *
  * Through cffi a call cost about 0.3 us here (an argument tuple, errno kept in a
  * thread-state dict, the GIL released and retaken) and the Python method around it
@@ -63,6 +64,15 @@ static heap_size_fn c_heap_size;
 static load8_fn c_load8;
 static write_fn c_write;
 
+/* stmt, with the GIL released around it only where the Hot says so (release_gil) */
+#define HOT_CALL(self, stmt) do {                       \
+        if ((self)->release_gil) {                      \
+            Py_BEGIN_ALLOW_THREADS stmt; Py_END_ALLOW_THREADS \
+        } else {                                        \
+            stmt;                                       \
+        }                                               \
+    } while (0)
+
 typedef struct {
     PyObject_HEAD
     pm_heap *h;             /* NULL once closed */
@@ -107,13 +117,7 @@ static PyObject *hot_alloc_into(Hot *self, PyObject *const *args, Py_ssize_t n)
     pm_heap *h = self->h;
     if (PyErr_Occurred() || !h) return failed(self, OP_ALLOC_INTO, args[0], args[1], PM_E_ARG);
     int64_t off;
-    if (self->release_gil) {
-        Py_BEGIN_ALLOW_THREADS
-        off = c_alloc_into(h, dest, size);
-        Py_END_ALLOW_THREADS
-    } else {
-        off = c_alloc_into(h, dest, size);
-    }
+    HOT_CALL(self, off = c_alloc_into(h, dest, size));
     if (off < 0) return failed(self, OP_ALLOC_INTO, args[0], args[1], off);
     return PyLong_FromLongLong(off);
 }
@@ -129,13 +133,7 @@ static PyObject *hot_free_from(Hot *self, PyObject *const *args, Py_ssize_t n)
     pm_heap *h = self->h;
     if (PyErr_Occurred() || !h) return failed(self, OP_FREE_FROM, args[0], Py_None, PM_E_ARG);
     int rc;
-    if (self->release_gil) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = c_free_from(h, dest);
-        Py_END_ALLOW_THREADS
-    } else {
-        rc = c_free_from(h, dest);
-    }
+    HOT_CALL(self, rc = c_free_from(h, dest));
     if (rc < 0) return failed(self, OP_FREE_FROM, args[0], Py_None, rc);
     Py_RETURN_NONE;
 }
@@ -164,13 +162,7 @@ static PyObject *hot_tx_slot(Hot *self, PyObject *const *args, Py_ssize_t n, int
     struct pmd_redo_entry e[TX_ENTRIES_MAX];
     uint32_t count = 0;
     int rc;
-    if (self->release_gil) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = reserve ? c_tx_reserve(h, v, &slot, e, &count) : c_tx_locate(h, v, &slot, e, &count);
-        Py_END_ALLOW_THREADS
-    } else {
-        rc = reserve ? c_tx_reserve(h, v, &slot, e, &count) : c_tx_locate(h, v, &slot, e, &count);
-    }
+    HOT_CALL(self, rc = reserve ? c_tx_reserve(h, v, &slot, e, &count) : c_tx_locate(h, v, &slot, e, &count));
     if (rc < 0) return PyLong_FromLong(rc);
     PyObject *items[2] = {PyBytes_FromStringAndSize((const char *)&slot, sizeof slot),
                           PyBytes_FromStringAndSize((const char *)e, (Py_ssize_t)(count * sizeof *e))};
@@ -220,13 +212,7 @@ static PyObject *hot_tx_commit(Hot *self, PyObject *const *args, Py_ssize_t n)
     pm_heap *h = self->h;
     if (!h) return PyLong_FromLong(PM_E_ARG);
     int rc;
-    if (self->release_gil) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = c_tx_commit(h, e, ne, data, ndata, res, nres, fre, nfree);
-        Py_END_ALLOW_THREADS
-    } else {
-        rc = c_tx_commit(h, e, ne, data, ndata, res, nres, fre, nfree);
-    }
+    HOT_CALL(self, rc = c_tx_commit(h, e, ne, data, ndata, res, nres, fre, nfree));
     return PyLong_FromLong(rc);
 }
 
@@ -277,13 +263,7 @@ static PyObject *hot_write(Hot *self, PyObject *const *args, Py_ssize_t n)
     if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) return NULL;
     int rc = PM_E_ARG;
     pm_heap *h = self->h;
-    if (h && self->release_gil) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = c_write(h, off, view.buf, (uint64_t)view.len);
-        Py_END_ALLOW_THREADS
-    } else if (h) {
-        rc = c_write(h, off, view.buf, (uint64_t)view.len);
-    }
+    if (h) HOT_CALL(self, rc = c_write(h, off, view.buf, (uint64_t)view.len));
     PyBuffer_Release(&view);
     return PyLong_FromLong(rc);
 }
@@ -361,7 +341,7 @@ static PyType_Slot hot_slots[] = {
     {Py_tp_traverse, hot_traverse},
     {Py_tp_clear, hot_clear},
     {Py_tp_methods, hot_methods},
-    {Py_tp_doc, "Hot(heap_addr, release_gil, on_error): a heap's alloc_into/free_from."},
+    {Py_tp_doc, "Hot(heap_addr, release_gil, on_error): a heap's alloc_into/free_from, transaction calls, load8 and write."},
     {0, NULL},
 };
 

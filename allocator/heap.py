@@ -207,12 +207,21 @@ class Heap:
                 raise HeapFullError(f"{self.file.path}: heap is full at its maximum size {max_size} bytes; "
                                     "nothing was changed (free objects or create a larger heap)")
             need = -(-(need_bytes + 8 * layout.PAGE_SIZE) // layout.PAGE_SIZE) * layout.PAGE_SIZE
-            new = min(max_size, cur + max(need, min(cur, MAX_GROWTH_STEP)))
-            try:
-                self.mapping.grow(new)
-            except (HeapFullError, PmemError) as e:
-                raise HeapFullError(f"{self.file.path}: cannot grow to {new} bytes: {e}; "
-                                    "nothing was changed") from e
+            step = min(max_size - cur, max(need, min(cur, MAX_GROWTH_STEP)))
+            while True:
+                new = cur + step
+                try:
+                    self.mapping.grow(new)
+                    break
+                except HeapFullError as e:     # the file system is full: a smaller step may still fit
+                    if step <= need:
+                        raise HeapFullError(f"{self.file.path}: cannot grow to {new} bytes: the file system is "
+                                            "full (ENOSPC); nothing was changed (free objects or make room "
+                                            "on the disk)") from e
+                    step = max(need, step // 2 // layout.PAGE_SIZE * layout.PAGE_SIZE)
+                except PmemError as e:
+                    raise HeapFullError(f"{self.file.path}: cannot grow to {new} bytes: {e}; "
+                                        "nothing was changed") from e
             self.file.update_header(file_size=new)  # durable before any page past the old end is used
             self.mapping.alloc_add_pages(new)
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import base64
 import hashlib
 
+import httpx
 import pytest
 from apiutil import MAX_OBJECT_SIZE, TOKEN, small_settings
 from pydantic import ValidationError
 
-from service.client import BadDigestError, InvalidRangeError, delete_op, object_path, put_op
+from service.app import create_app
+from service.client import AsyncClient, BadDigestError, InvalidRangeError, delete_op, object_path, put_op
 from service.settings import Settings, describe_error
 from store.errors import (
+    HeapFullError,
     InvalidKeyError,
     NoSuchKeyError,
     ObjectTooLargeError,
@@ -243,6 +246,31 @@ async def test_error_shape_everywhere(api):
     assert r.status_code == 400 and error_of(r) == "BadRequest"
     r = await api.http.put("/v1/objects/ct", content=b"1", headers={"content-type": "x/" + "y" * 300})
     assert r.status_code == 400 and error_of(r) == "BadRequest"
+
+
+async def test_heap_full_is_507_and_reads_and_deletes_go_on(tmp_path):
+    app = create_app(Settings(heap_path=tmp_path / "full.heap", heap_initial_size="2MiB", heap_max_size="8MiB",
+                              max_object_size=1 << 20))
+    async with app.router.lifespan_context(app), AsyncClient(
+            "http://test", transport=httpx.ASGITransport(app=app)) as c:
+        stored = []
+        for i in range(200):
+            r = await c.http.put(f"/v1/objects/f/{i}", content=bytes([i]) * 200_000)
+            if r.status_code != 201:
+                break
+            stored.append(i)
+        assert r.status_code == 507 and error_of(r) == "InsufficientStorage", r.text
+        assert "maximum size" in r.json()["error"]["message"], r.text
+        assert len(stored) > 10
+        with pytest.raises(HeapFullError):
+            await c.put("f/refused", bytes(200_000))
+        assert not await c.exists("f/refused") and not await c.exists(f"f/{len(stored)}")
+        for i in stored:                            # every acknowledged put is there
+            assert await c.get(f"f/{i}") == bytes([i]) * 200_000
+        for i in stored[:5]:                        # deletes work, and make room
+            await c.delete(f"f/{i}")
+        r = await c.http.put("/v1/objects/f/again", content=b"a" * 200_000)
+        assert r.status_code == 201
 
 
 async def test_auth(token_api):

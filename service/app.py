@@ -305,6 +305,20 @@ def _after_key(token: str) -> str:
 
 
 # ---------------------------------------------------------------- the app
+class _ReportedStartupError(logging.Filter):
+    """Drops the server's traceback of a startup failure that the lifespan has already
+    reported in one line (a locked, full, foreign or corrupt heap is the user's to fix,
+    not a crash of ours)."""
+
+    def __init__(self, error: BaseException):
+        super().__init__()
+        self.text = f"{type(error).__name__}: {error}"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg if isinstance(record.msg, str) else ""
+        return not (msg.startswith("Traceback") and self.text in msg)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The REST app over the store that `settings` names (default: from the environment)."""
     settings = settings or Settings()
@@ -316,6 +330,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             service.open()
         except (PmstoreError, OSError, ValueError) as e:
             log.error("pmstore: cannot open the store at %s: %s", settings.heap_path, e)
+            logging.getLogger("uvicorn.error").addFilter(_ReportedStartupError(e))
             raise
         try:
             yield

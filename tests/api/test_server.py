@@ -87,6 +87,7 @@ def test_second_server_on_the_same_heap_fails_fast(served):
     err = other.stderr()
     assert rc != 0
     assert f"heap is locked by process {served.proc.pid}" in err, err
+    assert "Traceback" not in err, f"a locked heap is reported in one line, not a traceback:\n{err}"
     with Client(served.url) as c:                        # the first one still serves
         assert c.ready()
 

@@ -3,6 +3,7 @@ client commands live in service/cli_remote.py."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -249,6 +250,20 @@ def crashtest(quick: bool = typer.Option(False, "--quick", help="a few workloads
 from service import cli_remote
 
 cli_remote.register(app)
+
+
+def _flow_help(t: typer.Typer) -> None:
+    """Join the lines of each paragraph of every command's docstring: they wrap at the
+    source's width, and --help keeps a docstring's line breaks (then wraps again at the
+    terminal's, leaving ragged lines)."""
+    for cmd in t.registered_commands:
+        text = inspect.cleandoc(cmd.help or (cmd.callback.__doc__ if cmd.callback else None) or "")
+        cmd.help = "\n\n".join(" ".join(p.split()) for p in text.split("\n\n"))
+    for group in t.registered_groups:
+        _flow_help(group.typer_instance)
+
+
+_flow_help(app)
 
 
 def main() -> None:  # pragma: no cover

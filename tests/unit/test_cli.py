@@ -180,3 +180,32 @@ def test_store_info_reports_raising_a_version_2_store(runner, tmp_path):
     again = json.loads(runner.invoke(app, ["store", "info", str(p), "--json"]).stdout)
     assert (first["store_upgraded_from"], again["store_upgraded_from"]) == (2, None)
     assert first["objects"] == again["objects"] == len(v2_contents())
+
+
+@pytest.mark.parametrize("command", [["check"], ["crashtest"], ["serve"], ["heap", "create"], ["store", "info"]])
+def test_help_flows_each_paragraph_to_the_terminal_width(command):
+    """A docstring wraps at the source's width; --help must not keep those breaks (ragged
+    half-empty lines): at 300 columns each paragraph of a command's help is one line."""
+    cmd = next(c for c in _commands(app) if c[0] == command)
+    res = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "300", "TERM": "dumb"})
+    assert res.exit_code == 0, res.output
+    for paragraph in cmd[1].split("\n\n"):
+        assert " ".join(paragraph.split()) in res.output, f"{command}: a paragraph of its help is broken:\n{res.output}"
+
+
+def test_root_help_lists_each_command_on_flowing_lines():
+    res = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "300", "TERM": "dumb"})
+    assert res.exit_code == 0, res.output
+    for words, doc in _commands(app):
+        if len(words) == 1:
+            first = " ".join(doc.split("\n\n")[0].split())
+            assert first in res.output, f"{words[0]}: its summary is broken in --help:\n{res.output}"
+
+
+def _commands(t, prefix=()):
+    """(command words, docstring) of every command of the app."""
+    import inspect
+    for c in t.registered_commands:
+        yield [*prefix, c.name or c.callback.__name__.replace("_", "-")], inspect.cleandoc(c.callback.__doc__ or "")
+    for g in t.registered_groups:
+        yield from _commands(g.typer_instance, (*prefix, g.name))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import struct
@@ -204,7 +205,6 @@ def test_root_help_lists_each_command_on_flowing_lines():
 
 def _commands(t, prefix=()):
     """(command words, docstring) of every command of the app."""
-    import inspect
     for c in t.registered_commands:
         yield [*prefix, c.name or c.callback.__name__.replace("_", "-")], inspect.cleandoc(c.callback.__doc__ or "")
     for g in t.registered_groups:

@@ -941,7 +941,6 @@ done:
 
 /* ------------------------------------------------------------------ group commit */
 
-#define GQ_PENDING INT32_MIN
 #define GQ_MAX 64
 
 void pm_index_set_group(pm_index *x, uint32_t limit) { x->gq_limit = limit > GQ_MAX ? GQ_MAX : limit; }
@@ -988,7 +987,6 @@ int pm_index_submit(pm_index *x, struct pm_index_op *op, uint32_t limit) {
     if (limit < 1) limit = 1;
     if (limit > GQ_MAX) limit = GQ_MAX;
     struct gq_waiter me = {op, GQ_WAIT};
-    op->result = GQ_PENDING;
     pthread_mutex_lock(&x->gq_lock);
     if (x->gq_n == x->gq_cap) {
         uint32_t cap = x->gq_cap ? 2 * x->gq_cap : 64;

@@ -446,9 +446,7 @@ def main(argv=None) -> int:
     args.slow_duration_s = args.slow_duration_s or (0.1 if args.quick else 0.2)
     for name, values, allowed in (("system", args.systems, SYSTEMS), ("backend", args.backends, BACKENDS),
                                   ("workload", args.workloads, list(WORKLOADS))):
-        for v in values:
-            if v not in allowed:
-                p.error(f"unknown {name} {v!r}; choose from {', '.join(allowed)}")
+        common.check_choices(p, name, values, allowed)
     if args.slow_objects < 1 or args.slow_duration_s <= 0:
         p.error("--slow-objects and --slow-duration-s must be positive")
 

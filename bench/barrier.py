@@ -79,9 +79,7 @@ def main(argv=None) -> int:
                         "machine without gcc")
     args = common.parse_args(p, argv)
     for name, values, allowed in (("mode", args.modes, MODES), ("placement", args.placements, PLACEMENTS)):
-        for v in values:
-            if v not in allowed:
-                p.error(f"unknown {name} {v!r}; choose from {', '.join(allowed)}")
+        common.check_choices(p, name, values, allowed)
     if any(not 1 <= k <= 16 for k in args.lines) or any(t < 1 for t in args.threads):
         p.error("--lines must be 1..16 and --threads positive")
 

@@ -73,6 +73,13 @@ def parse_args(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     return args
 
 
+def check_choices(p: argparse.ArgumentParser, name: str, values, allowed) -> None:
+    """Exit through p.error naming the first of values that is not in allowed."""
+    for v in values:
+        if v not in allowed:
+            p.error(f"unknown {name} {v!r}; choose from {', '.join(map(str, allowed))}")
+
+
 def note(msg: str) -> None:
     """A progress line on stderr (only for a person watching a terminal)."""
     if sys.stderr.isatty():

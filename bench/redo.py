@@ -139,12 +139,8 @@ def main(argv=None) -> int:
     p.add_argument("--paths", type=common.str_list, default=["packed", "python-api"], metavar="P,..",
                    help="commit paths: packed (Mapping.redo_commit), python-api (HeapFile.commit)")
     args = common.parse_args(p, argv)
-    for b in args.backends:
-        if b not in PATH_KIND:
-            p.error(f"unknown backend {b!r}; choose from {', '.join(PATH_KIND)}")
-    for path in args.paths:
-        if path not in ("packed", "python-api"):
-            p.error(f"unknown path {path!r}; choose from packed, python-api")
+    common.check_choices(p, "backend", args.backends, PATH_KIND)
+    common.check_choices(p, "path", args.paths, ("packed", "python-api"))
 
     results = [r for b in args.backends for r in bench_backend(b, args.threads, args.paths, args)]
     env = common.environment(flush_kind=_native.flush_kind(), duration_s=args.duration_s, quick=args.quick)

@@ -861,9 +861,7 @@ def main(argv=None) -> int:
     args = common.parse_args(p, argv)
     for name, values, allowed in (("system", args.systems, SYSTEMS), ("path", args.paths, PATH_KINDS),
                                   ("size", args.sizes, list(FIXTURE_COUNT))):
-        for v in values:
-            if v not in allowed:
-                p.error(f"unknown {name} {v!r}; choose from {', '.join(map(str, allowed))}")
+        common.check_choices(p, name, values, allowed)
     put_threads = sorted({1, *args.threads})
     mt_sizes = args.mt_sizes or args.sizes
     reopen_counts = args.reopen_objects or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])

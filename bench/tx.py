@@ -110,9 +110,7 @@ def main(argv=None) -> int:
                    help="persist backends: flush (/dev/shm), msync (file under /tmp), none (/dev/shm, no "
                         "barriers: the software ceiling); default flush,msync")
     args = common.parse_args(p, argv)
-    for b in args.backends:
-        if b not in PATH_KIND:
-            p.error(f"unknown backend {b!r}; choose from {', '.join(PATH_KIND)}")
+    common.check_choices(p, "backend", args.backends, PATH_KIND)
     results = [r for b in args.backends for r in bench_backend(b, args)]
     env = common.environment(flush_kind=_native.flush_kind(), duration_s=args.duration_s, quick=args.quick)
     common.emit("tx", results, args.json, env, columns=TABLE_COLUMNS)

@@ -27,10 +27,7 @@ def address(cdata) -> int:
 
 
 # _fast calls the cffi module's own functions (one allocator, one set of thread-locals).
-_fast.bind(*(address(ffi.addressof(lib, f)) for f in
-             ("pm_alloc_into", "pm_free_from", "pm_index_read", "pm_index_put_plain", "pm_index_list",
-              "pm_index_get", "pm_tx_reserve", "pm_tx_locate", "pm_tx_commit", "pm_tx_abort", "pm_heap_size",
-              "pm_load8", "pm_write")))
+_fast.bind({f: address(ffi.addressof(lib, f)) for f in _fast.FUNCTIONS})
 
 BACKENDS = {"auto": lib.PM_BACKEND_AUTO, "msync": lib.PM_BACKEND_MSYNC,
             "flush": lib.PM_BACKEND_FLUSH, "none": lib.PM_BACKEND_NONE,

@@ -34,35 +34,14 @@
 #include <string.h>
 #include "pm_index_api.h"   /* and pm_api.h: the functions' types and the PM_E_* codes */
 
-typedef __typeof__(pm_alloc_into) *alloc_into_fn;
-typedef __typeof__(pm_free_from) *free_from_fn;
-typedef __typeof__(pm_index_read) *index_read_fn;
-typedef __typeof__(pm_index_put_plain) *index_put_plain_fn;
-typedef __typeof__(pm_index_list) *index_list_fn;
-typedef __typeof__(pm_index_get) *index_get_fn;
-typedef __typeof__(pm_tx_reserve) *tx_reserve_fn;
-typedef __typeof__(pm_tx_locate) *tx_locate_fn;
-typedef __typeof__(pm_tx_commit) *tx_commit_fn;
-typedef __typeof__(pm_tx_abort) *tx_abort_fn;
-typedef __typeof__(pm_heap_size) *heap_size_fn;
-typedef __typeof__(pm_load8) *load8_fn;
-typedef __typeof__(pm_write) *write_fn;
+/* The cffi module's functions this module calls: c_<name> points at pm_<name> once bind
+ * has run. One list: the pointers, bind and the FUNCTIONS tuple _native binds from. */
+#define FAST_FUNCTIONS(X) X(alloc_into) X(free_from) X(index_read) X(index_put_plain) X(index_list) \
+    X(index_get) X(tx_reserve) X(tx_locate) X(tx_commit) X(tx_abort) X(heap_size) X(load8) X(write)
+#define FAST_POINTER(name) static __typeof__(pm_##name) *c_##name;
+FAST_FUNCTIONS(FAST_POINTER)
 
 #define GIL_COPY_MAX 1024   /* bytes: store calls on values up to this keep the GIL */
-
-static alloc_into_fn c_alloc_into;
-static free_from_fn c_free_from;
-static index_read_fn c_index_read;
-static index_put_plain_fn c_index_put_plain;
-static index_list_fn c_index_list;
-static index_get_fn c_index_get;
-static tx_reserve_fn c_tx_reserve;
-static tx_locate_fn c_tx_locate;
-static tx_commit_fn c_tx_commit;
-static tx_abort_fn c_tx_abort;
-static heap_size_fn c_heap_size;
-static load8_fn c_load8;
-static write_fn c_write;
 
 /* stmt, with the GIL released around it only where the Hot says so (release_gil) */
 #define HOT_CALL(self, stmt) do {                       \
@@ -348,26 +327,24 @@ static PyType_Slot hot_slots[] = {
 static PyType_Spec hot_spec = {"allocator._fast.Hot", sizeof(Hot), 0,
                                Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, hot_slots};
 
-/* bind(alloc_into, free_from, index_read, index_put_plain, index_list, index_get, tx_reserve,
- * tx_locate, tx_commit, tx_abort, heap_size, load8, write): the cffi module's functions' addresses */
-static PyObject *bind(PyObject *self, PyObject *args)
+/* bind({name: address}): the cffi module's functions, named as in FUNCTIONS. */
+static PyObject *bind(PyObject *self, PyObject *addrs)
 {
-    unsigned long long a, f, r, p, l, g, tr, tl, tc, ta, hs, l8, w;
-    if (!PyArg_ParseTuple(args, "KKKKKKKKKKKKK:bind", &a, &f, &r, &p, &l, &g, &tr, &tl, &tc, &ta, &hs, &l8, &w))
+    if (!PyDict_Check(addrs)) {
+        PyErr_SetString(PyExc_TypeError, "bind({name: address})");
         return NULL;
-    c_heap_size = (heap_size_fn)(uintptr_t)hs;
-    c_load8 = (load8_fn)(uintptr_t)l8;
-    c_write = (write_fn)(uintptr_t)w;
-    c_tx_reserve = (tx_reserve_fn)(uintptr_t)tr;
-    c_tx_locate = (tx_locate_fn)(uintptr_t)tl;
-    c_tx_commit = (tx_commit_fn)(uintptr_t)tc;
-    c_tx_abort = (tx_abort_fn)(uintptr_t)ta;
-    c_alloc_into = (alloc_into_fn)(uintptr_t)a;
-    c_free_from = (free_from_fn)(uintptr_t)f;
-    c_index_read = (index_read_fn)(uintptr_t)r;
-    c_index_put_plain = (index_put_plain_fn)(uintptr_t)p;
-    c_index_list = (index_list_fn)(uintptr_t)l;
-    c_index_get = (index_get_fn)(uintptr_t)g;
+    }
+    PyObject *v;
+    void *p;
+#define FAST_BIND(name)                                                             \
+    v = PyDict_GetItemString(addrs, "pm_" #name);   /* borrowed; NULL: missing */   \
+    p = v ? PyLong_AsVoidPtr(v) : NULL;                                             \
+    if (!p) {                                                                       \
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "bind: no address of pm_" #name); \
+        return NULL;                                                                \
+    }                                                                               \
+    c_##name = (__typeof__(c_##name))p;
+    FAST_FUNCTIONS(FAST_BIND)
     Py_RETURN_NONE;
 }
 
@@ -647,9 +624,7 @@ static PyObject *index_head(PyObject *self, PyObject *const *args, Py_ssize_t n)
 }
 
 static PyMethodDef methods[] = {
-    {"bind", bind, METH_VARARGS,
-     "bind(alloc_into, free_from, index_read, index_put_plain, index_list, index_get, tx_reserve, tx_locate, "
-     "tx_commit, tx_abort, heap_size, load8, write addresses)"},
+    {"bind", bind, METH_O, "bind({name: address}) for every name in FUNCTIONS"},
     {"index_read_info", (PyCFunction)(void (*)(void))index_read_info, METH_FASTCALL,
      "index_read, and the object's info built by make_info"},
     {"index_head", (PyCFunction)(void (*)(void))index_head, METH_FASTCALL,
@@ -684,6 +659,19 @@ PyMODINIT_FUNC PyInit__fast(void)
     if (PyModule_AddIntConstant(m, "OP_ALLOC_INTO", OP_ALLOC_INTO) < 0
         || PyModule_AddIntConstant(m, "GIL_COPY_MAX", GIL_COPY_MAX) < 0
         || PyModule_AddIntConstant(m, "OP_FREE_FROM", OP_FREE_FROM) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+#define FAST_NAME(name) "pm_" #name,
+    static const char *names[] = {FAST_FUNCTIONS(FAST_NAME)};
+    PyObject *fns = PyTuple_New(sizeof names / sizeof *names);
+    for (Py_ssize_t i = 0; fns && i < (Py_ssize_t)(sizeof names / sizeof *names); i++) {
+        PyObject *n = PyUnicode_FromString(names[i]);
+        if (!n) Py_CLEAR(fns);
+        else PyTuple_SetItem(fns, i, n);    /* steals n */
+    }
+    if (!fns || PyModule_AddObject(m, "FUNCTIONS", fns) < 0) {     /* steals fns only on success */
+        Py_XDECREF(fns);
         Py_DECREF(m);
         return NULL;
     }

@@ -51,8 +51,15 @@ static void theap_free(struct pmi_theap *t) {
 }
 static int limbo_poll(pm_heap *h, struct pmi_limbo *l);
 
+/* The calling thread's theap of the heap it used last: the key's lookup costs more than
+ * the rest of a fast-path pop. Keyed by the heap's id, which no other heap ever gets, so
+ * an entry left by a closed heap (its theap freed) is never matched again; one
+ * being abandoned (this thread exits) is forgotten first, as the key's value is. */
+static __thread struct { uint64_t heap_id; struct pmi_theap *t; } theap_last;
+
 static void theap_abandon(void *p) {
     struct pmi_theap *t = p;
+    if (theap_last.t == t) theap_last.heap_id = 0, theap_last.t = NULL;
     pthread_mutex_lock(&theap_life);
     if (!t->dead) limbo_drain(t->h, t);     /* its held-back frees become reusable by others */
     if (!t->dead) {
@@ -79,8 +86,9 @@ static void theap_abandon(void *p) {
 static struct pmi_theap *theap_get(pm_heap *h) {
     struct pmi_alloc *a = h->alloc;
     if (atomic_load_explicit(&a->retired, memory_order_relaxed)) return NULL;   /* closing (pm_alloc_retire) */
+    if (theap_last.heap_id == h->id) return theap_last.t;
     struct pmi_theap *t = pthread_getspecific(a->theap_key);
-    if (t) return t;
+    if (t) { theap_last.heap_id = h->id; theap_last.t = t; return t; }
     t = calloc(1, sizeof *t);
     if (!t) return NULL;
     t->h = h;
@@ -90,6 +98,7 @@ static struct pmi_theap *theap_get(pm_heap *h) {
     a->theaps = t;
     pthread_mutex_unlock(&a->pool_lock);
     pthread_setspecific(a->theap_key, t);
+    theap_last.heap_id = h->id; theap_last.t = t;
     return t;
 }
 

@@ -8,16 +8,16 @@
 #include "alloc.h"
 
 static uint32_t class_size[PMD_CLASS_COUNT];
-static pthread_once_t once = PTHREAD_ONCE_INIT;
 
-static void init(void) {
+/* filled at load, before any heap can exist: the lookups on every alloc check nothing */
+__attribute__((constructor)) static void init(void) {
     uint32_t n = 0;
     for (uint32_t s = 16; s <= 256; s += 8) class_size[n++] = s;
     for (uint32_t p = 256; p < PMD_CLASS_MAX_SIZE; p *= 2)
         for (uint32_t k = 1; k <= 8; k++) class_size[n++] = p + k * (p / 8);
 }
 
-uint32_t pmi_class_size(uint32_t cls) { pthread_once(&once, init); return class_size[cls]; }
+uint32_t pmi_class_size(uint32_t cls) { return class_size[cls]; }
 
 uint32_t pmi_class_pages(uint32_t cls) { return pmi_class_size(cls) <= 8192 ? 1 : 8; }
 
@@ -28,7 +28,6 @@ uint32_t pmi_class_capacity(uint32_t cls) {
 /* pmi_class_of -- smallest class that holds size bytes; O(1) for <= 256, else a short scan
  * from the power of two below. */
 uint32_t pmi_class_of(uint64_t size) {
-    pthread_once(&once, init);
     if (size <= 256) return size <= 16 ? 0 : (uint32_t)((size + 7) / 8 - 2);
     if (size > PMD_CLASS_MAX_SIZE) return PMD_CLASS_COUNT;
     uint32_t log = 63 - __builtin_clzll(size - 1);      /* 2^log < size <= 2^(log+1) */

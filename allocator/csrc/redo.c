@@ -499,13 +499,18 @@ int pm_persist(pm_heap *h, uint64_t off, uint64_t size) { return persist_outside
  * is taken, settle a round and retry. */
 static int lane_acquire(pm_heap *h, struct tl_redo *t, uint32_t *out) {
     if (my_lane == UINT32_MAX) my_lane = pmi_thread_idx();
-    /* thread i's pair: lanes 2i and 2i + 1 (mod n), disjoint for n / 2 consecutive threads */
-    uint32_t n = h->lane_count, home = (uint32_t)((2ull * my_lane) % n);
+    /* thread i's pair: lanes 2i and 2i + 1 (mod n), disjoint for n / 2 consecutive threads;
+     * kept per thread, so the usual commit divides by nothing */
+    static __thread uint32_t home_n, home_lane;
+    uint32_t n = h->lane_count;
+    if (home_n != n) home_lane = (uint32_t)((2ull * my_lane) % n), home_n = n;
+    uint32_t home = home_lane;
     for (uint32_t spins = 0;; spins++) {
         int deferred = 0;
         for (uint32_t k = 0; k < n; k++) {
             /* off the pair, start half the lanes away: other threads' pairs sit next to ours */
-            uint32_t i = (home + (k < 2 ? k : 2 + (n / 2 + k - 2) % (n - 2))) % n;
+            uint32_t i = home + (k < 2 ? k : 2 + (n / 2 + k - 2) % (n - 2));
+            if (i >= n) i -= n;     /* home < n and the step < n: (home + step) mod n */
             int z = PMI_LANE_FREE, st = atomic_load_explicit(&h->lanes[i].state, memory_order_relaxed);
             deferred |= st == PMI_LANE_DEFERRED;
             if (st == PMI_LANE_DEFERRED && k < 2 && t) {    /* left by an exited thread, or ours */

@@ -1038,9 +1038,11 @@ def default_workers() -> int:
 
 
 def run(plan: Plan | list[Job], *, workers: int | None = None,
-        progress: Callable[[int, int, crashsim.Result], None] | None = None, workdir: str | None = None) -> Totals:
+        progress: Callable[[int, int, crashsim.Result], None] | None = None, workdir: str | None = None,
+        stop_at_first: bool = False) -> Totals:
     """Every job of the plan (jobs(plan)), or the jobs given; progress(i, count, result)
-    after each."""
+    after each. stop_at_first: end after the first job with violations (a mutant is
+    caught; the rest of the plan would only find more)."""
     workers = workers or default_workers()
     todo = jobs(plan) if isinstance(plan, Plan) else plan
     tot = Totals()
@@ -1055,6 +1057,8 @@ def run(plan: Plan | list[Job], *, workers: int | None = None,
                 tot.failed.append(job)
             if progress:
                 progress(i, len(todo), res)
+            if stop_at_first and res.violations:
+                break
     return tot
 
 
@@ -1083,13 +1087,16 @@ def _fast_tmp() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m recovery.crashtest [quick|default|long]`, or `... replay SPEC WORKERS` (one
-    Job): one JSON line of totals, with the spec of every job that had violations (used by
-    recovery/mutants.py to run a mutant build in a fresh interpreter)."""
+    """`python -m recovery.crashtest [quick|default|long] [--first]`, or `... replay SPEC
+    WORKERS` (one Job): one JSON line of totals, with the spec of every job that had
+    violations (used by recovery/mutants.py to run a mutant build in a fresh interpreter).
+    --first: stop after the first job with violations."""
     import json
     import sys
     import time
     args = sys.argv[1:] if argv is None else argv
+    first = "--first" in args
+    args = [a for a in args if a != "--first"]
     plan = args[0] if args else "quick"
     t0 = time.perf_counter()
     if plan == "replay":
@@ -1097,7 +1104,7 @@ def main(argv: list[str] | None = None) -> int:
         tot = run([Job.parse(args[1])], workers=workers)
     else:
         workers = default_workers()
-        tot = run(PLANS[plan], workers=workers)
+        tot = run(PLANS[plan], workers=workers, stop_at_first=first)
     print(json.dumps({"plan": plan, "workloads": tot.workloads, "crash_states": tot.crash_states,
                       "persist_points": tot.persist_points, "violations": len(tot.violations),
                       "first_violation": str(tot.violations[0]) if tot.violations else None,

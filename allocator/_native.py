@@ -165,16 +165,19 @@ class Mapping:
         return v
 
     def read(self, off: int, size: int) -> bytes:
-        buf = bytearray(size)
-        check(lib.pm_read(self._handle(), _off(off, "offset"), ffi.from_buffer(buf), size), f"read {size} bytes at {off}")
-        return bytes(buf)
+        r = self._hot.read(_off(off, "offset"), size)
+        if r.__class__ is bytes:
+            return r
+        self._handle()
+        raise ValueError(f"read of {size} bytes at {off}: outside the heap")
 
     def view(self, off: int, size: int) -> memoryview:
         """A read-only zero-copy view of [off, off+size); valid until close."""
-        h = self._handle()
-        if off < 0 or size < 0 or off + size > lib.pm_heap_size(h):
-            raise ValueError(f"view of {size} bytes at {off}: outside the heap")
-        return memoryview(ffi.buffer(lib.pm_heap_base(h) + off, size)).toreadonly()
+        r = self._hot.view(_off(off, "offset"), size)
+        if r.__class__ is memoryview:
+            return r
+        self._handle()
+        raise ValueError(f"view of {size} bytes at {off}: outside the heap")
 
     # -- redo
     def journal_init(self, journal_off: int, journal_size: int) -> None:

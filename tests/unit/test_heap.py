@@ -576,6 +576,44 @@ def test_write_read_view_load8(heap):
         heap.write(layout.ROOT_OFF, b"12345678")
 
 
+def test_read_and_view_check_their_range_and_see_growth(tmp_path):
+    """read and view are C methods of the mapping (allocator._fast): a range past the
+    mapped heap, a negative size or offset, or a closed heap raises; the tail a growth
+    maps in is readable at once; a read over GIL_COPY_MAX (released GIL) copies it all."""
+    from allocator import Heap
+    from allocator.errors import HeapClosedError
+
+    heap = Heap.create(tmp_path / "h.heap", size=1 << 20, max_size=8 << 20, backend="none")
+    big = heap.alloc(3 << 20)                   # past the initial size: the heap grew
+    size = heap.mapping.size
+    assert size > 1 << 20
+    data = bytes(range(256)) * (3 << 12)
+    heap.write(big, data, persist=False)
+    assert heap.read(big, len(data)) == data
+    assert bytes(heap.view(big, len(data))) == data
+    assert heap.read(size - 8, 8) == heap.view(size - 8, 8).tobytes()
+    assert heap.read(size, 0) == b"" and heap.view(size, 0).nbytes == 0
+    for off, n in [(size - 8, 16), (size + 1, 0), (big, -1), (big, 1 << 62)]:
+        with pytest.raises(ValueError, match="outside the heap"):
+            heap.read(off, n)
+        with pytest.raises(ValueError, match="outside the heap"):
+            heap.view(off, n)
+    with pytest.raises(ValueError, match="negative offset"):
+        heap.read(-8, 8)
+    with pytest.raises(ValueError, match="negative offset"):
+        heap.view(-8, 8)
+    v = heap.view(big, 4)
+    assert v.readonly and bytes(v) == data[:4]
+    heap.write(big, b"abcd", persist=False)
+    assert bytes(v) == b"abcd", "a view is not a copy"
+    del v
+    heap.close()
+    with pytest.raises(HeapClosedError):
+        heap.read(big, 8)
+    with pytest.raises(HeapClosedError):
+        heap.view(big, 8)
+
+
 def test_L9_a_plain_write_waits_only_for_commits_on_its_lines(heap):
     """One barrier into memory no live commit wrote; over a word a commit just set, first
     the settle rounds that make that commit gone (its seal would replay over the write

@@ -1,6 +1,7 @@
 /* allocator._fast: the hot pair (pm_alloc_into, pm_free_from) as plain CPython methods,
  * a transaction's calls (pm_tx_reserve, pm_tx_locate, pm_tx_commit, pm_tx_abort, and the
- * pm_load8 and unpersisted pm_write they lean on), and the store's common read, head,
+ * pm_load8 and unpersisted pm_write they lean on), the heap's byte reads (pm_read, and
+ * views of the mapping), and the store's common read, head,
  * put and list (pm_index_read, pm_index_get, pm_index_put_plain, pm_index_list) as
  * functions, building their results in C.
  *
@@ -37,7 +38,8 @@
 /* The cffi module's functions this module calls: c_<name> points at pm_<name> once bind
  * has run. One list: the pointers, bind and the FUNCTIONS tuple _native binds from. */
 #define FAST_FUNCTIONS(X) X(alloc_into) X(free_from) X(index_read) X(index_put_plain) X(index_list) \
-    X(index_get) X(tx_reserve) X(tx_locate) X(tx_commit) X(tx_abort) X(heap_size) X(load8) X(write)
+    X(index_get) X(tx_reserve) X(tx_locate) X(tx_commit) X(tx_abort) X(heap_size) X(heap_base) X(load8) \
+    X(write) X(read)
 #define FAST_POINTER(name) static __typeof__(pm_##name) *c_##name;
 FAST_FUNCTIONS(FAST_POINTER)
 
@@ -247,6 +249,63 @@ static PyObject *hot_write(Hot *self, PyObject *const *args, Py_ssize_t n)
     return PyLong_FromLong(rc);
 }
 
+/* in_heap -- [off, off + size) lies inside the mapped heap (h open). */
+static int in_heap(pm_heap *h, unsigned long long off, Py_ssize_t size)
+{
+    uint64_t heap_size = c_heap_size(h);
+    return size >= 0 && off <= heap_size && (uint64_t)size <= heap_size - off;
+}
+
+/* read(off, size) -> bytes, or a negative PM_E_* code (a range outside the heap, or a
+ * closed heap: PM_E_ARG): the caller raises. The bytes object is filled in place; the
+ * GIL is released only for a copy over GIL_COPY_MAX (a shorter one beats a hand-over). */
+static PyObject *hot_read(Hot *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (n != 2) {
+        PyErr_SetString(PyExc_TypeError, "read(off, size)");
+        return NULL;
+    }
+    unsigned long long off = PyLong_AsUnsignedLongLong(args[0]);
+    if (PyErr_Occurred()) return NULL;
+    Py_ssize_t size = PyLong_AsSsize_t(args[1]);
+    if (size == -1 && PyErr_Occurred()) return NULL;
+    pm_heap *h = self->h;
+    if (!h) return PyLong_FromLong(PM_E_ARG);
+    if (!in_heap(h, off, size)) return PyLong_FromLong(PM_E_RANGE);   /* before allocating size bytes */
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+    if (!out) return NULL;
+    char *dst = PyBytes_AsString(out);
+    int rc;
+    if (size > GIL_COPY_MAX) {
+        Py_BEGIN_ALLOW_THREADS rc = c_read(h, off, dst, (uint64_t)size); Py_END_ALLOW_THREADS
+    } else {
+        rc = c_read(h, off, dst, (uint64_t)size);
+    }
+    if (rc) {
+        Py_DECREF(out);
+        return PyLong_FromLong(rc);
+    }
+    return out;
+}
+
+/* view(off, size) -> a read-only memoryview of the mapping, or a negative PM_E_* code
+ * (as read). Zero-copy and valid until close: the mapping's base never moves. */
+static PyObject *hot_view(Hot *self, PyObject *const *args, Py_ssize_t n)
+{
+    if (n != 2) {
+        PyErr_SetString(PyExc_TypeError, "view(off, size)");
+        return NULL;
+    }
+    unsigned long long off = PyLong_AsUnsignedLongLong(args[0]);
+    if (PyErr_Occurred()) return NULL;
+    Py_ssize_t size = PyLong_AsSsize_t(args[1]);
+    if (size == -1 && PyErr_Occurred()) return NULL;
+    pm_heap *h = self->h;
+    if (!h) return PyLong_FromLong(PM_E_ARG);
+    if (!in_heap(h, off, size)) return PyLong_FromLong(PM_E_RANGE);
+    return PyMemoryView_FromMemory((char *)c_heap_base(h) + off, size, PyBUF_READ);
+}
+
 /* close(): later calls go to on_error with PM_E_ARG (the caller says "heap is closed") */
 static PyObject *hot_close(Hot *self, PyObject *unused)
 {
@@ -310,6 +369,10 @@ static PyMethodDef hot_methods[] = {
      "load8(off) -> the word, or None for a bad offset (pm_load8)"},
     {"write", (PyCFunction)(void (*)(void))hot_write, METH_FASTCALL,
      "write(off, data) -> 0 or a negative PM_E_* code (pm_write: copied, not persisted)"},
+    {"read", (PyCFunction)(void (*)(void))hot_read, METH_FASTCALL,
+     "read(off, size) -> bytes, or a negative PM_E_* code (pm_read)"},
+    {"view", (PyCFunction)(void (*)(void))hot_view, METH_FASTCALL,
+     "view(off, size) -> read-only memoryview of the mapping, or a negative PM_E_* code"},
     {"close", (PyCFunction)hot_close, METH_NOARGS, "forget the heap"},
     {NULL, NULL, 0, NULL},
 };
@@ -320,7 +383,8 @@ static PyType_Slot hot_slots[] = {
     {Py_tp_traverse, hot_traverse},
     {Py_tp_clear, hot_clear},
     {Py_tp_methods, hot_methods},
-    {Py_tp_doc, "Hot(heap_addr, release_gil, on_error): a heap's alloc_into/free_from, transaction calls, load8 and write."},
+    {Py_tp_doc, "Hot(heap_addr, release_gil, on_error): a heap's alloc_into/free_from, transaction calls, load8, "
+                "write, read and view."},
     {0, NULL},
 };
 

@@ -219,6 +219,17 @@ class Index:
             check(r, "head", key)
         return r
 
+    def view_info(self, key: bytes, key_str: str, make_info):
+        """(a read-only view of key's value in the heap, make_info(...) as head_info): one
+        allocator._fast call, checked as a copying get is (I4)."""
+        try:
+            r = _fast.index_where(self._xp, key, self.verify_reads, key_str, make_info)
+        except TypeError:       # closed: _xp is None
+            _closed()
+        if type(r) is int:
+            check(r, "get", key)
+        return self._mapping.view(r[0], r[1]), r[2]
+
     def head(self, key: bytes, verify: int = lib.PM_VERIFY_NONE):
         """The object's info (this thread's scratch struct). verify: PM_VERIFY_NONE (the
         metadata of a damaged value is still returned) or as get's."""

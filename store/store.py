@@ -250,9 +250,8 @@ class Store:
         this is its general path.)"""
         k = encode_key(key)
         if zero_copy:
-            info = self._index.head(k, int(self.verify_reads))   # checked as a copying get is (I4)
-            return self.heap.view(info.value_off, info.value_size), self._info(k, info)
-        buf, info = self._index.get(k)
+            return self._index.view_info(k, key if type(key) is str else k.decode(), _make_info)
+        buf, _ = self._index.get(k)
         size, mtime, crc, etag, ct = _index.scratch_info_fields()
         return ((buf if type(buf) is bytes else bytes(buf)),
                 _new_info(ObjectInfo, (key if type(key) is str else k.decode(), size, etag.hex(), ct, mtime, crc)))

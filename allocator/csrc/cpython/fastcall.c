@@ -687,8 +687,22 @@ static PyObject *index_head(PyObject *self, PyObject *const *args, Py_ssize_t n)
     return rc < 0 ? PyLong_FromLong(rc) : info_of(args[4], args[3], &tl_head_info);
 }
 
+/* index_where(index_addr, key, verify, key_str, make_info) -> (value offset, value size,
+ * make_info(fields)), or a negative PM_E_* code: index_head with where the value lies,
+ * for Store.get(zero_copy=True) (the caller makes the view). */
+static PyObject *index_where(PyObject *self, PyObject *const *args, Py_ssize_t n)
+{
+    PyObject *info = index_head(self, args, n);
+    if (!info || PyLong_Check(info)) return info;   /* an error, or a code */
+    PyObject *items[3] = {PyLong_FromUnsignedLongLong(tl_head_info.value_off),
+                          PyLong_FromUnsignedLongLong(tl_head_info.value_size), info};
+    return tuple_of(items, 3);
+}
+
 static PyMethodDef methods[] = {
     {"bind", bind, METH_O, "bind({name: address}) for every name in FUNCTIONS"},
+    {"index_where", (PyCFunction)(void (*)(void))index_where, METH_FASTCALL,
+     "index_head -> (value offset, value size, make_info(fields))"},
     {"index_read_info", (PyCFunction)(void (*)(void))index_read_info, METH_FASTCALL,
      "index_read, and the object's info built by make_info"},
     {"index_head", (PyCFunction)(void (*)(void))index_head, METH_FASTCALL,

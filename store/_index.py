@@ -187,20 +187,21 @@ class Index:
 
     def info_reader(self, encode_key, make_info, slow_get):
         """Store.get as one closure, like value_reader: key -> (value, make_info((key, size,
-        etag hex, content type, mtime, crc))), both built in C. zero_copy, values past the
-        scratch buffer and errors go to slow_get (Store's general get). The key fast path is
+        etag hex, content type, mtime, crc))), both built in C; zero_copy: (a view of the value,
+        the same info), from view_info. Values past the scratch buffer and errors go to
+        slow_get (Store's general get). The key fast path is
         written out again here on purpose: a shared helper would cost the Python frame these
         closures exist to save."""
         local, read, index = _scratch, _fast.index_read_info, self
 
         def get(key, *, zero_copy: bool = False):
-            if zero_copy:
-                return slow_get(key, zero_copy=True)
             if type(key) is str and 0 < len(key) <= 256 and key.isprintable():
                 k, ks = key.encode(), key
             else:
                 k = encode_key(key)
                 ks = key if type(key) is str else k.decode()
+            if zero_copy:
+                return index.view_info(k, ks, make_info)
             try:
                 r = read(index._xp, k, local.read[0], ks, make_info)
             except TypeError:       # closed: _xp is None

@@ -95,6 +95,8 @@ class Mapping:
         self._hot = _fast.Hot(address(self._h), self.backend not in GIL_HOLDING_BACKENDS,
                               self._hot_failed)
         self.alloc_into, self.free_from = self._hot.alloc_into, self._hot.free_from
+        # and alloc(size) (published nowhere) and free(off), the same way
+        self.alloc, self.free = self._hot.alloc, self._hot.free
         # Set by the Heap: grow_and_retry(retry, size) grows the file and calls retry, on PM_E_NEED_GROW.
         self.grow_and_retry = None
 
@@ -248,10 +250,18 @@ class Mapping:
     def _hot_failed(self, op: int, dest_off, size, rc: int):
         """The hot pair's slow path: raise the error, or grow the heap and retry."""
         self._handle()
+        if op == _fast.OP_ALLOC:    # alloc(size): alloc_into with no word
+            op, dest_off = _fast.OP_ALLOC_INTO, 0
         if op == _fast.OP_ALLOC_INTO:
             if rc == lib.PM_E_NEED_GROW and self.grow_and_retry is not None:
                 return self.grow_and_retry(lambda: self._alloc_into_slow(dest_off, size), size)
             self._alloc_into_failed(dest_off, size, rc)
+        if op == _fast.OP_FREE:     # free(off): dest_off is the block's offset
+            if not isinstance(dest_off, int):
+                raise TypeError(f"free block {dest_off!r}: the offset must be an int")
+            if dest_off < 0:
+                raise errors.NotAllocatedError(f"free block {dest_off}: negative offset")
+            check(rc, f"free block {dest_off}")
         if not isinstance(dest_off, int):
             raise TypeError(f"free_from word {dest_off!r}: the offset must be an int")
         if dest_off < 0:
@@ -272,13 +282,6 @@ class Mapping:
             raise ValueError(f"allocate {size} bytes into word {dest_off}: size must be positive, "
                              "the word offset non-negative")
         check(rc, f"allocate {size} bytes" + (f" into word {dest_off}" if dest_off else ""))
-
-    def free(self, off: int) -> None:
-        if off < 0:
-            raise errors.NotAllocatedError(f"free block {off}: negative offset")
-        rc = lib.pm_free(self._h or self._handle(), off)
-        if rc:
-            check(rc, f"free block {off}")
 
     def block_size(self, off: int) -> int:
         if off < 0:

@@ -72,11 +72,12 @@ class Heap:
         self._grow_lock = threading.Lock()
         h = hf.header
         self._data_off = h.data_off
-        # alloc_into and free_from are the mapping's C methods themselves, bound here so a
+        # alloc_into, free_from, alloc and free are the mapping's C methods themselves, bound here so a
         # call runs no Python frame (the methods below say what they do); a heap short of
         # pages comes back through grow_and_retry.
         self.mapping.grow_and_retry = self._grow_and_retry
         self.alloc_into, self.free_from = self.mapping.alloc_into, self.mapping.free_from
+        self.alloc, self.free = self.mapping.alloc, self.mapping.free
 
     # ------------------------------------------------------------ create / open
     @classmethod

@@ -173,6 +173,21 @@ def test_hot_pair_errors_on_every_backend(tmp_path, backend):
     assert heap.root == off, "a refused call changed the root"
     heap.free_from(layout.ROOT_OFF)
     assert heap.root == 0
+    # alloc and free (no word) are C methods too, with the same errors as before
+    blk = heap.alloc(100)
+    with pytest.raises(TypeError, match="must be ints"):
+        heap.alloc("100")
+    with pytest.raises(ValueError, match="size must be positive"):
+        heap.alloc(0)
+    with pytest.raises(TypeError, match="must be an int"):
+        heap.free("x")
+    with pytest.raises(NotAllocatedError, match="negative offset"):
+        heap.free(-8)
+    with pytest.raises(NotAllocatedError, match="not the start of an allocated block"):
+        heap.free(blk + 8)
+    heap.free(blk)
+    with pytest.raises(NotAllocatedError, match="already freed"):
+        heap.free(blk)
     # growth through the hot path: allocate past the initial size into one word at a time
     word = heap.alloc(8 * 64)
     for i in range(64):
@@ -183,6 +198,10 @@ def test_hot_pair_errors_on_every_backend(tmp_path, backend):
         heap.alloc_into(layout.ROOT_OFF, 16)
     with pytest.raises(HeapClosedError):
         heap.free_from(layout.ROOT_OFF)
+    with pytest.raises(HeapClosedError):
+        heap.alloc(16)
+    with pytest.raises(HeapClosedError):
+        heap.free(blk)
 
 
 def test_not_allocated_error_is_exported_from_the_package():

@@ -1,4 +1,5 @@
-/* allocator._fast: the hot pair (pm_alloc_into, pm_free_from) as plain CPython methods,
+/* allocator._fast: the hot pair (pm_alloc_into, pm_free_from; and pm_free, and alloc_into
+ * with no word) as plain CPython methods,
  * a transaction's calls (pm_tx_reserve, pm_tx_locate, pm_tx_commit, pm_tx_abort, and the
  * pm_load8 and unpersisted pm_write they lean on), the heap's byte reads (pm_read, and
  * views of the mapping), and the store's common read, head,
@@ -39,7 +40,7 @@
  * has run. One list: the pointers, bind and the FUNCTIONS tuple _native binds from. */
 #define FAST_FUNCTIONS(X) X(alloc_into) X(free_from) X(index_read) X(index_put_plain) X(index_list) \
     X(index_get) X(tx_reserve) X(tx_locate) X(tx_commit) X(tx_abort) X(heap_size) X(heap_base) X(load8) \
-    X(write) X(read)
+    X(write) X(read) X(free)
 #define FAST_POINTER(name) static __typeof__(pm_##name) *c_##name;
 FAST_FUNCTIONS(FAST_POINTER)
 
@@ -61,7 +62,7 @@ typedef struct {
     PyObject *on_error;     /* on_error(op, dest_off, size, rc): raises, or returns the result */
 } Hot;
 
-enum { OP_ALLOC_INTO = 0, OP_FREE_FROM = 1 };
+enum { OP_ALLOC_INTO = 0, OP_FREE_FROM = 1, OP_ALLOC = 2, OP_FREE = 3 };   /* on_error's op */
 
 /* The slow path: a closed heap, a bad argument (its exception dropped: on_error words
  * it) or a negative code. */
@@ -86,38 +87,53 @@ static PyObject *failed(Hot *self, int op, PyObject *dest, PyObject *size, long 
     return res;
 }
 
-/* alloc_into(dest_off, size) -> block offset */
+/* alloc_into(dest_off, size) and alloc(size) (dest NULL: no word) -> block offset */
+static PyObject *alloc_common(Hot *self, int op, PyObject *dest_obj, PyObject *size_obj)
+{
+    unsigned long long dest = dest_obj ? PyLong_AsUnsignedLongLong(dest_obj) : 0, size = 0;
+    if (!(dest == (unsigned long long)-1 && PyErr_Occurred())) size = PyLong_AsUnsignedLongLong(size_obj);
+    PyObject *dest_arg = dest_obj ? dest_obj : Py_None;
+    pm_heap *h = self->h;
+    if (PyErr_Occurred() || !h) return failed(self, op, dest_arg, size_obj, PM_E_ARG);
+    int64_t off;
+    HOT_CALL(self, off = c_alloc_into(h, dest, size));
+    if (off < 0) return failed(self, op, dest_arg, size_obj, off);
+    return PyLong_FromLongLong(off);
+}
+
 static PyObject *hot_alloc_into(Hot *self, PyObject *const *args, Py_ssize_t n)
 {
     if (n != 2) {
         PyErr_SetString(PyExc_TypeError, "alloc_into(dest_off, size)");
         return NULL;
     }
-    unsigned long long dest = PyLong_AsUnsignedLongLong(args[0]), size = 0;
-    if (!(dest == (unsigned long long)-1 && PyErr_Occurred())) size = PyLong_AsUnsignedLongLong(args[1]);
-    pm_heap *h = self->h;
-    if (PyErr_Occurred() || !h) return failed(self, OP_ALLOC_INTO, args[0], args[1], PM_E_ARG);
-    int64_t off;
-    HOT_CALL(self, off = c_alloc_into(h, dest, size));
-    if (off < 0) return failed(self, OP_ALLOC_INTO, args[0], args[1], off);
-    return PyLong_FromLongLong(off);
+    return alloc_common(self, OP_ALLOC_INTO, args[0], args[1]);
 }
 
-/* free_from(dest_off) -> None */
+static PyObject *hot_alloc(Hot *self, PyObject *size) { return alloc_common(self, OP_ALLOC, NULL, size); }
+
+/* free_from(dest_off) and free(off) -> None */
+static PyObject *free_common(Hot *self, int op, PyObject *off_obj)
+{
+    unsigned long long off = PyLong_AsUnsignedLongLong(off_obj);
+    pm_heap *h = self->h;
+    if (PyErr_Occurred() || !h) return failed(self, op, off_obj, Py_None, PM_E_ARG);
+    int rc;
+    HOT_CALL(self, rc = op == OP_FREE ? c_free(h, off) : c_free_from(h, off));
+    if (rc < 0) return failed(self, op, off_obj, Py_None, rc);
+    Py_RETURN_NONE;
+}
+
 static PyObject *hot_free_from(Hot *self, PyObject *const *args, Py_ssize_t n)
 {
     if (n != 1) {
         PyErr_SetString(PyExc_TypeError, "free_from(dest_off)");
         return NULL;
     }
-    unsigned long long dest = PyLong_AsUnsignedLongLong(args[0]);
-    pm_heap *h = self->h;
-    if (PyErr_Occurred() || !h) return failed(self, OP_FREE_FROM, args[0], Py_None, PM_E_ARG);
-    int rc;
-    HOT_CALL(self, rc = c_free_from(h, dest));
-    if (rc < 0) return failed(self, OP_FREE_FROM, args[0], Py_None, rc);
-    Py_RETURN_NONE;
+    return free_common(self, OP_FREE_FROM, args[0]);
 }
+
+static PyObject *hot_free(Hot *self, PyObject *off) { return free_common(self, OP_FREE, off); }
 
 /* A transaction's calls (allocator/transaction.py), with the GIL policy of the hot pair:
  * through cffi each released it, and two Python threads running transactions on /dev/shm
@@ -358,6 +374,8 @@ static PyMethodDef hot_methods[] = {
      "alloc_into(dest_off, size) -> block offset (pm_alloc_into)"},
     {"free_from", (PyCFunction)(void (*)(void))hot_free_from, METH_FASTCALL,
      "free_from(dest_off) (pm_free_from)"},
+    {"alloc", (PyCFunction)hot_alloc, METH_O, "alloc(size) -> block offset, published nowhere (pm_alloc_into, no word)"},
+    {"free", (PyCFunction)hot_free, METH_O, "free(off): the block at off (pm_free)"},
     {"tx_reserve", (PyCFunction)(void (*)(void))hot_tx_reserve, METH_FASTCALL,
      "tx_reserve(size) -> (slot, entries) or a negative PM_E_* code (pm_tx_reserve)"},
     {"tx_locate", (PyCFunction)(void (*)(void))hot_tx_locate, METH_FASTCALL,
@@ -383,8 +401,8 @@ static PyType_Slot hot_slots[] = {
     {Py_tp_traverse, hot_traverse},
     {Py_tp_clear, hot_clear},
     {Py_tp_methods, hot_methods},
-    {Py_tp_doc, "Hot(heap_addr, release_gil, on_error): a heap's alloc_into/free_from, transaction calls, load8, "
-                "write, read and view."},
+    {Py_tp_doc, "Hot(heap_addr, release_gil, on_error): a heap's alloc_into/free_from, alloc/free, transaction "
+                "calls, load8, write, read and view."},
     {0, NULL},
 };
 
@@ -736,7 +754,9 @@ PyMODINIT_FUNC PyInit__fast(void)
     }
     if (PyModule_AddIntConstant(m, "OP_ALLOC_INTO", OP_ALLOC_INTO) < 0
         || PyModule_AddIntConstant(m, "GIL_COPY_MAX", GIL_COPY_MAX) < 0
-        || PyModule_AddIntConstant(m, "OP_FREE_FROM", OP_FREE_FROM) < 0) {
+        || PyModule_AddIntConstant(m, "OP_FREE_FROM", OP_FREE_FROM) < 0
+        || PyModule_AddIntConstant(m, "OP_ALLOC", OP_ALLOC) < 0
+        || PyModule_AddIntConstant(m, "OP_FREE", OP_FREE) < 0) {
         Py_DECREF(m);
         return NULL;
     }

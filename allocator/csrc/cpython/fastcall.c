@@ -265,29 +265,44 @@ static PyObject *hot_write(Hot *self, PyObject *const *args, Py_ssize_t n)
     return PyLong_FromLong(rc);
 }
 
-/* in_heap -- [off, off + size) lies inside the mapped heap (h open). */
-static int in_heap(pm_heap *h, unsigned long long off, Py_ssize_t size)
+/* range_args -- read's and view's (off, size): 0 with *h, *off and *size set, or -1 with
+ * *ret the result to return: NULL (an exception), or a negative PM_E_* code for a closed
+ * heap (PM_E_ARG) or a range outside the mapped heap (PM_E_RANGE; checked before read
+ * allocates size bytes). The caller raises. */
+static int range_args(Hot *self, PyObject *const *args, Py_ssize_t n, const char *usage, pm_heap **h,
+                      unsigned long long *off, Py_ssize_t *size, PyObject **ret)
 {
-    uint64_t heap_size = c_heap_size(h);
-    return size >= 0 && off <= heap_size && (uint64_t)size <= heap_size - off;
+    *ret = NULL;
+    if (n != 2) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    *off = PyLong_AsUnsignedLongLong(args[0]);
+    if (PyErr_Occurred()) return -1;
+    *size = PyLong_AsSsize_t(args[1]);
+    if (*size == -1 && PyErr_Occurred()) return -1;
+    if (!(*h = self->h)) {
+        *ret = PyLong_FromLong(PM_E_ARG);
+        return -1;
+    }
+    uint64_t heap_size = c_heap_size(*h);
+    if (*size < 0 || *off > heap_size || (uint64_t)*size > heap_size - *off) {
+        *ret = PyLong_FromLong(PM_E_RANGE);
+        return -1;
+    }
+    return 0;
 }
 
-/* read(off, size) -> bytes, or a negative PM_E_* code (a range outside the heap, or a
- * closed heap: PM_E_ARG): the caller raises. The bytes object is filled in place; the
- * GIL is released only for a copy over GIL_COPY_MAX (a shorter one beats a hand-over). */
+/* read(off, size) -> bytes, or a negative PM_E_* code (range_args): the caller raises.
+ * The bytes object is filled in place; the GIL is released only for a copy over
+ * GIL_COPY_MAX (a shorter one beats a hand-over). */
 static PyObject *hot_read(Hot *self, PyObject *const *args, Py_ssize_t n)
 {
-    if (n != 2) {
-        PyErr_SetString(PyExc_TypeError, "read(off, size)");
-        return NULL;
-    }
-    unsigned long long off = PyLong_AsUnsignedLongLong(args[0]);
-    if (PyErr_Occurred()) return NULL;
-    Py_ssize_t size = PyLong_AsSsize_t(args[1]);
-    if (size == -1 && PyErr_Occurred()) return NULL;
-    pm_heap *h = self->h;
-    if (!h) return PyLong_FromLong(PM_E_ARG);
-    if (!in_heap(h, off, size)) return PyLong_FromLong(PM_E_RANGE);   /* before allocating size bytes */
+    pm_heap *h;
+    unsigned long long off;
+    Py_ssize_t size;
+    PyObject *ret;
+    if (range_args(self, args, n, "read(off, size)", &h, &off, &size, &ret) < 0) return ret;
     PyObject *out = PyBytes_FromStringAndSize(NULL, size);
     if (!out) return NULL;
     char *dst = PyBytes_AsString(out);
@@ -305,20 +320,14 @@ static PyObject *hot_read(Hot *self, PyObject *const *args, Py_ssize_t n)
 }
 
 /* view(off, size) -> a read-only memoryview of the mapping, or a negative PM_E_* code
- * (as read). Zero-copy and valid until close: the mapping's base never moves. */
+ * (range_args). Zero-copy and valid until close: the mapping's base never moves. */
 static PyObject *hot_view(Hot *self, PyObject *const *args, Py_ssize_t n)
 {
-    if (n != 2) {
-        PyErr_SetString(PyExc_TypeError, "view(off, size)");
-        return NULL;
-    }
-    unsigned long long off = PyLong_AsUnsignedLongLong(args[0]);
-    if (PyErr_Occurred()) return NULL;
-    Py_ssize_t size = PyLong_AsSsize_t(args[1]);
-    if (size == -1 && PyErr_Occurred()) return NULL;
-    pm_heap *h = self->h;
-    if (!h) return PyLong_FromLong(PM_E_ARG);
-    if (!in_heap(h, off, size)) return PyLong_FromLong(PM_E_RANGE);
+    pm_heap *h;
+    unsigned long long off;
+    Py_ssize_t size;
+    PyObject *ret;
+    if (range_args(self, args, n, "view(off, size)", &h, &off, &size, &ret) < 0) return ret;
     return PyMemoryView_FromMemory((char *)c_heap_base(h) + off, size, PyBUF_READ);
 }
 

@@ -62,8 +62,9 @@ class RecoveryReport:
 
 
 class Heap:
-    """A persistent heap. Thread-safe; the C calls release the GIL, except alloc_into and
-    free_from off the msync backend (csrc/cpython/fastcall.c says why)."""
+    """A persistent heap. Thread-safe; the C calls release the GIL, except alloc_into,
+    free_from, alloc and free off the msync backend, reads of up to 1 KiB and views
+    (csrc/cpython/fastcall.c says why)."""
 
     def __init__(self, hf: HeapFile, report: RecoveryReport):
         self.file = hf

@@ -16,12 +16,12 @@ STORE_CSRC = pathlib.Path(__file__).parent.parent / "store" / "csrc"
 STORE_SOURCES = ["index.c", "md5.c"]   # the store's C hot path (index lookup, object copy) in the same extension
 # Each mutant removes one barrier, reorders one commit step, reuses freed memory too early,
 # breaks the journal (skips its replay, or its record's barrier), publishes a new record's
-# links as checked data (L8), or makes a plain write durable under a sealed commit (L9)
-# (recovery/mutants.py runs them).
+# links as checked data (L8), makes a plain write durable under a sealed commit (L9), or
+# skips a line a barrier must write back (recovery/mutants.py runs them).
 MUTANTS = {"": "", **{m: f"-DPMSTORE_MUTANT_{m.upper()}" for m in
                       ("noinval", "noapplyfence", "nocheck", "nodata", "applyfirst", "earlyclear",
                        "nolimbo", "noreplay", "jnlnosync", "datalinks", "clearedgone", "txcheck",
-                       "norangegone")}}
+                       "norangegone", "lineskip")}}
 SOURCES = ["pmem.c", "crc32c.c", "trace.c", "redo.c", "journal.c", "classes.c", "span.c", "alloc.c"]
 
 

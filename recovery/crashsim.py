@@ -7,7 +7,8 @@ the simulator keeps two images: `volatile` (what the program sees) and `durable`
 the end -- a crash leaves `durable` plus ANY subset of the dirty units, at one of
 three granularities (FORMAT.md section 1, "Failure model"):
 
-  8B          aligned 8-byte words (persistent memory's power-fail atomic unit)
+  8B          aligned 8-byte words (persistent memory's power-fail atomic unit); a
+              barrier writes back whole 64-byte lines, as CLWB does
   64B         cache lines (a line is written back whole or not at all)
   4KiB/512B   msync'd file pages: a barrier makes whole 4 KiB OS pages durable, and a
               dirty page may reach the disk in any subset of its 512-byte sectors
@@ -52,7 +53,9 @@ class Model:
     persist_size: int   # a barrier makes whole aligned blocks of this many bytes durable
 
 
-MODELS = {m.name: m for m in (Model("8B", 8, 8), Model("64B", 64, 64), Model("4KiB/512B", 512, 4096))}
+# A barrier makes whole 64-byte lines durable on persistent memory (CLWB writes back the
+# line, so a barrier names one range per line it needs), whole 4 KiB pages on a file.
+MODELS = {m.name: m for m in (Model("8B", 8, 64), Model("64B", 64, 64), Model("4KiB/512B", 512, 4096))}
 
 
 @dataclasses.dataclass

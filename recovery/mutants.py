@@ -41,6 +41,8 @@ MUTANTS = {
                "published object changed at once on another thread fails the CHECK (7.6, L8)",
     "norangegone": "a plain persisted write (Heap.write) is made durable while a commit that set a word it "
                    "overwrites is still sealed: replayed, the commit puts the older word back (L9)",
+    "lineskip": "a barrier skips a one-line range whose 4 KiB page (not line) an earlier range covered: the "
+                "line-once write-back drops lines it must write back (pmem.c written_back)",
 }
 PACKAGES = ("allocator", "store", "recovery")
 

@@ -72,6 +72,19 @@ def test_4k_model_persist_makes_the_whole_os_page_durable(heap):
     assert {_word(img, off + 1024) for img in end_8b[1]} == {0, 7}
 
 
+def test_8b_model_persist_makes_the_whole_line_durable(heap):
+    """CLWB writes back the line: a barrier over one word makes its 64-byte line durable
+    (the words beside it too), and only that line."""
+    hf, _, base = heap
+    off = hf.header.data_off
+    hf.mapping.store8(off + 56, 7)                 # same line, outside the persisted range
+    hf.mapping.store8(off + 64, 9)                 # the next line
+    hf.mapping.persist(off, 8)
+    end_8b = _images(base, hf.mapping.trace_take(), "8B")[-1]
+    assert {_word(img, off + 56) for img in end_8b[1]} == {7}
+    assert {_word(img, off + 64) for img in end_8b[1]} == {0, 9}
+
+
 def test_subsets_enumerate_all_up_to_the_limit_and_sample_beyond():
     import random
     all_, sampled = crashsim.subsets(list(range(4)), 16, random.Random(0))

@@ -534,6 +534,26 @@ def test_trace_store8_write_persist_and_mark(heap):
     ]
 
 
+def test_a_barrier_writes_each_line_back_once(heap):
+    """Four words of one commit on one line, and one on the next line: the barrier that
+    makes them durable (the next commit's) names the first line once, the second once,
+    and nothing else of theirs. What the trace names is what CLWB writes back (pmem.c
+    written_back), and the crash suites check it (mutant lineskip)."""
+    m = heap.mapping
+    w = heap.header.data_off + 4096
+    words = [w, w + 8, w + 16, w + 56, w + 64]
+    m.trace_start()
+    heap.commit([(REDO_OP_SET, off, i + 1) for i, off in enumerate(words)])
+    heap.commit([(REDO_OP_SET, heap.header.data_off, 1)])
+    recs = _parse_trace(m.trace_take())
+    fences = [i for i, r in enumerate(recs) if r[0] == _native.TRACE_FENCE]
+    assert len(fences) == 2
+    flushed = [(r[2], r[1]) for r in recs[fences[0]:fences[1]] if r[0] == _native.TRACE_FLUSH]
+    mine = [(off, size) for off, size in flushed if w <= off < w + 128]
+    assert mine == [(w, 8), (w + 64, 8)], flushed
+    assert {m.load8(off) for off in words} == {1, 2, 3, 4, 5}
+
+
 def test_L3_L4_trace_of_a_commit_follows_the_protocol(heap):
     """Log then seal, barrier (commit point), apply; the applied word is flushed by the
     next commit's barrier, and only after that barrier is the first seal cleared."""
